@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine: `make run` (the pipeline on configs/tiny.yaml) and `make test`.
+# torch is installed first and explicitly: the CPU wheel by default. GPU machines pass the CUDA build they need,
+# e.g. `make run TORCH_SPEC="torch==2.13.0" PIP_TORCH_ARGS="--index-url <your CUDA wheel index>"`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/tiny.yaml
+TORCH_SPEC ?= torch==2.13.0
+PIP_TORCH_ARGS ?=
+export FLYTE_SDK_LOGGING_LEVEL ?= 40
+
+.PHONY: run test lint install clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(PIP_TORCH_ARGS)
+	$(PY) -m pip install -q ".[dev]"
+	touch $@
+
+run: install
+	$(VENV)/bin/pyflyte run workflows/ingest.py ingest_wf --cfg "$$($(PY) -m lib.config $(CONFIG))"
+
+test: install
+	$(VENV)/bin/ruff check .
+	FLYTE_LOCAL_CACHE_ENABLED=false $(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) outputs

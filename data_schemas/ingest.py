@@ -1,0 +1,82 @@
+"""Tables of the ingestion stage: the manifest users write, the clips we keep, and the rows we refuse."""
+
+import pandera.pandas as pa
+from pandera.typing import Series
+
+QUARANTINE_REASONS = (
+    "missing_file",  # the path/URI does not exist or cannot be opened
+    "unreadable",  # the container or codec cannot be decoded (corrupt, truncated, not a video)
+    "no_video_stream",  # a readable container without a video stream (e.g. audio only)
+    "too_few_frames",  # fewer decodable frames than the clip needs within [start, end]
+    "frame_too_large",  # the source frame size passes data.max_source_pixels
+    "bad_time_range",  # start/end not numbers, negative, or end <= start
+    "empty_caption",  # missing or blank caption
+    "non_text_caption",  # caption that is not text (a number, a list ...)
+    "caption_not_utf8",  # caption bytes that are not valid UTF-8 in the manifest file
+    "duplicate_id",  # clip id already used by an earlier row
+)
+
+
+class VideoManifest(pa.DataFrameModel):
+    """A user's list of real videos. Only ``path`` and ``caption`` are required; rows are checked one by one
+    during ingestion (bad rows are quarantined, not fatal), so the schema only fixes the column set."""
+
+    path: Series[str]
+    caption: Series[object] = pa.Field(nullable=True)
+    clip_id: Series[str] | None = pa.Field(nullable=True)
+    start: Series[float] | None = pa.Field(nullable=True)
+    end: Series[float] | None = pa.Field(nullable=True)
+
+    class Config:
+        strict = False  # extra user columns are carried along and ignored
+        coerce = True
+
+
+class QuarantineRecord(pa.DataFrameModel):
+    """One refused manifest row and why."""
+
+    row: Series[int] = pa.Field(ge=0)
+    clip_id: Series[str]
+    path: Series[str]
+    reason: Series[str] = pa.Field(isin=list(QUARANTINE_REASONS))
+    detail: Series[str]
+
+    class Config:
+        strict = True
+        coerce = True
+
+
+class ClipIndex(pa.DataFrameModel):
+    """Where each kept clip lives: shard file and row inside it. Every later table keys on ``clip_id``."""
+
+    clip_id: Series[str] = pa.Field(unique=True)
+    shard: Series[str] = pa.Field(str_matches=r"^shard-\d{5}\.safetensors$")
+    index: Series[int] = pa.Field(ge=0)
+    caption: Series[str] = pa.Field(str_length={"min_value": 1})
+    source: Series[str]
+
+    class Config:
+        strict = True
+        coerce = True
+
+
+class ClipAttributes(pa.DataFrameModel):
+    """Generating attributes of built-in clips (object 2 columns are "" when the clip holds one object).
+    They let evaluation score prompt-attribute accuracy and let cluster reports measure semantic alignment."""
+
+    clip_id: Series[str] = pa.Field(unique=True)
+    scene: Series[str]
+    background: Series[str]
+    num_objects: Series[int] = pa.Field(isin=[1, 2])
+    shape: Series[str]
+    color: Series[str]
+    size: Series[str]
+    motion: Series[str]
+    shape2: Series[str]
+    color2: Series[str]
+    size2: Series[str]
+    motion2: Series[str]
+
+    class Config:
+        strict = True
+        coerce = True

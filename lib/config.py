@@ -1,0 +1,318 @@
+"""The run configuration: one typed dataclass tree, filled in by YAML files under ``configs/``.
+
+Every stage takes the whole tree or its own subtree. The tree is a plain (frozen) dataclass so that
+flytekit can pass it as a workflow input, and so that its JSON form is a stable cache key: changing
+one field only invalidates the tasks that take the subtree holding it.
+
+Validation happens in ``__post_init__`` so that a bad value is refused wherever a config is built
+(YAML, ``pyflyte run --cfg '{json}'``, tests), with the dotted name of the field in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot describe a run."""
+
+
+def _check(ok: bool, where: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {msg}")
+
+
+def _one_of(value: str, allowed: tuple[str, ...], where: str) -> None:
+    _check(value in allowed, where, f"{value!r} is not one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "builtin"  # "builtin" (procedural dataset) or "manifest" (CSV/Parquet of real videos)
+    manifest: str = ""  # path or fsspec URI of the manifest when source == "manifest"
+    num_clips: int = 1200  # built-in dataset size
+    frames: int = 8  # T, frames per clip
+    height: int = 32  # H after resize + centre crop
+    width: int = 32  # W after resize + centre crop
+    fps: float = 8.0  # frame rate clips are resampled to (manifest videos)
+    max_objects: int = 2  # built-in clips hold 1..max_objects objects
+    shard_size: int = 256  # clips per shard file
+    max_bad_fraction: float = 0.1  # ingest fails when more than this fraction of manifest rows is quarantined
+    max_source_pixels: int = 4096 * 4096  # frames larger than this are quarantined (decode bomb guard)
+
+    def __post_init__(self) -> None:
+        _one_of(self.source, ("builtin", "manifest"), "data.source")
+        _check(self.source != "manifest" or bool(self.manifest), "data.manifest", "required when source=manifest")
+        for name in ("num_clips", "frames", "height", "width", "shard_size", "max_source_pixels"):
+            _check(getattr(self, name) > 0, f"data.{name}", f"must be > 0, got {getattr(self, name)}")
+        _check(self.fps > 0, "data.fps", f"must be > 0, got {self.fps}")
+        _check(1 <= self.max_objects <= 2, "data.max_objects", f"must be 1 or 2, got {self.max_objects}")
+        _check(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    text_encoder: str = "minilm"  # "minilm" (bundled all-MiniLM-L6-v2) or a local folder of a CLIP/T5 text tower
+    max_tokens: int = 16  # caption tokens kept for cross-attention
+    codec: str = "pixel"  # "pixel" (identity) or "vae" (diffusers VAE from vae_path)
+    vae_path: str = ""  # local folder of a diffusers AutoencoderKL / video VAE
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _one_of(self.codec, ("pixel", "vae"), "encode.codec")
+        _check(self.codec != "vae" or bool(self.vae_path), "encode.vae_path", "required when codec=vae")
+        _check(self.max_tokens > 0, "encode.max_tokens", "must be > 0")
+        _check(self.batch_size > 0, "encode.batch_size", "must be > 0")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    embedders: list[str] = field(default_factory=lambda: ["visual_stats"])  # visual_stats | text | image_tower
+    image_tower_path: str = ""  # local DINOv2/CLIP vision folder for the "image_tower" embedder
+    num_clusters: int = 3  # K, the number of experts
+    fine_clusters: int = 32  # first-stage spherical k-means centroids
+    method: str = "two_stage"  # two_stage | kmeans | balanced
+    niter: int = 25
+    silhouette_sample: int = 2000
+
+    def __post_init__(self) -> None:
+        _check(len(self.embedders) > 0, "cluster.embedders", "needs at least one embedder")
+        for e in self.embedders:
+            _one_of(e, ("visual_stats", "text", "image_tower"), "cluster.embedders")
+        _one_of(self.method, ("two_stage", "kmeans", "balanced"), "cluster.method")
+        _check(self.num_clusters >= 1, "cluster.num_clusters", f"must be >= 1, got {self.num_clusters}")
+        _check(
+            self.fine_clusters >= self.num_clusters,
+            "cluster.fine_clusters",
+            f"must be >= num_clusters ({self.num_clusters}), got {self.fine_clusters}",
+        )
+        _check(self.niter > 0, "cluster.niter", "must be > 0")
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    model: str = "wan"  # diffusers video transformer family built by lib.models.factory
+    num_layers: int = 4
+    num_heads: int = 2
+    head_dim: int = 32
+    ffn_dim: int = 256
+    patch_size: list[int] = field(default_factory=lambda: [2, 4, 4])  # (t, h, w)
+    objective: str = "flow"  # flow (v = eps - x0) | eps (DDPM-style, converted to v at sampling)
+    steps: int = 300  # optimizer steps per expert; the monolith gets num_clusters x steps
+    batch_size: int = 16  # effective batch per optimizer step
+    micro_batch: int = 0  # 0: pick from free memory; >0 forces it
+    lr: float = 5e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.99
+    caption_dropout: float = 0.1
+    timestep_sampling: str = "logit_normal"  # logit_normal | uniform
+    checkpoint_every: int = 100
+    log_every: int = 25
+
+    def __post_init__(self) -> None:
+        _one_of(self.model, ("wan",), "expert.model")
+        _one_of(self.objective, ("flow", "eps"), "expert.objective")
+        _one_of(self.timestep_sampling, ("logit_normal", "uniform"), "expert.timestep_sampling")
+        _check(len(self.patch_size) == 3 and min(self.patch_size) > 0, "expert.patch_size", "needs 3 positive ints")
+        for name in ("num_layers", "num_heads", "head_dim", "ffn_dim", "steps", "batch_size", "checkpoint_every"):
+            _check(getattr(self, name) > 0, f"expert.{name}", f"must be > 0, got {getattr(self, name)}")
+        _check(self.micro_batch >= 0, "expert.micro_batch", "must be >= 0")
+        _check(self.lr > 0, "expert.lr", "must be > 0")
+        _check(0.0 <= self.ema_decay < 1.0, "expert.ema_decay", "must lie in [0, 1)")
+        _check(0.0 <= self.caption_dropout < 1.0, "expert.caption_dropout", "must lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    num_layers: int = 2
+    num_heads: int = 2
+    hidden_dim: int = 64
+    patch_size: list[int] = field(default_factory=lambda: [2, 8, 8])
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    timestep_sampling: str = "uniform"
+    t_buckets: int = 5  # RouterReport resolution
+
+    def __post_init__(self) -> None:
+        _one_of(self.timestep_sampling, ("logit_normal", "uniform"), "router.timestep_sampling")
+        for name in ("num_layers", "num_heads", "hidden_dim", "steps", "batch_size", "t_buckets"):
+            _check(getattr(self, name) > 0, f"router.{name}", f"must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    strategy: str = "topk"  # top1 | topk | full | oracle | expert:<id>
+    top_k: int = 2
+    num_steps: int = 20
+    guidance_scale: float = 4.0
+    prompts_per_cluster: int = 8
+    seed_offset: int = 0
+
+    def __post_init__(self) -> None:
+        ok = self.strategy in ("top1", "topk", "full", "oracle") or self.strategy.startswith("expert:")
+        _check(ok, "sample.strategy", f"{self.strategy!r} is not one of top1, topk, full, oracle, expert:<id>")
+        _check(self.top_k >= 1, "sample.top_k", "must be >= 1")
+        _check(self.num_steps > 0, "sample.num_steps", "must be > 0")
+        _check(self.prompts_per_cluster > 0, "sample.prompts_per_cluster", "must be > 0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    i3d_path: str = ""  # local TorchScript I3D (Kinetics-400); empty: offline feature network, metric fd_attrnet
+    clip_path: str = ""  # local CLIP folder; empty: prompt-attribute accuracy instead of CLIP similarity
+    num_real: int = 256
+    num_generated: int = 24
+    draws: int = 3
+    featnet_steps: int = 300
+
+    def __post_init__(self) -> None:
+        for name in ("num_real", "num_generated", "draws", "featnet_steps"):
+            _check(getattr(self, name) > 0, f"eval.{name}", f"must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    expert_cpu: str = "2"
+    expert_mem: str = "4Gi"
+    expert_gpu: int = 0  # GPUs per expert task; 0 on CPU-only clusters and laptops
+    accelerator: str = ""  # e.g. "nvidia-tesla-a100"; empty: any GPU the node pool offers
+    retries: int = 2
+    min_success_ratio: float = 1.0  # fraction of experts that must train for the pipeline to go on
+    multi_gpu_nodes: int = 0  # >0: run each expert with torch elastic DDP (flytekitplugins-kfpytorch)
+
+    def __post_init__(self) -> None:
+        _check(self.expert_gpu >= 0, "resources.expert_gpu", "must be >= 0")
+        _check(self.retries >= 0, "resources.retries", "must be >= 0")
+        _check(0.0 < self.min_success_ratio <= 1.0, "resources.min_success_ratio", "must lie in (0, 1]")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    output_dir: str = "outputs"  # local folder or fsspec URI where results are persisted
+    data: DataConfig = field(default_factory=DataConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        """``pyflyte run --cfg`` builds the input through this hook, so CLI JSON/YAML gets the checks of ``load_config``
+        (without it flytekit would silently drop unknown keys)."""
+        return config_from_dict(json.loads(text))
+
+    def __post_init__(self) -> None:
+        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        if self.data.source == "builtin":
+            _check(
+                self.cluster.num_clusters <= self.data.num_clips,
+                "cluster.num_clusters",
+                f"K={self.cluster.num_clusters} is larger than data.num_clips={self.data.num_clips}",
+            )
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys and wrong types by dotted name."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; known: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in values.items():
+        dotted = f"{where}.{name}" if where else name
+        sub = _SECTIONS.get(name) if cls is RunConfig else None
+        if sub is not None:
+            kwargs[name] = _build(sub, value, dotted)
+        else:
+            kwargs[name] = _coerce(value, getattr(cls(), name), dotted)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Accept a YAML value only where its type matches the field's default (ints widen to float)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, list):
+        ok = isinstance(value, list) and all(isinstance(v, type(default[0])) for v in value) if default else True
+        value = list(value) if isinstance(value, list) else value
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"{where}: expected {type(default).__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "encode": EncodeConfig,
+    "cluster": ClusterConfig,
+    "expert": ExpertConfig,
+    "router": RouterConfig,
+    "sample": SampleConfig,
+    "eval": EvalConfig,
+    "resources": ResourcesConfig,
+}
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig from nested mappings (missing keys keep their defaults)."""
+    return _build(RunConfig, values, "")
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML config file; errors name the file and the offending key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return config_from_dict(values)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def replace_in(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
+    """Copy ``cfg`` with some fields of some sections changed, e.g. ``replace_in(cfg, expert={"steps": 5})``."""
+    values = config_to_dict(cfg)
+    for section, changes in sections.items():
+        if isinstance(changes, dict):
+            values[section].update(changes)
+        else:
+            values[section] = changes
+    return config_from_dict(values)
+
+
+if __name__ == "__main__":
+    # `python -m lib.config configs/tiny.yaml` prints the validated config as JSON for `pyflyte run --cfg`.
+    print(json.dumps(config_to_dict(load_config(sys.argv[1]))))

@@ -1,0 +1,28 @@
+"""Ingestion task: the first typed edge of the pipeline."""
+
+from pathlib import Path
+from typing import NamedTuple
+
+from flytekit import Cache, Resources, current_context, task
+from flytekit.types.directory import FlyteDirectory
+from pandera.typing import DataFrame
+
+from data_schemas.ingest import ClipAttributes, ClipIndex, QuarantineRecord
+from lib.config import DataConfig
+from lib.data.ingest import ingest
+
+
+class IngestOutputs(NamedTuple):
+    shards: FlyteDirectory
+    index: DataFrame[ClipIndex]
+    quarantine: DataFrame[QuarantineRecord]
+    attributes: DataFrame[ClipAttributes]
+
+
+@task(cache=Cache(version="ingest-v1"), requests=Resources(cpu="1", mem="2Gi"), retries=1)
+def ingest_clips(cfg: DataConfig, seed: int) -> IngestOutputs:
+    """Cached on (data config, seed): a manifest whose files change under the same URI needs a new URI."""
+    out = Path(current_context().working_directory) / "shards"
+    result = ingest(cfg, seed, out)
+    print(f"ingest: {result.summary()}", flush=True)
+    return IngestOutputs(FlyteDirectory(str(out)), result.index, result.quarantine, result.attributes)

@@ -1,0 +1,38 @@
+"""Tasks that persist results to ``cfg.output_dir`` and tell the user where they are.
+
+Not cached on purpose: they are cheap, and a cache hit upstream must still leave the files in place.
+"""
+
+import tempfile
+from pathlib import Path
+
+from flytekit import task
+from flytekit.types.directory import FlyteDirectory
+from pandera.typing import DataFrame
+
+from data_schemas.ingest import ClipAttributes, ClipIndex, QuarantineRecord
+from lib.io import persist
+
+
+@task
+def report_ingest(
+    output_dir: str,
+    shards: FlyteDirectory,
+    index: DataFrame[ClipIndex],
+    quarantine: DataFrame[QuarantineRecord],
+    attributes: DataFrame[ClipAttributes],
+) -> str:
+    dest = f"{output_dir.rstrip('/')}/ingest"
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, table in (("clip_index", index), ("quarantine", quarantine), ("attributes", attributes)):
+            table.to_parquet(Path(tmp) / f"{name}.parquet", index=False)
+        persist(tmp, dest)
+    persist(shards.download(), f"{dest}/shards")
+    reasons = quarantine["reason"].value_counts().to_dict()
+    print(
+        f"ingest: {len(index)} clips in {index['shard'].nunique()} shard(s) -> {dest}/shards\n"
+        f"ingest: tables -> {dest}/clip_index.parquet, {dest}/quarantine.parquet, {dest}/attributes.parquet\n"
+        f"ingest: quarantined {len(quarantine)} row(s) {reasons if reasons else ''}",
+        flush=True,
+    )
+    return dest

@@ -1,0 +1,77 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from lib.config import ConfigError, RunConfig, config_from_dict, config_to_dict, load_config, replace_in
+
+CONFIGS = sorted(Path("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+
+
+def test_tiny_is_the_cpu_default():
+    cfg = load_config("configs/tiny.yaml")
+    assert cfg.data.source == "builtin" and cfg.resources.expert_gpu == 0
+
+
+def test_unknown_key_is_named_with_its_section(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("expert:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown key\(s\) expert.stepz; known: .*steps"):
+        load_config(f)
+
+
+def test_unknown_section():
+    with pytest.raises(ConfigError, match="unknown key.*routr"):
+        config_from_dict({"routr": {}})
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"expert": {"steps": 0}}, "expert.steps: must be > 0, got 0"),
+        ({"expert": {"steps": "ten"}}, "expert.steps: expected int, got str"),
+        ({"expert": {"lr": True}}, "expert.lr: expected float"),
+        ({"cluster": {"method": "spectral"}}, "cluster.method: 'spectral' is not one of"),
+        (
+            {"cluster": {"num_clusters": 50, "fine_clusters": 64}, "data": {"num_clips": 10}},
+            "larger than data.num_clips",
+        ),
+        ({"cluster": {"num_clusters": 8, "fine_clusters": 4}}, "cluster.fine_clusters: must be >= num_clusters"),
+        ({"data": {"source": "manifest"}}, "data.manifest: required when source=manifest"),
+        ({"data": {"max_bad_fraction": 1.5}}, r"data.max_bad_fraction: must lie in \[0, 1\]"),
+        ({"sample": {"strategy": "top3"}}, "sample.strategy"),
+        ({"resources": {"min_success_ratio": 0}}, "resources.min_success_ratio"),
+        ({"data": [1, 2]}, "data: expected a mapping"),
+    ],
+)
+def test_bad_values_name_the_field(values, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(values)
+
+
+def test_ints_widen_to_float_and_missing_keys_keep_defaults():
+    cfg = config_from_dict({"expert": {"lr": 1}})
+    assert cfg.expert.lr == 1.0 and isinstance(cfg.expert.lr, float)
+    assert cfg.expert.steps == RunConfig().expert.steps
+
+
+def test_round_trip_through_json_hook():
+    cfg = replace_in(RunConfig(), expert={"steps": 7}, seed=3)
+    assert RunConfig.from_json(json.dumps(config_to_dict(cfg))) == cfg
+    with pytest.raises(ConfigError, match="unknown key"):
+        RunConfig.from_json('{"data": {"num_clipz": 3}}')
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
