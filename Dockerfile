@@ -7,6 +7,8 @@ WORKDIR /root
 
 # Dependencies first (cached layer); the base image's CUDA torch satisfies the pyproject range.
 COPY pyproject.toml README.md ./
+# Versions are bounded in pyproject.toml (the single source of dependency ranges).
+# hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[multigpu]"
 
 COPY lib ./lib

@@ -24,10 +24,12 @@ run: install
 
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint Dockerfile
 	FLYTE_LOCAL_CACHE_ENABLED=false $(PY) -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint Dockerfile
 
 clean:
 	rm -rf $(VENV) outputs

@@ -1,15 +1,15 @@
 """Ingestion task: the first typed edge of the pipeline."""
 
-from pathlib import Path
 from typing import NamedTuple
 
-from flytekit import Cache, Resources, current_context, task
+from flytekit import Cache, Resources, task
 from flytekit.types.directory import FlyteDirectory
 from pandera.typing import DataFrame
 
 from data_schemas.ingest import ClipAttributes, ClipIndex, QuarantineRecord
 from lib.config import DataConfig
 from lib.data.ingest import ingest
+from tasks.common import stage_dir
 
 
 class IngestOutputs(NamedTuple):
@@ -20,9 +20,9 @@ class IngestOutputs(NamedTuple):
 
 
 @task(cache=Cache(version="ingest-v1"), requests=Resources(cpu="1", mem="2Gi"), retries=1)
-def ingest_clips(cfg: DataConfig, seed: int) -> IngestOutputs:
-    """Cached on (data config, seed): a manifest whose files change under the same URI needs a new URI."""
-    out = Path(current_context().working_directory) / "shards"
+def ingest_clips(cfg: DataConfig, seed: int, output_dir: str) -> IngestOutputs:
+    """Cached on (data config, seed, output_dir): a manifest whose files change under the same URI needs a new URI."""
+    out = stage_dir(output_dir, "ingest", cfg, seed)
     result = ingest(cfg, seed, out)
     print(f"ingest: {result.summary()}", flush=True)
     return IngestOutputs(FlyteDirectory(str(out)), result.index, result.quarantine, result.attributes)

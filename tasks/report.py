@@ -27,10 +27,9 @@ def report_ingest(
         for name, table in (("clip_index", index), ("quarantine", quarantine), ("attributes", attributes)):
             table.to_parquet(Path(tmp) / f"{name}.parquet", index=False)
         persist(tmp, dest)
-    persist(shards.download(), f"{dest}/shards")
     reasons = quarantine["reason"].value_counts().to_dict()
     print(
-        f"ingest: {len(index)} clips in {index['shard'].nunique()} shard(s) -> {dest}/shards\n"
+        f"ingest: {len(index)} clips in {index['shard'].nunique()} shard(s) -> {shards.remote_source or shards.path}\n"
         f"ingest: tables -> {dest}/clip_index.parquet, {dest}/quarantine.parquet, {dest}/attributes.parquet\n"
         f"ingest: quarantined {len(quarantine)} row(s) {reasons if reasons else ''}",
         flush=True,

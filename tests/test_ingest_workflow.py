@@ -22,7 +22,7 @@ def _cfg(tmp_path):
 
 def test_task_called_as_function_returns_typed_outputs(tmp_path):
     cfg = _cfg(tmp_path)
-    out = ingest_clips(cfg=cfg.data, seed=cfg.seed)
+    out = ingest_clips(cfg=cfg.data, seed=cfg.seed, output_dir=cfg.output_dir)
     assert len(out.index) == 30 and out.quarantine.empty
     assert sorted(p.name for p in Path(out.shards.path).iterdir())[:2] == ["index.parquet", "shard-00000.safetensors"]
 
@@ -47,10 +47,11 @@ def test_pyflyte_run_ingest_workflow(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     dest = tmp_path / "out" / "ingest"
-    assert f"ingest: 30 clips in 2 shard(s) -> {dest}/shards" in proc.stdout
+    shards = next(line for line in proc.stdout.splitlines() if "shard(s) ->" in line).split("-> ")[1]
+    assert shards.startswith(str(tmp_path / "out" / "stages" / "ingest")), "shards live in the persistent output dir"
     assert pd.read_parquet(dest / "clip_index.parquet")["clip_id"].is_unique
     assert len(pd.read_parquet(dest / "attributes.parquet")) == 30
-    assert (dest / "shards" / "shard-00001.safetensors").is_file()
+    assert (Path(shards) / "shard-00001.safetensors").is_file()
 
 
 def test_pyflyte_run_refuses_unknown_config_keys(tmp_path):

@@ -1,0 +1,45 @@
+"""Where tasks write their outputs.
+
+Flyte's local cache stores the path a task returned; when that path is a temporary folder that later vanishes,
+a cache hit hands back a missing path (a known flytekit behaviour). So when ``output_dir`` is a local folder, a
+task writes under ``<output_dir>/stages/<stage>/<key>``, a persistent folder keyed by the task's inputs, and a
+cache hit stays valid as long as the outputs are kept. On a cluster (``output_dir`` is a URI) tasks write to their
+working directory and Flyte uploads the result to its blob store, which is persistent by itself.
+"""
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from flytekit import current_context
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def input_key(*parts: Any) -> str:
+    """A short stable hash of a task's inputs (dataclasses by value, everything else by str)."""
+    text = json.dumps(parts, sort_keys=True, default=_jsonable)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def is_local(output_dir: str) -> bool:
+    return "://" not in output_dir or output_dir.startswith("file://")
+
+
+def stage_dir(output_dir: str, stage: str, *key_parts: Any, fresh: bool = True) -> Path:
+    """A folder for one task's outputs; emptied first when ``fresh`` (a rerun must not mix in stale files)."""
+    if is_local(output_dir):
+        path = Path(output_dir.removeprefix("file://")).resolve() / "stages" / stage / input_key(*key_parts)
+    else:
+        path = Path(current_context().working_directory) / stage
+    if fresh and path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
