@@ -43,7 +43,8 @@ def main() -> None:
     print(f"{'clips':>8} {'ingest s':>9} {'clips/s':>8} {'peak RSS MiB':>13}")
     for r in rows:
         print(f"{r['clips']:>8} {r['seconds']:>9.1f} {r['clips'] / r['seconds']:>8.0f} {r['peak_mib']:>13.0f}")
-    print(f"peak memory ratio {rows[-1]['clips']}/{rows[0]['clips']} clips: {rows[-1]['peak_mib'] / rows[0]['peak_mib']:.2f}x")
+    ratio = rows[-1]["peak_mib"] / rows[0]["peak_mib"]
+    print(f"peak memory ratio {rows[-1]['clips']}/{rows[0]['clips']} clips: {ratio:.2f}x")
 
 
 if __name__ == "__main__":
