@@ -76,11 +76,14 @@ class EncodeConfig:
 class ClusterConfig:
     embedders: list[str] = field(default_factory=lambda: ["visual_stats"])  # visual_stats | text | image_tower
     image_tower_path: str = ""  # local DINOv2/CLIP vision folder for the "image_tower" embedder
+    image_tower_frames: int = 4  # frames per clip (evenly spaced) fed to the image tower; 0: all frames
+    embed_batch_size: int = 64  # images per image-tower forward pass
     num_clusters: int = 3  # K, the number of experts
     fine_clusters: int = 32  # first-stage spherical k-means centroids
     method: str = "two_stage"  # two_stage | kmeans | balanced
     niter: int = 25
     silhouette_sample: int = 2000
+    balance_rounds: int = 10  # method=balanced: max rounds of size-capped reassignment + centroid update
 
     def __post_init__(self) -> None:
         _check(len(self.embedders) > 0, "cluster.embedders", "needs at least one embedder")
@@ -94,15 +97,21 @@ class ClusterConfig:
             f"must be >= num_clusters ({self.num_clusters}), got {self.fine_clusters}",
         )
         _check(self.niter > 0, "cluster.niter", "must be > 0")
+        ok = "image_tower" not in self.embedders or bool(self.image_tower_path)
+        _check(ok, "cluster.image_tower_path", "required when cluster.embedders has image_tower")
+        _check(self.image_tower_frames >= 0, "cluster.image_tower_frames", "must be >= 0")
+        _check(self.embed_batch_size > 0, "cluster.embed_batch_size", "must be > 0")
+        _check(self.balance_rounds > 0, "cluster.balance_rounds", "must be > 0")
+        _check(self.silhouette_sample > 1, "cluster.silhouette_sample", "must be > 1")
 
 
 @dataclass(frozen=True)
 class ExpertConfig:
     model: str = "wan"  # diffusers video transformer family built by lib.models.factory
     num_layers: int = 4
-    num_heads: int = 2
+    num_heads: int = 4  # with head_dim 32 and ffn_dim 512: ~1.3M parameters at text_dim 384
     head_dim: int = 32
-    ffn_dim: int = 256
+    ffn_dim: int = 512
     patch_size: list[int] = field(default_factory=lambda: [2, 4, 4])  # (t, h, w)
     objective: str = "flow"  # flow (v = eps - x0) | eps (DDPM-style, converted to v at sampling)
     steps: int = 300  # optimizer steps per expert; the monolith gets num_clusters x steps
@@ -110,6 +119,7 @@ class ExpertConfig:
     micro_batch: int = 0  # 0: pick from free memory; >0 forces it
     lr: float = 5e-4
     warmup_steps: int = 20
+    lr_schedule: str = "constant"  # after warm-up: constant | cosine (down to 10% of lr at the last step)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.99
@@ -122,6 +132,11 @@ class ExpertConfig:
         _one_of(self.model, ("wan",), "expert.model")
         _one_of(self.objective, ("flow", "eps"), "expert.objective")
         _one_of(self.timestep_sampling, ("logit_normal", "uniform"), "expert.timestep_sampling")
+        _one_of(self.lr_schedule, ("constant", "cosine"), "expert.lr_schedule")
+        _check(self.warmup_steps >= 0, "expert.warmup_steps", "must be >= 0")
+        _check(self.weight_decay >= 0, "expert.weight_decay", "must be >= 0")
+        _check(self.grad_clip > 0, "expert.grad_clip", "must be > 0")
+        _check(self.log_every > 0, "expert.log_every", "must be > 0")
         _check(len(self.patch_size) == 3 and min(self.patch_size) > 0, "expert.patch_size", "needs 3 positive ints")
         for name in ("num_layers", "num_heads", "head_dim", "ffn_dim", "steps", "batch_size", "checkpoint_every"):
             _check(getattr(self, name) > 0, f"expert.{name}", f"must be > 0, got {getattr(self, name)}")
@@ -157,13 +172,19 @@ class SampleConfig:
     guidance_scale: float = 4.0
     prompts_per_cluster: int = 8
     seed_offset: int = 0
+    eps_x0_clamp: float = 3.0  # eps experts: |x0_hat| bound in the eps -> v conversion (pixels lie in [-1, 1])
+    eps_alpha_floor: float = 0.05  # eps experts: smallest 1 - t divided by when recovering x0_hat
 
     def __post_init__(self) -> None:
-        ok = self.strategy in ("top1", "topk", "full", "oracle") or self.strategy.startswith("expert:")
+        ok = self.strategy in ("top1", "topk", "full", "oracle") or (
+            self.strategy.startswith("expert:") and self.strategy[len("expert:") :].isdigit()
+        )
         _check(ok, "sample.strategy", f"{self.strategy!r} is not one of top1, topk, full, oracle, expert:<id>")
         _check(self.top_k >= 1, "sample.top_k", "must be >= 1")
         _check(self.num_steps > 0, "sample.num_steps", "must be > 0")
         _check(self.prompts_per_cluster > 0, "sample.prompts_per_cluster", "must be > 0")
+        _check(self.eps_x0_clamp > 0, "sample.eps_x0_clamp", "must be > 0")
+        _check(0.0 < self.eps_alpha_floor <= 1.0, "sample.eps_alpha_floor", "must lie in (0, 1]")
 
 
 @dataclass(frozen=True)

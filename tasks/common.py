@@ -43,3 +43,8 @@ def stage_dir(output_dir: str, stage: str, *key_parts: Any, fresh: bool = True) 
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def uri_of(item: Any) -> str:
+    """Stable identity of a FlyteFile/FlyteDirectory input: its blob URI on a cluster, its path locally."""
+    return item.remote_source or item.path

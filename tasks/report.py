@@ -12,6 +12,7 @@ from pandera.typing import DataFrame
 
 from data_schemas.ingest import ClipAttributes, ClipIndex, QuarantineRecord
 from lib.io import persist
+from tasks.common import uri_of
 
 
 @task
@@ -29,7 +30,7 @@ def report_ingest(
         persist(tmp, dest)
     reasons = quarantine["reason"].value_counts().to_dict()
     print(
-        f"ingest: {len(index)} clips in {index['shard'].nunique()} shard(s) -> {shards.remote_source or shards.path}\n"
+        f"ingest: {len(index)} clips in {index['shard'].nunique()} shard(s) -> {uri_of(shards)}\n"
         f"ingest: tables -> {dest}/clip_index.parquet, {dest}/quarantine.parquet, {dest}/attributes.parquet\n"
         f"ingest: quarantined {len(quarantine)} row(s) {reasons if reasons else ''}",
         flush=True,

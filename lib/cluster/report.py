@@ -1,0 +1,228 @@
+"""What a clustering looks like: balance, separation, example captions, alignment with known attributes, a plot.
+
+The report is what a person reads before spending K expert trainings on a split: a catch-all cluster shows as
+a large max/min size ratio and a low normalised entropy, a meaningless split as a silhouette near 0 and low
+adjusted mutual information (AMI) with the procedural dataset's generating attributes. ``to_html`` gives a
+fragment the cluster task puts in a Flyte Deck; this module never imports flytekit.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_mutual_info_score, silhouette_score
+
+from data_schemas.cluster import ClusterAssignment, ClusterSummary
+from lib.cluster.kmeans import ClusterResult, validate_embeddings
+from lib.io import atomic_write
+from lib.seeding import derive_seed, numpy_rng
+
+log = logging.getLogger(__name__)
+
+EXAMPLES_PER_CLUSTER = 5
+ATTRIBUTE_KEY = "clip_id"  # identifier column of attribute tables; not an attribute to score
+PLOT_MAX_POINTS = 5000  # points drawn in the projection (a seeded sample beyond that; PCA still sees all)
+CAPTION_SEPARATOR = " | "
+
+
+@dataclass
+class ClusterReport:
+    """Summary numbers of one clustering.
+
+    Attributes:
+        method: ``cluster.method`` of the clustering.
+        sizes: members per cluster, length K.
+        size_ratio: largest / smallest cluster size (inf when a cluster is empty).
+        size_entropy: entropy of the size distribution divided by log K; 1.0 is perfectly balanced.
+        silhouette: mean cosine silhouette on a seeded sample, in [-1, 1]; NaN when the sample holds one cluster.
+        silhouette_n: samples the silhouette was computed on.
+        examples: per cluster, up to 5 captions of the members closest to the centroid.
+        ami: adjusted mutual information of the labels with each attribute column.
+        plot_path: PNG of the 2-D PCA projection coloured by cluster.
+    """
+
+    method: str
+    sizes: list[int]
+    size_ratio: float
+    size_entropy: float
+    silhouette: float
+    silhouette_n: int
+    examples: dict[int, list[str]]
+    plot_path: Path
+    ami: dict[str, float] = field(default_factory=dict)
+
+    def summary_frame(self) -> pd.DataFrame:
+        """One row per cluster, validated against ``ClusterSummary``."""
+        total = max(sum(self.sizes), 1)
+        frame = pd.DataFrame(
+            {
+                ClusterSummary.cluster_id: np.arange(len(self.sizes), dtype=np.int64),
+                ClusterSummary.size: np.asarray(self.sizes, dtype=np.int64),
+                ClusterSummary.fraction: np.asarray(self.sizes, dtype=np.float64) / total,
+                ClusterSummary.example_captions: [
+                    CAPTION_SEPARATOR.join(self.examples.get(c, [])) for c in range(len(self.sizes))
+                ],
+            }
+        )
+        return ClusterSummary.validate(frame)
+
+    def to_html(self) -> str:
+        """An HTML fragment: metrics table, per-cluster table with example captions, the projection as a PNG."""
+        metrics = [
+            ("method", self.method),
+            ("clusters", str(len(self.sizes))),
+            ("max/min size ratio", f"{self.size_ratio:.3f}"),
+            ("normalised size entropy", f"{self.size_entropy:.3f}"),
+            (f"silhouette (cosine, n={self.silhouette_n})", f"{self.silhouette:.3f}"),
+            *((f"AMI vs {name}", f"{value:.3f}") for name, value in self.ami.items()),
+        ]
+        metric_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in metrics)
+        summary = self.summary_frame()
+        cluster_rows = "".join(
+            f"<tr><td>{row.cluster_id}</td><td>{row.size}</td><td>{row.fraction:.3f}</td>"
+            f"<td>{'<br>'.join(html.escape(c) for c in self.examples.get(row.cluster_id, []))}</td></tr>"
+            for row in summary.itertuples(index=False)
+        )
+        png = base64.b64encode(Path(self.plot_path).read_bytes()).decode("ascii")
+        return (
+            '<div class="cluster-report">'
+            f'<table class="cluster-metrics">{metric_rows}</table>'
+            '<table class="cluster-sizes"><tr><th>cluster</th><th>size</th><th>fraction</th>'
+            f"<th>example captions</th></tr>{cluster_rows}</table>"
+            f'<img alt="PCA projection coloured by cluster" src="data:image/png;base64,{png}"/>'
+            "</div>"
+        )
+
+
+def assignment_frame(clip_ids: list[str], result: ClusterResult) -> pd.DataFrame:
+    """The ClusterAssignment table of a clustering, rows in the order of ``clip_ids``."""
+    if len(clip_ids) != len(result.labels):
+        raise ValueError(f"{len(clip_ids)} clip ids for {len(result.labels)} cluster labels")
+    frame = pd.DataFrame(
+        {
+            ClusterAssignment.clip_id: list(clip_ids),
+            ClusterAssignment.cluster_id: result.labels.astype(np.int64),
+            ClusterAssignment.distance: result.distances.astype(np.float64),
+            ClusterAssignment.fine_cluster: result.fine_labels.astype(np.int64),
+        }
+    )
+    return ClusterAssignment.validate(frame)
+
+
+def balance(sizes: np.ndarray) -> tuple[float, float]:
+    """(max/min size ratio, entropy of the size distribution / log K); K = 1 counts as balanced."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    ratio = math.inf if sizes.min() == 0 else float(sizes.max() / sizes.min())
+    if len(sizes) == 1:
+        return ratio, 1.0
+    p = sizes[sizes > 0] / sizes.sum()
+    return ratio, float(-(p * np.log(p)).sum() / math.log(len(sizes)))
+
+
+def _silhouette(xn: np.ndarray, labels: np.ndarray, seed: int, sample: int) -> tuple[float, int]:
+    """Cosine silhouette on a seeded subsample (it is O(n^2)); NaN when the sample holds fewer than 2 labels."""
+    n = len(labels)
+    idx = np.sort(numpy_rng(seed, "cluster", "silhouette").choice(n, size=min(sample, n), replace=False))
+    distinct = len(np.unique(labels[idx]))
+    if distinct < 2 or distinct >= len(idx):
+        log.warning("silhouette undefined: %d cluster(s) among %d sampled points", distinct, len(idx))
+        return math.nan, len(idx)
+    return float(silhouette_score(xn[idx], labels[idx], metric="cosine")), len(idx)
+
+
+def _examples(result: ClusterResult, captions: list[str]) -> dict[int, list[str]]:
+    """Captions of the members closest to each centroid: the most typical clips of the cluster."""
+    out = {}
+    for c in range(result.num_clusters):
+        members = np.flatnonzero(result.labels == c)
+        closest = members[np.argsort(result.distances[members], kind="stable")[:EXAMPLES_PER_CLUSTER]]
+        out[c] = [captions[i] for i in closest]
+    return out
+
+
+def _ami(labels: np.ndarray, attributes: pd.DataFrame) -> dict[str, float]:
+    if len(attributes) != len(labels):
+        raise ValueError(f"attributes have {len(attributes)} rows for {len(labels)} clustered clips")
+    return {
+        str(col): float(adjusted_mutual_info_score(attributes[col].astype(str).to_numpy(), labels))
+        for col in attributes.columns
+        if col != ATTRIBUTE_KEY
+    }
+
+
+def _plot(xn: np.ndarray, result: ClusterResult, seed: int, path: Path) -> Path:
+    """2-D PCA of the normalised embeddings with the centroids marked, written atomically as PNG."""
+    pca = PCA(n_components=min(2, xn.shape[1]), random_state=derive_seed(seed, "cluster", "pca") % 2**32)
+    proj = pca.fit_transform(xn)
+    cent = pca.transform(result.centroids)
+    if proj.shape[1] == 1:
+        proj, cent = np.pad(proj, ((0, 0), (0, 1))), np.pad(cent, ((0, 0), (0, 1)))
+    shown = np.arange(len(proj))
+    if len(shown) > PLOT_MAX_POINTS:
+        shown = np.sort(numpy_rng(seed, "cluster", "plot").choice(len(proj), PLOT_MAX_POINTS, replace=False))
+    fig = Figure(figsize=(6, 5), dpi=100)
+    ax = fig.add_subplot()
+    cmap = "tab10" if result.num_clusters <= 10 else "tab20"
+    ax.scatter(proj[shown, 0], proj[shown, 1], c=result.labels[shown], cmap=cmap, s=6, alpha=0.6, linewidths=0)
+    ax.scatter(cent[:, 0], cent[:, 1], c="black", marker="x", s=60, label="centroids")
+    for c, (cx, cy) in enumerate(cent[:, :2]):
+        ax.annotate(str(c), (cx, cy), textcoords="offset points", xytext=(4, 4), fontsize=9)
+    ax.set_title(f"{result.method}: {result.num_clusters} clusters, {len(proj)} clips (PCA)")
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.legend(loc="best", fontsize=8)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return path
+
+
+def cluster_report(
+    x: np.ndarray,
+    result: ClusterResult,
+    captions: list[str],
+    attributes: pd.DataFrame | None,
+    seed: int,
+    silhouette_sample: int,
+    plot_path: str | Path,
+) -> ClusterReport:
+    """Measure a clustering of ``x`` and draw it.
+
+    Args:
+        x: float32 [N, D] the embeddings that were clustered.
+        result: their ``cluster_embeddings`` result.
+        captions: N captions, row-aligned with ``x``.
+        attributes: optional N-row table of known attributes (e.g. ClipAttributes); AMI is computed for every
+            column except ``clip_id``.
+        seed: run seed; the silhouette and plot samples derive from it.
+        silhouette_sample: at most this many points enter the silhouette.
+        plot_path: where the projection PNG is written.
+
+    Returns:
+        ClusterReport.
+    """
+    xn = validate_embeddings(x)
+    n = len(xn)
+    if len(result.labels) != n or len(captions) != n:
+        raise ValueError(f"{n} embeddings but {len(result.labels)} labels and {len(captions)} captions")
+    sizes = result.sizes()
+    ratio, entropy = balance(sizes)
+    silhouette, silhouette_n = _silhouette(xn, result.labels, seed, silhouette_sample)
+    return ClusterReport(
+        method=result.method,
+        sizes=sizes.tolist(),
+        size_ratio=ratio,
+        size_entropy=entropy,
+        silhouette=silhouette,
+        silhouette_n=silhouette_n,
+        examples=_examples(result, captions),
+        plot_path=_plot(xn, result, seed, Path(plot_path)),
+        ami=_ami(result.labels, attributes) if attributes is not None else {},
+    )

@@ -1,0 +1,185 @@
+"""The encoded dataset on disk: latents and caption embeddings computed once, then read by every later stage.
+
+Layout of an encoded folder::
+
+    encoded-00000.safetensors   latents float16 [n, C, T, H, W], tokens float16 [n, L, D],
+    encoded-00001.safetensors   mask uint8 [n, L], pooled float32 [n, P]
+    encoded_index.parquet       EncodedIndex: clip_id -> (shard, index)
+    codec.json                  codec name, latent shape, scaling, text encoder — what sampling needs to decode
+
+Why float16 for latents and tokens: they are the bulk of the bytes and half precision is far below the noise the
+models add (the pixel codec still round-trips exactly: 1/127.5 steps survive float16). Pooled vectors stay float32
+because clustering compares them by small cosine differences. Every file is written atomically, the index and
+``codec.json`` last, so a folder with an index is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from data_schemas.encode import EncodedIndex
+from lib.config import EncodeConfig
+from lib.data.shards import iter_shards
+from lib.encode.codec import codec_from_config
+from lib.encode.text import TextEncoder
+from lib.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+ENCODED_INDEX = "encoded_index.parquet"
+CODEC_FILE = "codec.json"
+
+
+def encoded_shard_name(number: int) -> str:
+    return f"encoded-{number:05d}.safetensors"
+
+
+@dataclass
+class EncodedData:
+    clip_ids: list[str]
+    latents: torch.Tensor  # float32 [N, C, T, H, W]
+    tokens: torch.Tensor  # float32 [N, L, D]
+    mask: torch.Tensor  # bool [N, L]
+    pooled: torch.Tensor  # float32 [N, P]
+
+
+def encode_dataset(
+    shards_dir: str | Path,
+    clip_index: pd.DataFrame,
+    cfg: EncodeConfig,
+    out_dir: str | Path,
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
+    """Encode every clip of ``clip_index`` (videos with the codec, captions with the text encoder).
+
+    Streams one clip shard at a time and writes one encoded shard per clip shard, so memory stays bounded by
+    ``data.shard_size`` clips whatever the dataset size.
+
+    Args:
+        shards_dir: folder of the clip shards (ingest output).
+        clip_index: ClipIndex rows to encode (needs clip_id, shard, index, caption).
+        cfg: codec, text encoder, token length and batch size.
+        out_dir: folder to write (created if needed).
+        device: where the codec and text encoder run.
+
+    Returns:
+        The EncodedIndex table (also written to ``out_dir/encoded_index.parquet``).
+    """
+    missing = {"clip_id", "shard", "index", "caption"} - set(clip_index.columns)
+    if missing:
+        raise ValueError(f"encode_dataset: clip index lacks column(s) {', '.join(sorted(missing))}")
+    if clip_index.empty:
+        raise ValueError(f"encode_dataset: empty clip index for {shards_dir}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    codec = codec_from_config(cfg, device)
+    text = TextEncoder.from_config(cfg, device)
+    load_seconds = time.perf_counter() - t0
+
+    rows: list[dict[str, Any]] = []
+    latent_shape: tuple[int, ...] = ()
+    video_shape: tuple[int, ...] = ()
+    pooled_dim = 0
+    for number, (clip_rows, frames) in enumerate(iter_shards(shards_dir, clip_index)):
+        video = torch.from_numpy(frames)
+        latents = torch.cat([codec.encode(video[i : i + cfg.batch_size]) for i in range(0, len(video), cfg.batch_size)])
+        emb = text.encode(clip_rows["caption"].tolist())
+        tensors = {
+            "latents": latents.to(torch.float16).contiguous(),
+            "tokens": emb.tokens.to(torch.float16).contiguous(),
+            "mask": emb.mask.to(torch.uint8).contiguous(),
+            "pooled": emb.pooled.float().contiguous(),
+        }
+        name = encoded_shard_name(number)
+        atomic_write(out_dir / name, lambda tmp, tensors=tensors: save_file(tensors, str(tmp)))
+        rows.extend({"clip_id": cid, "shard": name, "index": i} for i, cid in enumerate(clip_rows["clip_id"]))
+        latent_shape, video_shape = tuple(latents.shape[1:]), tuple(frames.shape[1:])
+        pooled_dim = int(emb.pooled.shape[1])
+
+    index = pd.DataFrame(rows, columns=["clip_id", "shard", "index"]).astype({"index": "int64"})
+    index = EncodedIndex.validate(index)
+    info = {
+        **codec.info(),
+        "latent_shape": list(latent_shape),
+        "video_shape": list(video_shape),  # T, H, W, C of the source clips
+        "text_encoder": {
+            "name": text.name,
+            "max_tokens": text.max_tokens,
+            "dim": text.dim,
+            "pooled_dim": pooled_dim,
+        },
+    }
+    atomic_write(out_dir / CODEC_FILE, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+    atomic_write(out_dir / ENCODED_INDEX, lambda tmp: index.to_parquet(tmp, index=False))
+    seconds = time.perf_counter() - t0 - load_seconds
+    log.info(
+        "encoded %d clips into %d shard(s) in %.1f s (%.1f clips/s, models loaded in %.1f s); latents %s",
+        len(index),
+        index["shard"].nunique(),
+        seconds,
+        len(index) / max(seconds, 1e-9),
+        load_seconds,
+        latent_shape,
+    )
+    return index
+
+
+def read_encoded_index(encoded_dir: str | Path) -> pd.DataFrame:
+    path = Path(encoded_dir) / ENCODED_INDEX
+    if not path.is_file():
+        raise ValueError(f"{encoded_dir}: not an encoded folder (no {ENCODED_INDEX}); run the encode stage first")
+    return EncodedIndex.validate(pd.read_parquet(path))
+
+
+def read_codec_info(encoded_dir: str | Path) -> dict[str, Any]:
+    """The ``codec.json`` written by ``encode_dataset``: how to decode the cached latents."""
+    path = Path(encoded_dir) / CODEC_FILE
+    if not path.is_file():
+        raise ValueError(f"{encoded_dir}: no {CODEC_FILE}; run the encode stage first")
+    return json.loads(path.read_text())
+
+
+def load_encoded(encoded_dir: str | Path, clip_ids: list[str] | None = None) -> EncodedData:
+    """Load cached latents and embeddings as float32/bool tensors.
+
+    Args:
+        encoded_dir: folder written by ``encode_dataset``.
+        clip_ids: clips to load, in the order wanted; ``None`` loads all in index order.
+
+    Returns:
+        EncodedData whose rows follow ``clip_ids``.
+    """
+    index = read_encoded_index(encoded_dir)
+    if clip_ids is None:
+        clip_ids = index["clip_id"].tolist()
+    clip_ids = list(clip_ids)
+    if not clip_ids:
+        raise ValueError(f"{encoded_dir}: load_encoded got an empty list of clip ids")
+    by_id = index.set_index("clip_id")
+    unknown = [c for c in clip_ids if c not in by_id.index]
+    if unknown:
+        raise ValueError(f"{encoded_dir}: {len(unknown)} clip id(s) not encoded, e.g. {unknown[:5]}")
+    rows = by_id.loc[clip_ids].assign(position=range(len(clip_ids)))
+
+    out: dict[str, torch.Tensor] = {}
+    for shard, sub in rows.groupby("shard", sort=True):
+        tensors = load_file(str(Path(encoded_dir) / str(shard)))
+        take = torch.tensor(sub["index"].tolist())
+        where = torch.tensor(sub["position"].tolist())
+        for key in ("latents", "tokens", "mask", "pooled"):
+            values = tensors[key][take]
+            if key not in out:
+                dtype = torch.bool if key == "mask" else torch.float32
+                out[key] = torch.empty((len(clip_ids), *values.shape[1:]), dtype=dtype)
+            out[key][where] = values.to(out[key].dtype)
+    return EncodedData(clip_ids, out["latents"], out["tokens"], out["mask"], out["pooled"])

@@ -1,0 +1,502 @@
+"""A loadable decentralized diffusion model: one folder, one manifest, one call from prompts to uint8 videos.
+
+Why a folder of its own: the experts, the router, the codec and the text encoder are produced by different stages
+(and the experts on different machines). ``assemble_ddm`` gathers what sampling needs into one self-describing
+folder so that sampling, evaluation and a scheduled re-evaluation load the same thing with plain Python::
+
+    ddm.json                 manifest (format_version, K, experts, codec, text encoder, router)
+    experts/expert-00/       diffusers save_pretrained folders as the trainer wrote them (+ training.json)
+    router/                  RouterModel save_pretrained folder
+    centroids.safetensors    cluster centroids [K, E] (when given), for routing or inspecting new data
+
+Experts that failed training are recorded as missing and the sampler renormalises the router over the survivors.
+The weights' sha256 are recorded in the manifest and checked on load, so a truncated or swapped file is refused.
+The text encoder and a VAE are referenced (by name / local path), not copied: they are frozen, shared by every
+model of a run and, at scale, larger than the experts.
+
+Pairing: the starting noise of prompt i comes from its own generator seeded by ``derive_seed(seed, "sample", i)``,
+so a prompt's video depends neither on the batch size nor on the other prompts, and the DDM, the monolith
+(``DDMPipeline.from_single``) and every single expert (``strategy="expert:<id>"``) start from the same noise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import ModelMixin
+from safetensors.torch import load_file, save_file
+
+from lib.config import EncodeConfig
+from lib.data.video import write_gif, write_mp4
+from lib.encode.codec import LatentCodec, PixelCodec, load_vae_codec
+from lib.encode.text import TextEncoder
+from lib.io import atomic_write
+from lib.models.factory import TRAINING_INFO, expert_forward, load_expert, weights_sha256
+from lib.models.router import RouterModel
+from lib.sample.ddm import ExpertHandle, SampleResult, SamplerStats, parse_strategy, sample_ddm
+from lib.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "ddm.json"
+CENTROIDS = "centroids.safetensors"
+ROUTER_DIR = "router"
+VIDEO_FORMATS = ("gif", "mp4")
+
+
+class DDMLoadError(ValueError):
+    """A DDM folder (or one of its parts) that is incomplete, inconsistent or fails its integrity check."""
+
+
+def expert_dir_name(cluster_id: int) -> str:
+    return f"experts/expert-{cluster_id:02d}"
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise DDMLoadError(f"{path}: missing ({what})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DDMLoadError(f"{path}: not valid JSON: {exc}") from exc
+
+
+def _check_sha(folder: Path, expected: dict[str, str]) -> None:
+    """Refuse a folder whose safetensors files differ from ``expected`` (file name -> sha256), naming each file."""
+    found = weights_sha256(folder)
+    bad = [
+        f"{folder / name} (expected sha256 {expected.get(name, 'no entry')[:12]}..., got "
+        f"{found[name][:12] + '...' if name in found else 'no file'})"
+        for name in sorted(set(expected) | set(found))
+        if expected.get(name) != found.get(name)
+    ]
+    if bad:
+        raise DDMLoadError(f"weights fail their integrity check: {'; '.join(bad)}")
+
+
+def _expert_entry(cluster_id: int, src: Path, codec: dict[str, Any], text: dict[str, Any]) -> dict[str, Any]:
+    """Manifest entry of one trained expert folder, after checking it fits the codec and the text encoder."""
+    config = _read_json(src / "config.json", "diffusers model config")
+    info = _read_json(src / TRAINING_INFO, "training record with objective and weights sha256")
+    if "weights_sha256" not in info or "objective" not in info:
+        raise DDMLoadError(f"{src / TRAINING_INFO}: lacks objective or weights_sha256; not written by the trainer")
+    _check_sha(src, info["weights_sha256"])
+    channels, sample_shape = codec["latent_shape"][0], codec["latent_shape"][1:]
+    if config.get("in_channels") != channels or list(info.get("sample_shape", sample_shape)) != sample_shape:
+        raise DDMLoadError(
+            f"{src}: expert takes {config.get('in_channels')} channels at {info.get('sample_shape')}, but the codec "
+            f"gives latents {codec['latent_shape']}"
+        )
+    if config.get("text_dim") != text["dim"]:
+        raise DDMLoadError(f"{src}: expert text_dim {config.get('text_dim')} != text encoder dim {text['dim']}")
+    return {
+        "cluster_id": cluster_id,
+        "present": True,
+        "path": expert_dir_name(cluster_id),
+        "class_name": config.get("_class_name"),
+        "objective": info["objective"],
+        "weights_sha256": info["weights_sha256"],
+    }
+
+
+def _router_entry(src: Path, k: int, codec: dict[str, Any], text: dict[str, Any]) -> dict[str, Any]:
+    config = _read_json(src / "config.json", "RouterModel config")
+    want = {
+        "num_clusters": k,
+        "in_channels": codec["latent_shape"][0],
+        "sample_shape": codec["latent_shape"][1:],
+        "text_dim": text.get("pooled_dim", text["dim"]),
+    }
+    wrong = {key: (config.get(key), value) for key, value in want.items() if config.get(key) != value}
+    if wrong:
+        raise DDMLoadError(f"{src}: router does not fit this DDM (field: (router, expected)): {wrong}")
+    return {"path": ROUTER_DIR, "weights_sha256": weights_sha256(src)}
+
+
+def _codec_and_text(encoded_info: dict[str, Any], encode_cfg: EncodeConfig) -> tuple[dict, dict]:
+    """Codec and text-encoder records from ``codec.json``, checked against the encode config that made them."""
+    missing = {"name", "latent_shape", "video_shape", "text_encoder"} - set(encoded_info)
+    if missing:
+        raise DDMLoadError(f"encoded_info (codec.json) lacks {', '.join(sorted(missing))}")
+    text = dict(encoded_info["text_encoder"])
+    mismatch = [
+        f"{field}: codec.json {ours!r} vs encode config {theirs!r}"
+        for field, ours, theirs in (
+            ("codec", encoded_info["name"], encode_cfg.codec),
+            ("text_encoder", text.get("name"), encode_cfg.text_encoder),
+            ("max_tokens", text.get("max_tokens"), encode_cfg.max_tokens),
+        )
+        if ours != theirs
+    ]
+    if mismatch:
+        raise DDMLoadError(f"the encoded data was made with another encode config ({'; '.join(mismatch)})")
+    codec = {
+        "name": encoded_info["name"],
+        "latent_shape": list(encoded_info["latent_shape"]),
+        "video_shape": list(encoded_info["video_shape"]),
+        "scaling": encoded_info.get("scaling", {}),
+        "vae_path": encoded_info.get("vae_path", encode_cfg.vae_path) if encoded_info["name"] == "vae" else "",
+        "vae_class": encoded_info.get("vae_class", ""),
+    }
+    return codec, text
+
+
+def assemble_ddm(
+    out_dir: str | Path,
+    experts: dict[int, str | Path | None],
+    router_dir: str | Path | None,
+    encoded_info: dict[str, Any],
+    centroids: np.ndarray | None,
+    encode_cfg: EncodeConfig,
+) -> Path:
+    """Write a self-contained DDM folder (see module docstring); built in a temporary sibling, then renamed.
+
+    Args:
+        out_dir: folder to create; an existing one is replaced whole.
+        experts: trained expert folder (the trainer's ``model/``) per cluster id 0..K-1; None for a failed expert.
+        router_dir: RouterModel folder, or None (then only ``oracle`` and ``expert:<id>`` strategies can sample).
+        encoded_info: the encode stage's ``codec.json`` (codec name, latent/video shape, text encoder).
+        centroids: cluster centroids [K, E], saved for inspection; None to skip.
+        encode_cfg: the encode config of the run; must agree with ``encoded_info``.
+
+    Returns:
+        ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    k = len(experts)
+    if sorted(experts) != list(range(k)) or k == 0:
+        raise DDMLoadError(f"experts must be keyed by cluster ids 0..K-1, got {sorted(experts)}")
+    if all(path is None for path in experts.values()):
+        raise DDMLoadError("no expert is present: every expert failed training")
+    if centroids is not None and (centroids.ndim != 2 or centroids.shape[0] != k):
+        raise DDMLoadError(f"centroids must be [K={k}, E], got {centroids.shape}")
+    codec, text = _codec_and_text(encoded_info, encode_cfg)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        entries = []
+        for cluster_id in range(k):
+            src = experts[cluster_id]
+            if src is None:
+                entries.append({"cluster_id": cluster_id, "present": False, "path": None})
+                continue
+            entry = _expert_entry(cluster_id, Path(src), codec, text)
+            shutil.copytree(src, tmp / entry["path"])
+            _check_sha(tmp / entry["path"], entry["weights_sha256"])  # the copy, not only the source
+            entries.append(entry)
+        router = None
+        if router_dir is not None:
+            router = _router_entry(Path(router_dir), k, codec, text)
+            shutil.copytree(router_dir, tmp / ROUTER_DIR)
+        if centroids is not None:
+            save_file({"centroids": torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))},
+                      str(tmp / CENTROIDS))  # fmt: skip
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "num_experts": k,
+            "experts": entries,
+            "missing_experts": [e["cluster_id"] for e in entries if not e["present"]],
+            "router": router,
+            "codec": codec,
+            "text_encoder": text,
+            "centroids": CENTROIDS if centroids is not None else None,
+        }
+        atomic_write(tmp / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2)))
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old.{os.getpid()}")
+            os.replace(out_dir, old)
+            shutil.rmtree(old)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    log.info("assembled DDM with %d/%d experts at %s", k - len(manifest["missing_experts"]), k, out_dir)
+    return out_dir
+
+
+@dataclass(frozen=True)
+class PipelineOutput:
+    """Videos plus what the sampler did, for analysis.
+
+    Attributes:
+        videos: uint8 [N, T, H, W, 3].
+        result: the sampler's result over all prompts: x0 [N, C, T', H', W'], weights [num_steps, N, K], timesteps
+            [num_steps], stats summed over the batches.
+    """
+
+    videos: np.ndarray
+    result: SampleResult
+
+
+def _load_codec(codec: dict[str, Any], device: str | torch.device) -> LatentCodec:
+    if codec["name"] == "pixel":
+        return PixelCodec()
+    if codec["name"] == "vae":
+        return load_vae_codec(codec["vae_path"], device)
+    raise DDMLoadError(f"codec {codec['name']!r} is not one of pixel, vae")
+
+
+class DDMPipeline:
+    """Prompts -> videos with a DDM (router-mixed experts) or a single model, on one device.
+
+    Build it with ``from_pretrained`` (an ``assemble_ddm`` folder) or ``from_single`` (one expert or the monolith).
+    """
+
+    def __init__(
+        self,
+        experts: dict[int, ModelMixin | None],
+        objectives: dict[int, str],
+        router: RouterModel | None,
+        text_encoder: TextEncoder,
+        codec: LatentCodec,
+        latent_shape: Sequence[int],
+        name: str,
+        centroids: np.ndarray | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        self.device = torch.device(device)
+        self.experts = {k: (m.to(self.device).eval() if m is not None else None) for k, m in experts.items()}
+        self.objectives = objectives
+        self.router = router.to(self.device).eval() if router is not None else None
+        self.text_encoder = text_encoder
+        self.codec = codec
+        self.latent_shape = tuple(latent_shape)  # C, T', H', W'
+        self.name = name
+        self.centroids = centroids
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.experts)
+
+    @property
+    def missing_experts(self) -> list[int]:
+        return [k for k, m in self.experts.items() if m is None]
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> DDMPipeline:
+        """Load an ``assemble_ddm`` folder, verifying every expert's and the router's weights against the manifest."""
+        folder = Path(folder)
+        manifest = _read_json(folder / MANIFEST, "DDM manifest; build the folder with assemble_ddm")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise DDMLoadError(
+                f"{folder / MANIFEST}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}"
+            )
+        experts: dict[int, ModelMixin | None] = {}
+        objectives: dict[int, str] = {}
+        for entry in manifest["experts"]:
+            k = entry["cluster_id"]
+            if not entry["present"]:
+                experts[k] = None
+                continue
+            path = folder / entry["path"]
+            if not path.is_dir():
+                raise DDMLoadError(f"{path}: expert {k} is listed as present but its folder is missing")
+            _check_sha(path, entry["weights_sha256"])
+            experts[k] = load_expert(path, verify=False)  # just verified against the manifest
+            objectives[k] = entry["objective"]
+        router = None
+        if manifest.get("router"):
+            path = folder / manifest["router"]["path"]
+            if not path.is_dir():
+                raise DDMLoadError(f"{path}: the manifest lists a router but its folder is missing")
+            _check_sha(path, manifest["router"]["weights_sha256"])
+            router = RouterModel.from_pretrained(path)
+        centroids = None
+        if manifest.get("centroids"):
+            centroids = load_file(str(folder / manifest["centroids"]))["centroids"].numpy()
+        text = manifest["text_encoder"]
+        encoder = TextEncoder.from_config(
+            EncodeConfig(text_encoder=text["name"], max_tokens=text["max_tokens"]), device
+        )
+        if encoder.dim != text["dim"]:
+            raise DDMLoadError(f"{folder}: text encoder {text['name']} gives dim {encoder.dim}, manifest says {text}")
+        codec = manifest["codec"]
+        log.info("loaded DDM %s: %d experts (missing %s)", folder, len(experts), manifest["missing_experts"])
+        return cls(experts, objectives, router, encoder, _load_codec(codec, device), codec["latent_shape"],
+                   str(folder), centroids, device)  # fmt: skip
+
+    @classmethod
+    def from_single(
+        cls, model_dir: str | Path, encoded_info: dict[str, Any], device: str | torch.device = "cpu"
+    ) -> DDMPipeline:
+        """A K = 1 pipeline over one trained model folder (the monolith or one expert), with no router.
+
+        Every routing strategy runs the one model, so the monolith is sampled with exactly the arguments, prompts
+        and seeds given to the DDM (paired comparison).
+
+        Args:
+            model_dir: trainer output folder (config.json + safetensors + training.json).
+            encoded_info: the encode stage's ``codec.json``.
+            device: where to run.
+        """
+        model_dir = Path(model_dir)
+        if not {"name", "text_encoder"} <= set(encoded_info):
+            raise DDMLoadError(f"encoded_info (codec.json) lacks name or text_encoder: {sorted(encoded_info)}")
+        text = encoded_info["text_encoder"]
+        cfg = EncodeConfig(
+            text_encoder=text["name"], max_tokens=text["max_tokens"], codec=encoded_info["name"],
+            vae_path=encoded_info.get("vae_path", "") if encoded_info["name"] == "vae" else "",
+        )  # fmt: skip
+        codec, text = _codec_and_text(encoded_info, cfg)
+        entry = _expert_entry(0, model_dir, codec, text)  # checks sha against training.json and shapes
+        model = load_expert(model_dir, verify=False)
+        encoder = TextEncoder.from_config(cfg, device)
+        return cls({0: model}, {0: entry["objective"]}, None, encoder, _load_codec(codec, device),
+                   codec["latent_shape"], str(model_dir), None, device)  # fmt: skip
+
+    def _resolve_strategy(self, strategy: str) -> str:
+        """Single models have nothing to route; otherwise refuse a fixed expert that is absent, naming the model."""
+        name, fixed = parse_strategy(strategy)
+        if self.router is None and self.num_experts == 1 and name != "expert":
+            return "expert:0"
+        if name == "expert" and (fixed >= self.num_experts or self.experts[fixed] is None):
+            state = "missing (failed training)" if fixed < self.num_experts else "not one of its experts"
+            raise ValueError(f"{self.name}: strategy {strategy!r}: expert {fixed} is {state}")
+        return strategy
+
+    def noise(self, count: int, seed: int, prompt_keys: Sequence[int | str] | None = None) -> torch.Tensor:
+        """Starting noise [N, C, T', H', W'], one generator per prompt (key = prompt index by default)."""
+        keys = range(count) if prompt_keys is None else prompt_keys
+        return torch.stack(
+            [torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(derive_seed(seed, "sample", key)))
+             for key in keys]
+        )  # fmt: skip
+
+    def _handle(self, k: int) -> ExpertHandle:
+        model = self.experts[k]
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
+        )  # the precision the trainer used on GPU
+
+        def predict(x_t: torch.Tensor, t: torch.Tensor, cond: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            with autocast:
+                return expert_forward(model, x_t, t, cond[0], cond[1])
+
+        return ExpertHandle(predict=predict, objective=self.objectives[k], cluster_id=k)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        num_steps: int = 20,
+        guidance_scale: float = 4.0,
+        strategy: str = "topk",
+        top_k: int = 2,
+        seed: int = 0,
+        oracle_clusters: Sequence[int] | None = None,
+        batch_size: int = 16,
+        prompt_keys: Sequence[int | str] | None = None,
+    ) -> PipelineOutput:
+        """Sample one video per prompt and keep the routing weights.
+
+        Conditioning is what the trainer used: caption tokens + mask; the unconditional input of CFG is the
+        trainer's caption dropout, i.e. an all-False mask (``expert_forward`` zeroes the tokens). The router gets
+        the pooled caption vector.
+
+        Args:
+            prompts: N captions.
+            num_steps: Euler steps.
+            guidance_scale: CFG scale (1 disables CFG).
+            strategy: top1 | topk | full | oracle | expert:<id>.
+            top_k: experts kept by topk.
+            seed: noise seed; prompt i starts from ``derive_seed(seed, "sample", prompt_keys[i])``.
+            oracle_clusters: true cluster per prompt, for ``oracle``.
+            batch_size: prompts per sampler call (does not change any prompt's noise).
+            prompt_keys: noise key per prompt (default: its index), e.g. stable prompt ids of a prompt set.
+
+        Returns:
+            PipelineOutput.
+        """
+        if not prompts:
+            raise ValueError(f"{self.name}: no prompts given")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if prompt_keys is not None and len(prompt_keys) != len(prompts):
+            raise ValueError(f"prompt_keys has {len(prompt_keys)} entries for {len(prompts)} prompts")
+        oracle = None
+        if oracle_clusters is not None:
+            oracle = torch.as_tensor(list(oracle_clusters), dtype=torch.long)
+            if oracle.shape != (len(prompts),):
+                raise ValueError(f"oracle_clusters has {oracle.numel()} entries for {len(prompts)} prompts")
+        strategy = self._resolve_strategy(strategy)
+        emb = self.text_encoder.encode(list(prompts))  # all at once: a prompt's embedding ignores sampler batching
+        noise = self.noise(len(prompts), seed, prompt_keys)
+        handles = {k: (self._handle(k) if m is not None else None) for k, m in self.experts.items()}
+        results = []
+        for lo in range(0, len(prompts), batch_size):
+            sl = slice(lo, lo + batch_size)
+            tokens, mask = emb.tokens[sl].to(self.device), emb.mask[sl].to(self.device)
+            results.append(
+                sample_ddm(
+                    handles, self.router, noise[sl].to(self.device),
+                    cond=(tokens, mask), uncond=(torch.zeros_like(tokens), torch.zeros_like(mask)),
+                    pooled=emb.pooled[sl].to(self.device), strategy=strategy, top_k=top_k, num_steps=num_steps,
+                    guidance_scale=guidance_scale, oracle_clusters=None if oracle is None else oracle[sl],
+                )
+            )  # fmt: skip
+        x0 = torch.cat([r.x0.cpu() for r in results])
+        stats = SamplerStats(router_calls=sum(r.stats.router_calls for r in results))
+        for r in results:
+            for k, n in r.stats.expert_calls.items():
+                stats.expert_calls[k] = stats.expert_calls.get(k, 0) + n
+            for k, n in r.stats.expert_rows.items():
+                stats.expert_rows[k] = stats.expert_rows.get(k, 0) + n
+        merged = SampleResult(x0, torch.cat([r.weights for r in results], dim=1), results[0].timesteps, stats)
+        videos = torch.cat([self.codec.decode(x0[i : i + batch_size]) for i in range(0, len(x0), batch_size)])
+        return PipelineOutput(videos.numpy(), merged)
+
+    def __call__(self, prompts: list[str], **kwargs: Any) -> np.ndarray:
+        """uint8 videos [N, T, H, W, 3]; keyword arguments as ``generate``."""
+        return self.generate(prompts, **kwargs).videos
+
+
+def save_videos(
+    videos: np.ndarray,
+    out_dir: str | Path,
+    prefix: str,
+    fps: float = 8.0,
+    formats: Sequence[str] = VIDEO_FORMATS,
+) -> list[Path]:
+    """Write each video as ``{prefix}-{i:04d}.{fmt}``; each file is written in a temporary folder, then renamed.
+
+    Args:
+        videos: uint8 [N, T, H, W, 3].
+        out_dir: destination folder (created if needed).
+        prefix: file name prefix, e.g. ``ddm-topk``.
+        fps: frame rate of the files.
+        formats: any of gif, mp4.
+
+    Returns:
+        Paths written, video by video and format by format.
+    """
+    videos = np.asarray(videos)
+    if videos.dtype != np.uint8 or videos.ndim != 5 or videos.shape[-1] != 3:
+        raise ValueError(f"save_videos: expected uint8 [N, T, H, W, 3], got {videos.dtype} {videos.shape}")
+    unknown = sorted(set(formats) - set(VIDEO_FORMATS))
+    if unknown or not formats:
+        raise ValueError(f"save_videos: formats {list(formats)} must be a non-empty subset of {VIDEO_FORMATS}")
+    writers = {"gif": write_gif, "mp4": write_mp4}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with tempfile.TemporaryDirectory(prefix=f".{prefix}.", dir=out_dir) as tmp:
+        for i, video in enumerate(videos):
+            for fmt in formats:
+                name = f"{prefix}-{i:04d}.{fmt}"
+                writers[fmt](Path(tmp) / name, video, fps=fps)  # the writers pick the container by extension
+                os.replace(Path(tmp) / name, out_dir / name)
+                paths.append(out_dir / name)
+    return paths

@@ -1,0 +1,122 @@
+"""Training checkpoints without pickle: tensors in safetensors, everything else in JSON, published atomically.
+
+Layout of ``<root>/step-0000100/``: one ``<group>.safetensors`` per tensor group (model, ema, optimizer, state)
+and ``manifest.json``, written last. The folder is assembled under a temporary name and renamed into place, so
+a crash leaves either no folder or a complete one; ``latest_checkpoint`` additionally ignores any folder whose
+manifest is missing or unreadable, so only complete checkpoints are ever loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lib.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+PREFIX = "step-"
+KEEP_LAST = 2  # enough to survive a crash while the newest one is written
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:07d}"
+
+
+def optimizer_to_flat(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer ``state_dict`` into safetensors-ready tensors (``state.<param>.<key>``) and JSON."""
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for index, state in state_dict["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                plain.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "state": plain}
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of ``optimizer_to_flat``."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    for index, values in meta["state"].items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(root: Path, step: int, groups: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any]) -> Path:
+    """Write tensor ``groups`` and JSON ``meta`` as checkpoint ``step`` under ``root``; returns its folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    try:
+        for group, tensors in groups.items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / f"{group}.safetensors"))
+        manifest = {"step": step, "groups": sorted(groups), **meta}
+        atomic_write(tmp / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+        if final.exists():  # same step written before a crash and a resume from an earlier checkpoint
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return final
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of a complete checkpoint, or None for a partial/foreign folder."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("step") is None:
+        return None
+    if not all((folder / f"{g}.safetensors").is_file() for g in manifest.get("groups", [])):
+        return None
+    return manifest
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint under ``root``, oldest first."""
+    found = []
+    for folder in root.glob(f"{PREFIX}*") if root.is_dir() else []:
+        manifest = read_manifest(folder)
+        if manifest is not None and folder.name == checkpoint_name(int(manifest["step"])):
+            found.append((int(manifest["step"]), folder))
+    return sorted(found)
+
+
+def load_checkpoint(folder: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """Tensor groups and manifest of a complete checkpoint folder."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise ValueError(f"{folder}: not a complete checkpoint (missing or unreadable {MANIFEST})")
+    groups = {g: load_file(str(folder / f"{g}.safetensors")) for g in manifest["groups"]}
+    return groups, manifest
+
+
+def prune_checkpoints(root: Path, keep: int = KEEP_LAST) -> None:
+    """Keep the ``keep`` newest complete checkpoints; drop older ones and leftovers of interrupted writes."""
+    for _, folder in complete_checkpoints(root)[:-keep]:
+        shutil.rmtree(folder)
+    for leftover in root.glob(f".{PREFIX}*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def remove_checkpoints(root: Path) -> None:
+    """Drop every checkpoint under ``root`` (used when they belong to a different run)."""
+    for _, folder in complete_checkpoints(root):
+        log.warning("removing checkpoint %s: it was written for a different run", folder)
+        shutil.rmtree(folder)

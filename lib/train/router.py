@@ -1,0 +1,279 @@
+"""Router training: classify which cluster a noised latent came from, independently of the experts.
+
+Each step draws clean latents x0 with their cluster labels, a time t (uniform or logit-normal, as configured) and
+noise eps, forms x_t = (1 - t) x0 + t eps, and minimises cross-entropy of the router's logits against the label.
+
+No class balancing, on purpose: the DDM sampler mixes expert velocities with p(k | x_t), and the exact mixture
+velocity needs the true posterior, which includes the cluster priors pi_k (p(k | x_t) ∝ pi_k p_k(x_t)). Balanced
+sampling or loss weights would teach p_k(x_t) / sum_j p_j(x_t) instead and tilt every step toward small clusters.
+
+The report is measured on held-out clips (a seeded split), with several noise draws per clip and t drawn uniformly
+inside each of ``cfg.t_buckets`` equal buckets of [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from data_schemas.router import RouterReport
+from lib.config import RouterConfig
+from lib.io import atomic_write
+from lib.models.router import RouterModel
+from lib.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+ECE_BINS = 10  # confidence bins of the expected calibration error
+TRAINING_INFO = "training.json"  # written next to the router's config.json: how it was trained
+
+
+@dataclass(frozen=True)
+class RouterResult:
+    """What ``train_router`` produced.
+
+    Attributes:
+        model_dir: ``save_pretrained`` folder of the router (loads with ``RouterModel.from_pretrained``).
+        report: RouterReport table, one row per t bucket.
+        losses: training cross-entropy per step.
+        eval_indices: positions (into the input tensors) of the held-out clips the report was measured on.
+    """
+
+    model_dir: Path
+    report: pd.DataFrame
+    losses: list[float]
+    eval_indices: list[int]
+
+
+def sample_timesteps(batch: int, method: str, generator: torch.Generator) -> torch.Tensor:
+    """Training times in (0, 1): ``uniform`` or ``logit_normal`` (sigmoid of a standard normal, which puts more
+    steps at mid t where the classification is neither trivial nor hopeless).
+
+    Args:
+        batch: how many times to draw.
+        method: "uniform" or "logit_normal".
+        generator: source of randomness.
+
+    Returns:
+        t, float32 [batch].
+    """
+    if method == "uniform":
+        return torch.rand(batch, generator=generator)
+    if method == "logit_normal":
+        return torch.sigmoid(torch.randn(batch, generator=generator))
+    raise ValueError(f"timestep sampling {method!r} is not one of uniform, logit_normal")
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> float:
+    """Top-label ECE: sum over equal-width confidence bins of |accuracy - mean confidence| x bin fraction.
+
+    Args:
+        probs: class probabilities [N, K].
+        labels: true classes [N].
+        n_bins: number of confidence bins over [0, 1].
+
+    Returns:
+        ECE in [0, 1].
+    """
+    conf, pred = probs.max(dim=1)
+    correct = (pred == labels).float()
+    bins = torch.clamp((conf * n_bins).long(), max=n_bins - 1)  # bin i holds conf in [i/n, (i+1)/n)
+    ece = torch.zeros((), dtype=torch.float64)
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            ece += sel.double().mean() * (correct[sel].mean() - conf[sel].mean()).abs().double()
+    return float(ece)
+
+
+def _check_inputs(latents: torch.Tensor, pooled: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> None:
+    if latents.ndim != 5 or not latents.is_floating_point():
+        raise ValueError(f"train_router: latents must be a float [N, C, T, H, W] tensor, got {tuple(latents.shape)}")
+    n = latents.shape[0]
+    if pooled.ndim != 2 or pooled.shape[0] != n:
+        raise ValueError(f"train_router: pooled must be [N={n}, D], got {tuple(pooled.shape)}")
+    if labels.shape != (n,) or labels.dtype != torch.int64:
+        raise ValueError(f"train_router: labels must be int64 [N={n}], got {labels.dtype} {tuple(labels.shape)}")
+    if num_clusters < 1:
+        raise ValueError(f"train_router: num_clusters must be >= 1, got {num_clusters}")
+    if n and (labels.min() < 0 or labels.max() >= num_clusters):
+        raise ValueError(f"train_router: labels must lie in [0, {num_clusters}), got [{labels.min()}, {labels.max()}]")
+
+
+def _split(n: int, eval_fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded held-out split: (train positions, eval positions), both non-empty."""
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"train_router: eval_fraction must lie in (0, 1), got {eval_fraction}")
+    if n < 2:
+        raise ValueError(f"train_router: needs at least 2 clips (one to train, one to evaluate), got {n}")
+    n_eval = min(max(1, round(n * eval_fraction)), n - 1)
+    perm = torch.randperm(n, generator=generator)
+    return perm[n_eval:], perm[:n_eval].sort().values
+
+
+def _save(model: RouterModel, target: Path, info: dict) -> None:
+    """save_pretrained into a temporary sibling folder, then rename: a retry never sees half a checkpoint."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        atomic_write(tmp / TRAINING_INFO, lambda p: p.write_text(json.dumps(info, indent=2, sort_keys=True)))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+@torch.no_grad()
+def evaluate_router(
+    model: RouterModel,
+    latents: torch.Tensor,
+    pooled: torch.Tensor,
+    labels: torch.Tensor,
+    t_buckets: int,
+    draws: int,
+    generator: torch.Generator,
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """Accuracy, calibration and confidence of the router per equal t bucket of [0, 1].
+
+    Args:
+        model: the router.
+        latents: clean held-out latents [N, C, T, H, W].
+        pooled: their pooled text vectors [N, D].
+        labels: their clusters [N].
+        t_buckets: number of equal-width buckets of [0, 1].
+        draws: noise draws (each with its own t inside the bucket) per clip and bucket.
+        generator: source of the draws.
+        batch_size: router batch size for the evaluation forward passes.
+
+    Returns:
+        RouterReport table.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    rows = []
+    for b in range(t_buckets):
+        t_low, t_high = b / t_buckets, (b + 1) / t_buckets
+        probs, targets = [], []
+        for _ in range(draws):
+            for start in range(0, latents.shape[0], batch_size):
+                x0 = latents[start : start + batch_size]
+                t = t_low + (t_high - t_low) * torch.rand(x0.shape[0], generator=generator)
+                eps = torch.randn(x0.shape, generator=generator)
+                x_t = (1 - t).view(-1, 1, 1, 1, 1) * x0 + t.view(-1, 1, 1, 1, 1) * eps
+                logits = model(x_t.to(device), t.to(device), pooled[start : start + batch_size].to(device))
+                probs.append(logits.float().softmax(dim=1).cpu())
+                targets.append(labels[start : start + batch_size])
+        p, y = torch.cat(probs), torch.cat(targets)
+        rows.append(
+            {
+                RouterReport.t_low: t_low,
+                RouterReport.t_high: t_high,
+                RouterReport.accuracy: float((p.argmax(dim=1) == y).float().mean()),
+                RouterReport.ece: expected_calibration_error(p, y),
+                RouterReport.mean_max_prob: float(p.max(dim=1).values.mean()),
+                RouterReport.n: int(y.numel()),
+            }
+        )
+    return RouterReport.validate(pd.DataFrame(rows), lazy=True)
+
+
+def train_router(
+    latents: torch.Tensor,
+    pooled: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: RouterConfig,
+    num_clusters: int,
+    seed: int,
+    out_dir: str | Path,
+    eval_fraction: float = 0.1,
+    eval_draws: int = 4,
+    device: str | torch.device = "cpu",
+) -> RouterResult:
+    """Train the router on (x_t, t, pooled) -> cluster, report it per t bucket, save it under ``out_dir/router``.
+
+    Deterministic: the split, the initial weights, every batch, t and noise come from generators seeded with
+    ``derive_seed(seed, "router", ...)``; the same inputs and seed on CPU give identical weights and report.
+
+    Args:
+        latents: clean latents [N, C, T, H, W], float.
+        pooled: pooled text vectors [N, D].
+        labels: cluster of each clip, int64 [N] in [0, num_clusters).
+        cfg: router section of the run config (sizes, steps, batch, lr, timestep sampling, t buckets).
+        num_clusters: K, the number of logits.
+        seed: run seed.
+        out_dir: folder that receives ``router/`` (config.json + safetensors + training.json).
+        eval_fraction: fraction of clips held out for the report.
+        eval_draws: noise draws per held-out clip and t bucket.
+        device: where the router trains.
+
+    Returns:
+        RouterResult.
+    """
+    _check_inputs(latents, pooled, labels, num_clusters)
+    gen = torch.Generator().manual_seed(derive_seed(seed, "router"))
+    train_idx, eval_idx = _split(latents.shape[0], eval_fraction, gen)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+        torch.manual_seed(derive_seed(seed, "router", "init"))
+        model = RouterModel(
+            in_channels=latents.shape[1],
+            sample_shape=list(latents.shape[2:]),
+            patch_size=list(cfg.patch_size),
+            text_dim=pooled.shape[1],
+            hidden_dim=cfg.hidden_dim,
+            num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            num_clusters=num_clusters,
+        ).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    log_every = max(1, cfg.steps // 10)
+    losses: list[float] = []
+    model.train()
+    for step in range(cfg.steps):
+        pick = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), generator=gen)]
+        x0, y = latents[pick], labels[pick]
+        t = sample_timesteps(cfg.batch_size, cfg.timestep_sampling, gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        x_t = (1 - t).view(-1, 1, 1, 1, 1) * x0 + t.view(-1, 1, 1, 1, 1) * eps
+        logits = model(x_t.to(device), t.to(device), pooled[pick].to(device))
+        loss = F.cross_entropy(logits.float(), y.to(device))
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"train_router: loss is {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step % log_every == 0 or step == cfg.steps - 1:
+            log.info("router step %d/%d loss %.4f", step + 1, cfg.steps, loss.item())
+
+    eval_gen = torch.Generator().manual_seed(derive_seed(seed, "router", "eval"))
+    report = evaluate_router(
+        model, latents[eval_idx], pooled[eval_idx], labels[eval_idx], cfg.t_buckets, eval_draws, eval_gen
+    )
+    info = {
+        "timestep_sampling": cfg.timestep_sampling,
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "seed": seed,
+        "num_train": len(train_idx),
+        "num_eval": len(eval_idx),
+        "final_loss": losses[-1] if losses else None,
+        "class_balancing": "none (the sampler needs the true posterior, priors included)",
+    }
+    model_dir = Path(out_dir) / "router"
+    _save(model.cpu(), model_dir, info)
+    return RouterResult(model_dir=model_dir, report=report, losses=losses, eval_indices=eval_idx.tolist())

@@ -1,0 +1,96 @@
+"""What each isolated training job gets: one ExpertSpec per cluster, plus the matched-compute monolith.
+
+Compute matching rule (one rule, stated once): every model uses the same architecture and the same effective
+batch, so FLOPs per optimizer step are equal; each of the K experts gets ``expert.steps`` steps on its own
+cluster, and the monolith gets ``K * expert.steps`` steps on all clusters. Total training FLOPs are therefore
+identical for the decentralized model and the monolith (``compute_table`` prints the accounting).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+
+import pandas as pd
+
+from lib.config import ExpertConfig, RunConfig
+from lib.seeding import derive_seed
+from lib.train.compute import flops_per_step
+
+MONOLITH = -1  # cluster_id of the monolith: trains on every cluster
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    name: str  # "expert-00", ... or "monolith"
+    cluster_id: int  # MONOLITH for the monolith
+    seed: int
+    num_clips: int
+    data_hash: str  # hash of the clip ids this model trains on: a new clustering means a new model
+    expert: ExpertConfig  # its ``steps`` is this model's step budget (K x expert.steps for the monolith)
+
+    def spec_hash(self) -> str:
+        """Identity of the training job; an unchanged spec with a finished model is never retrained."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def clip_ids_for(spec: ExpertSpec, assignments: pd.DataFrame) -> list[str]:
+    """The clips a spec trains on, in a stable order."""
+    rows = assignments if spec.cluster_id == MONOLITH else assignments[assignments["cluster_id"] == spec.cluster_id]
+    return sorted(rows["clip_id"].astype(str))
+
+
+def _ids_hash(clip_ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(clip_ids).encode()).hexdigest()[:16]
+
+
+def _spec(cfg: RunConfig, name: str, cluster_id: int, steps: int, clip_ids: list[str]) -> ExpertSpec:
+    return ExpertSpec(
+        name=name,
+        cluster_id=cluster_id,
+        seed=derive_seed(cfg.seed, "train", name),
+        num_clips=len(clip_ids),
+        data_hash=_ids_hash(clip_ids),
+        expert=replace(cfg.expert, steps=steps),
+    )
+
+
+def expert_specs(cfg: RunConfig, assignments: pd.DataFrame) -> list[ExpertSpec]:
+    """One spec per cluster 0..K-1; an empty cluster is an error (its expert could never be trained)."""
+    k = cfg.cluster.num_clusters
+    specs = []
+    for cluster_id in range(k):
+        ids = sorted(assignments.loc[assignments["cluster_id"] == cluster_id, "clip_id"].astype(str))
+        if not ids:
+            raise ValueError(f"cluster {cluster_id} of {k} has no clips: cannot train expert-{cluster_id:02d}")
+        specs.append(_spec(cfg, f"expert-{cluster_id:02d}", cluster_id, cfg.expert.steps, ids))
+    return specs
+
+
+def monolith_spec(cfg: RunConfig, assignments: pd.DataFrame) -> ExpertSpec:
+    ids = sorted(assignments["clip_id"].astype(str))
+    return _spec(cfg, "monolith", MONOLITH, cfg.cluster.num_clusters * cfg.expert.steps, ids)
+
+
+def compute_table(
+    specs: list[ExpertSpec], monolith: ExpertSpec, in_channels: int, sample_shape: tuple[int, int, int],
+    text_len: int, text_dim: int,
+) -> pd.DataFrame:
+    """Training compute of every model and of the two totals, side by side."""
+    rows = []
+    for spec in [*specs, monolith]:
+        per_step = flops_per_step(spec.expert, in_channels, sample_shape, text_len, text_dim)
+        rows.append({"model": spec.name, "clips": spec.num_clips, "steps": spec.expert.steps,
+                     "batch": spec.expert.batch_size, "flops_per_step": per_step,
+                     "total_flops": per_step * spec.expert.steps})
+    table = pd.DataFrame(rows)
+    ddm_total = table.loc[table["model"] != monolith.name, "total_flops"].sum()
+    totals = pd.DataFrame([
+        {"model": "DDM total", "clips": sum(s.num_clips for s in specs), "steps": sum(s.expert.steps for s in specs),
+         "batch": specs[0].expert.batch_size, "flops_per_step": float("nan"), "total_flops": ddm_total},
+        {"model": "monolith total", "clips": monolith.num_clips, "steps": monolith.expert.steps,
+         "batch": monolith.expert.batch_size, "flops_per_step": float("nan"),
+         "total_flops": table.loc[table["model"] == monolith.name, "total_flops"].sum()},
+    ])
+    return pd.concat([table, totals], ignore_index=True)

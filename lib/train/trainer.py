@@ -1,0 +1,468 @@
+"""The flow-matching trainer shared by the experts and the monolith.
+
+``train`` reads top to bottom in the nanoGPT/DiT order (lr, forward, loss, backward, clip, step, EMA, log,
+checkpoint); everything else here is a small pure helper. What it guarantees:
+
+- Determinism: initial weights, batch order (a per-epoch permutation), timesteps, noise and caption dropout all
+  come from generators derived from ``(seed, name)``. Everything random for a step is drawn for the whole batch
+  before it is split into micro-batches, so the micro-batch size (picked from the memory found) changes nothing
+  but float rounding: every device reaches the configured effective batch.
+- Resumability: checkpoints (``lib.train.checkpoint``) hold model, EMA, optimizer, generator and sampler state
+  and the log so far (the learning rate is a pure function of the step, ``lr_at``, so the step is the whole
+  scheduler state); a run interrupted at any point and restarted on the same ``out_dir`` ends with bit-identical
+  weights on CPU. Callers that retry (Flyte retries) must therefore pass a stable ``out_dir``; checkpoints of a
+  different run (config, seed, name, clips or spec_hash) found there are removed, not resumed from. Only
+  ``checkpoint_every``, ``log_every`` and ``micro_batch`` may change across a resume (e.g. a retry on another GPU).
+- Fail fast: a non-finite loss or gradient norm raises ``NonFiniteLossError`` naming the step and the clips,
+  before the optimizer step, so no checkpoint or model is ever written from a poisoned state.
+- Idempotence: ``out_dir/model`` holds the EMA weights (diffusers ``save_pretrained``), ``training.json`` (with
+  the weights' sha256 and the caller's ``spec_hash``) and the TrainingLog; a second call with the same
+  ``spec_hash`` returns that result without training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from diffusers import ModelMixin
+from pandera.typing import DataFrame
+from tqdm.auto import tqdm
+
+from data_schemas.train import TrainingLog
+from lib.config import ExpertConfig
+from lib.io import atomic_write
+from lib.models.factory import TRAINING_INFO, build_expert, count_parameters, expert_forward, weights_sha256
+from lib.seeding import derive_seed, torch_generator
+from lib.train import checkpoint as ckpt
+from lib.train.compute import flops_per_step, probe_micro_batch
+
+log = logging.getLogger(__name__)
+
+COSINE_FLOOR = 0.1  # cosine schedule ends at this fraction of cfg.lr (nanoGPT's min_lr = lr / 10)
+EMA_WARMUP = 10  # EMA decay ramps as (1 + step) / (EMA_WARMUP + step) so short runs do not keep the init weights
+LOG_FILE = "training_log.parquet"
+RUN_ONLY_FIELDS = ("checkpoint_every", "log_every", "micro_batch")  # may change between an interruption and resume
+
+
+class NonFiniteLossError(ValueError):
+    """Training produced a NaN/inf loss or gradient; raised before the step is applied."""
+
+
+@dataclass
+class TrainData:
+    """The encoded training set of one expert (or of the monolith), held in memory.
+
+    Attributes:
+        clip_ids: one id per sample, used in error messages and to fingerprint the data.
+        latents: float32 [N, C, T, H, W]; the pixel codec gives values in [-1, 1].
+        tokens: float32 [N, L, D] caption token embeddings.
+        mask: bool [N, L], True for real (non-padding) tokens.
+    """
+
+    clip_ids: list[str]
+    latents: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        n = len(self.clip_ids)
+        if n == 0:
+            raise ValueError("TrainData: no clips to train on")
+        if self.latents.ndim != 5 or self.latents.dtype != torch.float32 or self.latents.shape[0] != n:
+            raise ValueError(
+                f"TrainData.latents: expected float32 [N={n}, C, T, H, W], got "
+                f"{self.latents.dtype} {tuple(self.latents.shape)}"
+            )
+        if self.tokens.ndim != 3 or self.tokens.dtype != torch.float32 or self.tokens.shape[0] != n:
+            raise ValueError(
+                f"TrainData.tokens: expected float32 [N={n}, L, D], got {self.tokens.dtype} {tuple(self.tokens.shape)}"
+            )
+        if self.mask.dtype != torch.bool or self.mask.shape != self.tokens.shape[:2]:
+            raise ValueError(
+                f"TrainData.mask: expected bool {tuple(self.tokens.shape[:2])}, got "
+                f"{self.mask.dtype} {tuple(self.mask.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.clip_ids)
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        return tuple(self.latents.shape[2:])
+
+    @property
+    def in_channels(self) -> int:
+        return self.latents.shape[1]
+
+    @property
+    def text_len(self) -> int:
+        return self.tokens.shape[1]
+
+    @property
+    def text_dim(self) -> int:
+        return self.tokens.shape[2]
+
+
+@dataclass
+class TrainResult:
+    """What a training call leaves behind. ``model_dir`` is None when ``max_steps`` stopped the run early."""
+
+    model_dir: Path | None
+    log: DataFrame[TrainingLog]
+    steps: int
+    skipped: bool = False  # served from an existing model with the same spec_hash
+    resumed_from: int = 0  # step of the checkpoint the run continued from (0: fresh start)
+    info: dict[str, Any] = field(default_factory=dict)  # training.json
+
+
+class TrainCallback:
+    """Hooks around the loop; subclass and override what you need (all no-ops here)."""
+
+    def on_start(self, step: int, total: int) -> None: ...
+
+    def on_step(self, row: dict[str, float]) -> None: ...
+
+    def on_checkpoint(self, step: int, folder: Path) -> None: ...
+
+    def on_end(self, result: TrainResult) -> None: ...
+
+
+class ProgressCallback(TrainCallback):
+    """A tqdm bar (only on a terminal) and a log line with the mean loss every ``log_every`` steps."""
+
+    def __init__(self, log_every: int, name: str = "train") -> None:
+        self.log_every, self.name, self.bar, self.window = log_every, name, None, []
+
+    def on_start(self, step: int, total: int) -> None:
+        self.bar = tqdm(total=total, initial=step, desc=self.name, disable=not sys.stderr.isatty())
+
+    def on_step(self, row: dict[str, float]) -> None:
+        self.window.append(row["loss"])
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if row["step"] % self.log_every == 0:
+            mean = sum(self.window) / len(self.window)
+            log.info(
+                "%s step %d loss %.4f lr %.2e grad %.3f", self.name, row["step"], mean, row["lr"], row["grad_norm"]
+            )
+            self.window = []
+
+    def on_end(self, result: TrainResult) -> None:
+        self.bar.close()
+
+
+def lr_at(step: int, cfg: ExpertConfig) -> float:
+    """Learning rate of 0-based optimizer step ``step``: linear warm-up to ``cfg.lr`` over ``cfg.warmup_steps``,
+    then constant, or cosine down to ``COSINE_FLOOR * cfg.lr`` at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - 1 - cfg.warmup_steps)
+    floor = COSINE_FLOOR * cfg.lr
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay for 0-based ``step``: ``min(decay, (1 + step) / (EMA_WARMUP + step))``."""
+    return min(decay, (1 + step) / (EMA_WARMUP + step))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (buffers are copied)."""
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+def sample_timesteps(n: int, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """Training times t in [0, 1], float [n]: ``uniform`` or ``logit_normal`` (sigmoid of a standard normal,
+    SD3's choice: most samples at mid noise levels, where the velocity is hardest to predict)."""
+    if mode == "uniform":
+        return torch.rand(n, generator=generator)
+    if mode == "logit_normal":
+        return torch.sigmoid(torch.randn(n, generator=generator))
+    raise ValueError(f"timestep sampling {mode!r} is not one of uniform, logit_normal")
+
+
+def flow_matching_batch(
+    x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, objective: str = "flow"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy input and regression target: x_t = (1 - t) x0 + t eps; target v = eps - x0 (``flow``) or eps (``eps``).
+
+    Shapes: x0, eps [B, C, T, H, W]; t [B]. Returns (x_t, target), both [B, C, T, H, W].
+    """
+    tt = t.view(-1, *([1] * (x0.ndim - 1)))
+    x_t = (1 - tt) * x0 + tt * eps
+    if objective == "flow":
+        return x_t, eps - x0
+    if objective == "eps":
+        return x_t, eps
+    raise ValueError(f"objective {objective!r} is not one of flow, eps")
+
+
+class BatchSampler:
+    """Batches of indices from a fresh random permutation per epoch; its state goes into checkpoints."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.perm, self.cursor = torch.randperm(n, generator=generator), 0
+
+    def next_batch(self) -> torch.Tensor:
+        parts, need = [], self.batch_size
+        while need:
+            if self.cursor == self.n:
+                self.perm, self.cursor = torch.randperm(self.n, generator=self.generator), 0
+            take = self.perm[self.cursor : self.cursor + need]
+            parts.append(take)
+            self.cursor, need = self.cursor + len(take), need - len(take)
+        return torch.cat(parts)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"perm": self.perm, "cursor": torch.tensor(self.cursor), "rng": self.generator.get_state()}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.perm, self.cursor = state["perm"], int(state["cursor"])
+        self.generator.set_state(state["rng"])
+
+
+def _fingerprint(data: TrainData, cfg: ExpertConfig, seed: int, name: str, spec_hash: str | None) -> str:
+    """Identity of a run for resuming: everything that changes the math (not how often we log or checkpoint)."""
+    values = {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY_FIELDS}
+    clips = hashlib.sha256("\n".join(data.clip_ids).encode()).hexdigest()
+    key = {
+        "cfg": values,
+        "seed": seed,
+        "name": name,
+        "spec": spec_hash,
+        "clips": clips,
+        "latents": list(data.latents.shape),
+        "tokens": list(data.tokens.shape),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _stored_result(model_dir: Path, spec_hash: str | None) -> TrainResult | None:
+    """The finished result in ``model_dir`` if it was trained for ``spec_hash`` and its weights are intact."""
+    info_file = model_dir / TRAINING_INFO
+    if spec_hash is None or not info_file.is_file():
+        return None
+    info = json.loads(info_file.read_text())
+    if info.get("spec_hash") != spec_hash:
+        return None
+    if info.get("weights_sha256") != weights_sha256(model_dir):
+        log.warning("%s: weights do not match %s; retraining", model_dir, TRAINING_INFO)
+        return None
+    table = TrainingLog.validate(pd.read_parquet(model_dir / LOG_FILE))
+    return TrainResult(model_dir, table, int(info["steps"]), skipped=True, info=info)
+
+
+def _non_finite(
+    step: int, loss: float, grad_norm: float, per_sample: torch.Tensor, ids: list[str], lr: float
+) -> NonFiniteLossError:
+    bad = [cid for cid, ok in zip(ids, torch.isfinite(per_sample).tolist(), strict=True) if not ok]
+    what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm} (loss {loss:.4g})"
+    return NonFiniteLossError(
+        f"non-finite {what} at step {step}; clips with a non-finite loss: {bad or 'none'}; batch clip ids: {ids}. "
+        f"Hint: check these clips' latents/tokens for NaN/inf, or lower expert.lr (now {lr:g}) / expert.grad_clip."
+    )
+
+
+def _checkpoint_state(
+    model: ModelMixin, ema: ModelMixin, opt: torch.optim.Optimizer, sampler: BatchSampler, rows: list, fingerprint: str
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    opt_tensors, opt_meta = ckpt.optimizer_to_flat(opt.state_dict())
+    log_tensors = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64) for k in TrainingLog.to_schema().columns}
+    state = {**sampler.state(), **{f"log.{k}": v for k, v in log_tensors.items()}}
+    groups = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt_tensors, "state": state}
+    return groups, {"fingerprint": fingerprint, "optimizer": opt_meta}
+
+
+def _resume(
+    root: Path, fingerprint: str, model: ModelMixin, ema: ModelMixin, opt: torch.optim.Optimizer, sampler: BatchSampler
+) -> tuple[int, list[dict[str, float]]]:
+    """Load the newest complete checkpoint of this run; returns (step, log rows). Foreign checkpoints are removed."""
+    found = ckpt.complete_checkpoints(root)
+    if not found:
+        return 0, []
+    groups, manifest = ckpt.load_checkpoint(found[-1][1])
+    if manifest.get("fingerprint") != fingerprint:
+        ckpt.remove_checkpoints(root)
+        return 0, []
+    model.load_state_dict(groups["model"])
+    ema.load_state_dict(groups["ema"])
+    opt.load_state_dict(ckpt.optimizer_from_flat(groups["optimizer"], manifest["optimizer"]))
+    sampler.load(groups["state"])
+    cols = {k[len("log.") :]: v.tolist() for k, v in groups["state"].items() if k.startswith("log.")}
+    rows = [{k: (int(cols[k][i]) if k == "step" else cols[k][i]) for k in cols} for i in range(len(cols["step"]))]
+    log.info("resuming from %s (step %d)", found[-1][1], manifest["step"])
+    return int(manifest["step"]), rows
+
+
+def _training_info(data: TrainData, cfg: ExpertConfig, seed: int, name: str, spec_hash: str | None) -> dict:
+    """What later stages need to know about a trained model (the sampler reads ``objective``)."""
+    return {
+        "name": name,
+        "seed": seed,
+        "spec_hash": spec_hash,
+        "objective": cfg.objective,
+        "timestep_sampling": cfg.timestep_sampling,
+        "steps": cfg.steps,
+        "num_clips": len(data),
+        "in_channels": data.in_channels,
+        "sample_shape": list(data.sample_shape),
+        "text_len": data.text_len,
+        "text_dim": data.text_dim,
+        "flops_per_step": flops_per_step(cfg, data.in_channels, data.sample_shape, data.text_len, data.text_dim),
+        "expert": asdict(cfg),
+    }
+
+
+def _write_model(ema: ModelMixin, model_dir: Path, table: pd.DataFrame, info: dict[str, Any]) -> dict[str, Any]:
+    """Publish EMA weights + log + training.json (written last) as ``model_dir``, replacing an older one whole."""
+    tmp = Path(tempfile.mkdtemp(prefix=".model.", suffix=".tmp", dir=model_dir.parent))
+    ema.save_pretrained(tmp, safe_serialization=True)
+    table.to_parquet(tmp / LOG_FILE, index=False)
+    info = {**info, "weights_sha256": weights_sha256(tmp)}
+    atomic_write(tmp / TRAINING_INFO, lambda p: p.write_text(json.dumps(info, indent=1)))
+    if model_dir.exists():
+        old = model_dir.with_name(f".model.old.{os.getpid()}")
+        os.replace(model_dir, old)
+        shutil.rmtree(old)
+    os.replace(tmp, model_dir)
+    return info
+
+
+def train(
+    data: TrainData,
+    cfg: ExpertConfig,
+    out_dir: str | Path,
+    seed: int,
+    name: str,
+    callbacks: Sequence[TrainCallback] | None = None,
+    max_steps: int | None = None,
+    spec_hash: str | None = None,
+) -> TrainResult:
+    """Train one expert (or the monolith) with flow matching; resume from ``out_dir/checkpoints`` if present.
+
+    Args:
+        data: latents, caption tokens and mask of the clips to train on.
+        cfg: network size and optimisation settings.
+        out_dir: stable folder of this run: ``checkpoints/`` while training, ``model/`` at the end.
+        seed: run seed; with ``name`` it derives every generator of this run.
+        name: run name, e.g. ``expert-02`` or ``monolith`` (also seeds, so experts differ).
+        callbacks: hooks around the loop; default ``[ProgressCallback]`` (tqdm + logging).
+        max_steps: stop after this many optimizer steps in total (a checkpoint is written there) without
+            writing ``model/``; a later call continues from it. None: run all ``cfg.steps``.
+        spec_hash: caller's identity of the run (config + data); an existing ``model/`` with the same one is
+            returned as is, without training.
+
+    Returns:
+        TrainResult with the model folder, the TrainingLog and the step count.
+    """
+    out_dir = Path(out_dir)
+    model_dir, ckpt_root = out_dir / "model", out_dir / "checkpoints"
+    stored = _stored_result(model_dir, spec_hash)
+    if stored is not None:
+        log.info("%s: %s already trained for spec %s; skipping", name, model_dir, spec_hash)
+        return stored
+    stop = cfg.steps if max_steps is None else min(max_steps, cfg.steps)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    callbacks = [ProgressCallback(cfg.log_every, name)] if callbacks is None else list(callbacks)
+    fingerprint = _fingerprint(data, cfg, seed, name, spec_hash)
+
+    model = build_expert(cfg, data.in_channels, data.text_dim, data.sample_shape, seed=derive_seed(seed, name))
+    model = model.to(device).train()
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch_generator(seed, name, "train")  # batches, timesteps, noise, caption dropout
+    sampler = BatchSampler(len(data), cfg.batch_size, gen)
+    step, rows = _resume(ckpt_root, fingerprint, model, ema, opt, sampler)
+    resumed_from = step
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+    def forward_loss(x_t, t, target, tokens, mask) -> torch.Tensor:  # per-sample MSE [b]
+        with autocast:
+            pred = expert_forward(model, x_t.to(device), t.to(device), tokens.to(device), mask.to(device))
+        return (pred.float() - target.to(device)).pow(2).flatten(1).mean(1)
+
+    def probe(n: int) -> None:  # forward + backward on n samples, to measure memory (CUDA only)
+        z, tokens, mask = torch.zeros(n, *data.latents.shape[1:]), data.tokens[:1], data.mask[:1]
+        forward_loss(z, torch.full((n,), 0.5), z, tokens.expand(n, -1, -1), mask.expand(n, -1)).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    adam_bytes = 2 * sum(p.numel() * p.element_size() for p in model.parameters())
+    micro = cfg.micro_batch or probe_micro_batch(probe, cfg.batch_size, device, reserve_bytes=adam_bytes)
+    micro = min(micro, cfg.batch_size)
+    accum = math.ceil(cfg.batch_size / micro)
+    log.info("%s: %d clips, %d params, batch %d = %d x %d on %s", name, len(data), count_parameters(model),
+             cfg.batch_size, accum, micro, device)  # fmt: skip
+    for cb in callbacks:
+        cb.on_start(step, stop)
+
+    while step < stop:
+        started = time.perf_counter()
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        # Everything random for this step is drawn for the whole batch, before any split into micro-batches.
+        idx = sampler.next_batch()
+        t = sample_timesteps(len(idx), cfg.timestep_sampling, gen)  # [B]
+        x0 = data.latents[idx]  # [B, C, T, H, W]
+        eps = torch.randn(x0.shape, generator=gen)
+        keep = torch.rand(len(idx), generator=gen) >= cfg.caption_dropout  # [B], False: train unconditionally
+        x_t, target = flow_matching_batch(x0, t, eps, cfg.objective)
+        tokens, mask = data.tokens[idx], data.mask[idx] & keep[:, None]
+        per_sample = []
+        for lo in range(0, len(idx), micro):  # gradient accumulation: sum of micro losses = batch mean
+            sl = slice(lo, lo + micro)
+            loss_i = forward_loss(x_t[sl], t[sl], target[sl], tokens[sl], mask[sl])
+            (loss_i.sum() / len(idx)).backward()
+            per_sample.append(loss_i.detach())
+        per_sample = torch.cat(per_sample).cpu()
+        loss = per_sample.mean().item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            raise _non_finite(step + 1, loss, grad_norm, per_sample, [data.clip_ids[i] for i in idx], lr)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        update_ema(ema, model, ema_decay_at(step, cfg.ema_decay))
+        step += 1
+
+        row = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "seconds": time.perf_counter() - started}
+        rows.append(row)
+        for cb in callbacks:
+            cb.on_step(row)
+        if step % cfg.checkpoint_every == 0 or step == stop:  # rank-0 only under DDP
+            groups, meta = _checkpoint_state(model, ema, opt, sampler, rows, fingerprint)
+            folder = ckpt.save_checkpoint(ckpt_root, step, groups, meta)
+            ckpt.prune_checkpoints(ckpt_root)
+            for cb in callbacks:
+                cb.on_checkpoint(step, folder)
+
+    table = TrainingLog.validate(pd.DataFrame(rows, columns=list(TrainingLog.to_schema().columns)))
+    result = TrainResult(None, table, step, resumed_from=resumed_from)
+    if step == cfg.steps:  # rank-0 only under DDP
+        result.info = _write_model(ema.to("cpu"), model_dir, table, _training_info(data, cfg, seed, name, spec_hash))
+        result.model_dir = model_dir
+    for cb in callbacks:
+        cb.on_end(result)
+    return result

@@ -1,0 +1,69 @@
+"""Embed and cluster tasks: which clips each expert trains on, with a report a person reads before training."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from flytekit import Cache, Deck, Resources, task
+from flytekit.types.directory import FlyteDirectory
+from flytekit.types.file import FlyteFile
+from pandera.typing import DataFrame
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+
+from data_schemas.cluster import ClusterAssignment, ClusterSummary
+from data_schemas.ingest import ClipAttributes, ClipIndex
+from lib.cluster.embedders import compute_embeddings
+from lib.cluster.kmeans import cluster_embeddings
+from lib.cluster.report import assignment_frame, cluster_report
+from lib.config import ClusterConfig
+from lib.encode.store import load_encoded
+from lib.io import atomic_write
+from tasks.common import stage_dir, uri_of
+
+
+@task(cache=Cache(version="embed-v1"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+def embed_clips(
+    cfg: ClusterConfig, shards: FlyteDirectory, encoded: FlyteDirectory, index: DataFrame[ClipIndex], output_dir: str
+) -> FlyteFile:
+    """Embeddings [N, D] in ClipIndex order, with the clip ids in the file's metadata."""
+    embed_cfg = (cfg.embedders, cfg.image_tower_path, cfg.image_tower_frames)
+    out = stage_dir(output_dir, "embed", embed_cfg, uri_of(shards), uri_of(encoded))
+    clip_ids = index["clip_id"].tolist()
+    pooled = load_encoded(encoded.download(), clip_ids).pooled.numpy() if "text" in cfg.embedders else None
+    x = compute_embeddings(cfg, shards.download(), index, pooled_text=pooled)
+    path = out / "embeddings.safetensors"
+    atomic_write(path, lambda tmp: save_file({"embeddings": x}, str(tmp), metadata={"clip_ids": json.dumps(clip_ids)}))
+    return FlyteFile(str(path))
+
+
+def _read_embeddings(path: str) -> tuple[np.ndarray, list[str]]:
+    with safe_open(path, framework="numpy") as f:
+        clip_ids = json.loads(f.metadata()["clip_ids"])
+    return load_file(path)["embeddings"], clip_ids
+
+
+@task(cache=Cache(version="cluster-v1"), requests=Resources(cpu="2", mem="4Gi"), enable_deck=True)
+def cluster_clips(
+    cfg: ClusterConfig,
+    seed: int,
+    embeddings: FlyteFile,
+    index: DataFrame[ClipIndex],
+    attributes: DataFrame[ClipAttributes],
+    output_dir: str,
+) -> tuple[DataFrame[ClusterAssignment], DataFrame[ClusterSummary], FlyteFile]:
+    """Cluster assignment, per-cluster summary and the centroids (safetensors); the report goes to a Deck."""
+    out = stage_dir(output_dir, "cluster", cfg, seed, uri_of(embeddings))
+    x, clip_ids = _read_embeddings(embeddings.download())
+    result = cluster_embeddings(x, cfg, seed)
+    captions = index.set_index("clip_id").loc[clip_ids, "caption"].tolist()
+    attrs = attributes.set_index("clip_id").loc[clip_ids].reset_index() if len(attributes) else None
+    report = cluster_report(x, result, captions, attrs, seed, cfg.silhouette_sample, out / "projection.png")
+    html = report.to_html()
+    atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(html))
+    Deck("clusters", html)
+    centroids = out / "centroids.safetensors"
+    atomic_write(centroids, lambda tmp: save_file({"centroids": result.centroids}, str(tmp)))
+    ami = ", ".join(f"{k} {v:.2f}" for k, v in report.ami.items())
+    print(f"cluster: sizes {report.sizes}, silhouette {report.silhouette:.3f}, AMI {ami} -> {out}", flush=True)
+    return assignment_frame(clip_ids, result), report.summary_frame(), FlyteFile(str(centroids))

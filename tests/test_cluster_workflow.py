@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pandas as pd
+from safetensors.numpy import load_file
+
+from data_schemas.cluster import ClusterAssignment
+from lib.config import RunConfig, replace_in
+from tasks.cluster import cluster_clips, embed_clips
+from tasks.encode import encode_clips
+from tasks.ingest import ingest_clips
+from workflows.cluster import cluster_wf
+
+
+def _cfg(tmp_path, **cluster):
+    return replace_in(
+        RunConfig(),
+        data={"num_clips": 60, "frames": 4, "height": 16, "width": 16, "shard_size": 32},
+        cluster={"num_clusters": 2, "fine_clusters": 8, "silhouette_sample": 60, **cluster},
+        output_dir=str(tmp_path / "out"),
+    )
+
+
+def test_tasks_chain_and_outputs_live_in_output_dir(tmp_path):
+    cfg = _cfg(tmp_path, embedders=["visual_stats", "text"])
+    shards, index, _, attributes = ingest_clips(cfg=cfg.data, seed=cfg.seed, output_dir=cfg.output_dir)
+    encoded, encoded_index = encode_clips(cfg=cfg.encode, shards=shards, index=index, output_dir=cfg.output_dir)
+    assert list(encoded_index["clip_id"]) == list(index["clip_id"])
+    emb = embed_clips(cfg=cfg.cluster, shards=shards, encoded=encoded, index=index, output_dir=cfg.output_dir)
+    x = load_file(emb.path)["embeddings"]
+    assert x.shape[0] == 60 and abs(float((x**2).sum(1).mean()) - 1.0) < 1e-4
+    assignments, summary, centroids = cluster_clips(
+        cfg=cfg.cluster, seed=cfg.seed, embeddings=emb, index=index, attributes=attributes, output_dir=cfg.output_dir
+    )
+    ClusterAssignment.validate(assignments)
+    assert set(assignments["clip_id"]) == set(index["clip_id"])
+    assert sorted(summary["size"].tolist()) == sorted(assignments["cluster_id"].value_counts().tolist())
+    assert load_file(centroids.path)["centroids"].shape == (2, x.shape[1])
+    for item in (shards.path, encoded.path, emb.path, centroids.path):
+        assert Path(item).resolve().is_relative_to((tmp_path / "out").resolve())
+    report = Path(centroids.path).parent / "report.html"
+    assert "<table" in report.read_text() and (Path(centroids.path).parent / "projection.png").is_file()
+
+
+def test_cluster_workflow_is_deterministic(tmp_path):
+    a = cluster_wf(cfg=_cfg(tmp_path / "a"))
+    b = cluster_wf(cfg=_cfg(tmp_path / "b"))
+    pd.testing.assert_frame_equal(a, b)
+    assert a["size"].sum() == 60

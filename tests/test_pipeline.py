@@ -1,0 +1,265 @@
+"""The loadable DDM: assemble -> load in a fresh process -> identical videos; pairing, missing experts, integrity.
+
+Two 1-layer experts, a monolith and a router are trained for a few steps on built-in 4x16x16 clips with real MiniLM
+caption tokens (the pipeline loads MiniLM itself, so training must use its tokens). The models are barely trained:
+these tests check plumbing and determinism, not video quality.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from lib.config import EncodeConfig, ExpertConfig, RouterConfig
+from lib.data.procedural import iter_builtin_clips
+from lib.encode.codec import PixelCodec
+from lib.encode.text import TextEncoder
+from lib.sample.pipeline import MANIFEST, DDMLoadError, DDMPipeline, assemble_ddm, save_videos
+from lib.sample.prompts import stratified_prompts
+from lib.train.router import train_router
+from lib.train.trainer import TrainCallback, TrainData, train
+
+K = 2
+EXPERT = ExpertConfig(num_layers=1, num_heads=2, head_dim=8, ffn_dim=32, patch_size=[2, 4, 4], steps=4, batch_size=8,
+                      warmup_steps=1, checkpoint_every=100)  # fmt: skip
+ROUTER = RouterConfig(num_layers=1, num_heads=2, hidden_dim=16, patch_size=[2, 8, 8], steps=5, batch_size=8)
+SAMPLE = {"num_steps": 4, "guidance_scale": 4.0}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hub_offline_one_thread():
+    """Never reach the hub; one thread (tiny tensors, and the fresh process below must match it)."""
+    import huggingface_hub.constants
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Experts 0 and 1 (clips split by index parity), the monolith, the router and codec.json of the run."""
+    root = tmp_path_factory.mktemp("run")
+    clips = list(iter_builtin_clips(seed=0, num_clips=24, frames=4, height=16, width=16))
+    latents = PixelCodec().encode(np.stack([c.frames for c in clips]))
+    emb = TextEncoder.from_config(EncodeConfig()).encode([c.caption for c in clips])
+    labels = torch.arange(len(clips)) % K
+    ids = [c.clip_id for c in clips]
+
+    def fit(rows: torch.Tensor, name: str, steps: int) -> Path:
+        data = TrainData([ids[i] for i in rows], latents[rows], emb.tokens[rows], emb.mask[rows])
+        cfg = EXPERT if steps == EXPERT.steps else ExpertConfig(**{**EXPERT.__dict__, "steps": steps})
+        return train(data, cfg, root / name, seed=0, name=name, callbacks=[TrainCallback()]).model_dir
+
+    experts = {k: fit((labels == k).nonzero().flatten(), f"expert-{k:02d}", EXPERT.steps) for k in range(K)}
+    monolith = fit(torch.arange(len(clips)), "monolith", K * EXPERT.steps)
+    router = train_router(latents, emb.pooled, labels, ROUTER, K, seed=0, out_dir=root / "router-run").model_dir
+    info = {**PixelCodec().info(), "latent_shape": [3, 4, 16, 16], "video_shape": [4, 16, 16, 3],
+            "text_encoder": {"name": "minilm", "max_tokens": 16, "dim": 384, "pooled_dim": 384}}  # fmt: skip
+    captions = pd.DataFrame({"clip_id": ids, "caption": [c.caption for c in clips]})
+    return {"root": root, "experts": experts, "monolith": monolith, "router": router, "info": info,
+            "captions": captions, "labels": labels}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ddm_dir(trained):
+    centroids = np.arange(K * 5, dtype=np.float32).reshape(K, 5)
+    return assemble_ddm(trained["root"] / "ddm", trained["experts"], trained["router"], trained["info"], centroids,
+                        EncodeConfig())  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pipe(ddm_dir):
+    return DDMPipeline.from_pretrained(ddm_dir)
+
+
+@pytest.fixture(scope="module")
+def prompts(trained):
+    return trained["captions"]["caption"].tolist()[:5]
+
+
+def test_manifest_records_experts_router_codec_text_and_centroids(ddm_dir, trained):
+    manifest = json.loads((ddm_dir / MANIFEST).read_text())
+    assert manifest["format_version"] == 1 and manifest["num_experts"] == K and manifest["missing_experts"] == []
+    for k, entry in enumerate(manifest["experts"]):
+        src = json.loads((trained["experts"][k] / "training.json").read_text())
+        assert entry == {"cluster_id": k, "present": True, "path": f"experts/expert-{k:02d}",
+                         "class_name": "WanTransformer3DModel", "objective": "flow",
+                         "weights_sha256": src["weights_sha256"]}  # fmt: skip
+        assert (ddm_dir / entry["path"] / "config.json").is_file()
+    assert manifest["codec"]["name"] == "pixel" and manifest["codec"]["latent_shape"] == [3, 4, 16, 16]
+    assert manifest["text_encoder"] == {"name": "minilm", "max_tokens": 16, "dim": 384, "pooled_dim": 384}
+    assert (ddm_dir / "router" / "config.json").is_file() and manifest["router"]["path"] == "router"
+    np.testing.assert_array_equal(load_file(str(ddm_dir / "centroids.safetensors"))["centroids"].numpy(),
+                                  np.arange(K * 5, dtype=np.float32).reshape(K, 5))  # fmt: skip
+    assert not [p for p in ddm_dir.parent.iterdir() if p.name.startswith(".ddm.")]  # no temp folder left behind
+
+
+def test_fresh_process_gives_the_same_videos(pipe, ddm_dir, prompts, tmp_path):
+    here = pipe(prompts, seed=3, strategy="topk", **SAMPLE)
+    assert here.dtype == np.uint8 and here.shape == (len(prompts), 4, 16, 16, 3)
+    out = tmp_path / "videos.npy"
+    code = (
+        "import json, sys, numpy as np, torch; torch.set_num_threads(1)\n"
+        "from lib.sample.pipeline import DDMPipeline\n"
+        f"p = DDMPipeline.from_pretrained({str(ddm_dir)!r})\n"
+        f"np.save({str(out)!r}, p({prompts!r}, seed=3, strategy='topk', **{SAMPLE!r}))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    np.testing.assert_array_equal(np.load(out), here)
+
+
+def test_seeds_batch_size_and_routing_weights(pipe, prompts):
+    a = pipe.generate(prompts, seed=0, strategy="topk", batch_size=2, **SAMPLE)
+    again = pipe(prompts, seed=0, strategy="topk", batch_size=2, **SAMPLE)
+    other = pipe(prompts, seed=1, strategy="topk", batch_size=2, **SAMPLE)
+    np.testing.assert_array_equal(a.videos, again)
+    assert np.abs(a.videos.astype(int) - other.astype(int)).mean() > 1.0
+    # prompt i's noise and video do not depend on the batch size or on the other prompts
+    whole = pipe.generate(prompts, seed=0, strategy="topk", batch_size=5, **SAMPLE)
+    torch.testing.assert_close(whole.result.x0, a.result.x0, atol=1e-4, rtol=0)
+    alone = pipe.generate(prompts[2:3], seed=0, strategy="topk", prompt_keys=[2], **SAMPLE)
+    torch.testing.assert_close(alone.result.x0[0], a.result.x0[2], atol=1e-4, rtol=0)
+    # topk with K = 2 keeps both experts, renormalised; top1 keeps one
+    w = a.result.weights
+    assert w.shape == (SAMPLE["num_steps"], len(prompts), K)
+    torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:2]))
+    top1 = pipe.generate(prompts, seed=0, strategy="top1", **SAMPLE).result.weights
+    assert ((top1 > 0).sum(-1) == 1).all()
+    oracle = pipe.generate(prompts, seed=0, strategy="oracle", oracle_clusters=[0, 1, 1, 0, 1], **SAMPLE)
+    assert oracle.result.weights[:, :, 1].tolist() == [[0.0, 1.0, 1.0, 0.0, 1.0]] * SAMPLE["num_steps"]
+    assert oracle.result.stats.router_calls == 0 and a.result.stats.router_calls == 3 * SAMPLE["num_steps"]
+
+
+def test_single_models_share_the_noise_of_the_ddm(pipe, trained, prompts):
+    """Paired comparison: the DDM run as expert 0 alone equals expert 0 loaded as a single model."""
+    single = DDMPipeline.from_single(trained["experts"][0], trained["info"])
+    torch.testing.assert_close(single.noise(5, seed=7), pipe.noise(5, seed=7), atol=0, rtol=0)
+    np.testing.assert_array_equal(single(prompts, seed=7, strategy="topk", **SAMPLE),
+                                  pipe(prompts, seed=7, strategy="expert:0", **SAMPLE))  # fmt: skip
+    mono = DDMPipeline.from_single(trained["monolith"], trained["info"])
+    assert mono.num_experts == 1 and mono.router is None
+    routed = mono.generate(prompts, seed=7, strategy="full", **SAMPLE)  # any strategy runs the one model
+    np.testing.assert_array_equal(routed.videos, mono(prompts, seed=7, strategy="expert:0", **SAMPLE))
+    assert routed.result.stats.router_calls == 0
+    with pytest.raises(ValueError, match="expert 1 is not one of its experts"):
+        mono(prompts, strategy="expert:1", **SAMPLE)
+
+
+def test_missing_expert_is_excluded(trained, prompts):
+    folder = assemble_ddm(trained["root"] / "ddm-missing", {0: trained["experts"][0], 1: None}, trained["router"],
+                          trained["info"], None, EncodeConfig())  # fmt: skip
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["missing_experts"] == [1] and manifest["experts"][1] == {"cluster_id": 1, "present": False,
+                                                                             "path": None}  # fmt: skip
+    assert not (folder / "experts" / "expert-01").exists() and manifest["centroids"] is None
+    pipe = DDMPipeline.from_pretrained(folder)
+    assert pipe.missing_experts == [1]
+    for strategy in ("topk", "full"):
+        out = pipe.generate(prompts, seed=0, strategy=strategy, **SAMPLE)
+        assert (out.result.weights[:, :, 1] == 0).all() and (out.result.weights[:, :, 0] == 1).all()
+        assert set(out.result.stats.expert_calls) == {0}
+    with pytest.raises(ValueError, match=r"expert:1.*expert 1 is missing \(failed training\)"):
+        pipe(prompts, strategy="expert:1", **SAMPLE)
+
+
+def test_tampered_weights_are_refused_naming_the_file(ddm_dir, tmp_path):
+    copy = shutil.copytree(ddm_dir, tmp_path / "ddm")
+    weights = copy / "experts" / "expert-01" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(DDMLoadError, match=r"expert-01/diffusion_pytorch_model\.safetensors \(expected sha256"):
+        DDMPipeline.from_pretrained(copy)
+    (copy / MANIFEST).unlink()
+    with pytest.raises(DDMLoadError, match="ddm.json: missing"):
+        DDMPipeline.from_pretrained(copy)
+
+
+def test_assemble_refuses_inconsistent_inputs(trained, tmp_path):
+    experts, router, info = trained["experts"], trained["router"], trained["info"]
+    with pytest.raises(DDMLoadError, match="max_tokens: codec.json 16 vs encode config 8"):
+        assemble_ddm(tmp_path / "a", experts, router, info, None, EncodeConfig(max_tokens=8))
+    with pytest.raises(DDMLoadError, match="router does not fit"):
+        assemble_ddm(tmp_path / "b", {0: experts[0], 1: experts[1], 2: None}, router, info, None, EncodeConfig())
+    with pytest.raises(DDMLoadError, match="every expert failed"):
+        assemble_ddm(tmp_path / "c", {0: None, 1: None}, router, info, None, EncodeConfig())
+    wrong = {**info, "latent_shape": [3, 8, 16, 16]}
+    with pytest.raises(DDMLoadError, match="but the codec gives latents"):
+        assemble_ddm(tmp_path / "d", experts, router, wrong, None, EncodeConfig())
+    assert not tmp_path.joinpath("a").exists() and not list(tmp_path.glob(".*"))
+
+
+def test_save_videos_writes_gif_and_mp4(tmp_path):
+    videos = np.random.default_rng(0).integers(0, 256, (2, 4, 16, 16, 3), dtype=np.uint8)
+    paths = save_videos(videos, tmp_path / "out", "ddm-topk", fps=4)
+    assert [p.name for p in paths] == ["ddm-topk-0000.gif", "ddm-topk-0000.mp4", "ddm-topk-0001.gif",
+                                       "ddm-topk-0001.mp4"]  # fmt: skip
+    assert all(p.stat().st_size > 0 for p in paths)
+    with Image.open(paths[0]) as gif:
+        assert gif.n_frames == 4
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [p.name for p in paths]
+    with pytest.raises(ValueError, match="uint8"):
+        save_videos(videos.astype(np.float32), tmp_path, "x")
+    with pytest.raises(ValueError, match="formats"):
+        save_videos(videos, tmp_path, "x", formats=("webm",))
+
+
+def test_stratified_prompts_are_stratified_and_deterministic():
+    assignments = pd.DataFrame(
+        {"clip_id": [f"c{i:03d}" for i in range(23)], "cluster_id": [0] * 10 + [1] * 10 + [2] * 3}
+    )
+    index = pd.DataFrame({"clip_id": [f"c{i:03d}" for i in range(23)], "caption": [f"caption {i}" for i in range(23)]})
+    table = stratified_prompts(assignments, index, per_cluster=4, seed=0)
+    assert list(table.columns) == ["prompt_id", "clip_id", "caption", "cluster_id"]
+    assert table["prompt_id"].tolist() == list(range(11))
+    assert table.groupby("cluster_id").size().to_dict() == {0: 4, 1: 4, 2: 3}  # cluster 2 has only 3 clips
+    truth = assignments.set_index("clip_id")["cluster_id"]
+    assert (table["cluster_id"].to_numpy() == truth[table["clip_id"]].to_numpy()).all()
+    assert (table["caption"] == "caption " + table["clip_id"].str[1:].astype(int).astype(str)).all()
+    shuffled = stratified_prompts(assignments.sample(frac=1, random_state=1), index[::-1], per_cluster=4, seed=0)
+    pd.testing.assert_frame_equal(shuffled, table)
+    assert not stratified_prompts(assignments, index, per_cluster=4, seed=1).equals(table)
+    more = stratified_prompts(assignments, index, per_cluster=6, seed=0)
+    for k in (0, 1):  # a larger set extends each cluster's list
+        assert more[more.cluster_id == k].clip_id.tolist()[:4] == table[table.cluster_id == k].clip_id.tolist()
+    held = stratified_prompts(assignments, index, per_cluster=4, seed=0, holdout={"c000", "c001", "c015"})
+    assert sorted(held["clip_id"]) == ["c000", "c001", "c015"]
+    with pytest.raises(ValueError, match="no caption"):
+        stratified_prompts(assignments, index.iloc[1:], per_cluster=2, seed=0)
+    with pytest.raises(ValueError, match="lacks column"):
+        stratified_prompts(assignments.rename(columns={"cluster_id": "k"}), index, per_cluster=2, seed=0)
+
+
+def test_unconditional_input_is_the_trainers_caption_dropout(pipe, prompts, monkeypatch):
+    """CFG's unconditional half must be what caption_dropout trained: the caption's mask all False."""
+    import lib.sample.pipeline as pipeline
+
+    seen, real = [], pipeline.expert_forward
+
+    def spy(model, x_t, t, tokens, mask):
+        seen.append((tokens.clone(), mask.clone()))
+        return real(model, x_t, t, tokens, mask)
+
+    monkeypatch.setattr(pipeline, "expert_forward", spy)
+    pipe(prompts[:2], strategy="expert:0", num_steps=1, guidance_scale=4.0)
+    ((tokens, mask),) = seen
+    assert tokens.shape[0] == 4 and mask[:2].any(dim=1).all() and not mask[2:].any()
+    assert not tokens[2:].any()
+    seen.clear()
+    pipe(prompts[:2], strategy="expert:0", num_steps=1, guidance_scale=1.0)  # no CFG: conditional half only
+    assert seen[0][0].shape[0] == 2

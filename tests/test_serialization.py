@@ -1,0 +1,158 @@
+"""The project as a cluster sees it: `pyflyte package` protobufs and the dynamic training fan-out as compiled."""
+
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from flyteidl.admin import task_pb2
+from flytekit.configuration import Image, ImageConfig, SerializationSettings
+from flytekit.core import context_manager
+from flytekit.core.context_manager import ExecutionState
+from flytekit.core.type_engine import TypeEngine
+from flytekit.types.directory import FlyteDirectory
+from pandera.typing import DataFrame
+
+from data_schemas.cluster import ClusterAssignment
+from lib.config import RunConfig, replace_in
+from lib.train.specs import ExpertSpec, expert_specs, monolith_spec
+from tasks.train import train_experts, train_monolith
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pkg")
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "pyflyte"),
+            "--pkgs",
+            "workflows",
+            "package",
+            "--image",
+            "ddm-flyte:test",
+            "--output",
+            str(out / "pkg.tgz"),
+            "-f",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with tarfile.open(out / "pkg.tgz") as tar:
+        tar.extractall(out, filter="data")
+    return out
+
+
+def _tasks(package):
+    found = {}
+    for pb in package.glob("*_tasks.*.pb"):
+        spec = task_pb2.TaskSpec()
+        spec.ParseFromString(pb.read_bytes())
+        found[spec.template.id.name] = spec.template
+    return found
+
+
+def test_package_holds_every_task_with_cache_versions_and_retries(package):
+    tasks = _tasks(package)
+    expected_cache = {
+        "tasks.ingest.ingest_clips": "ingest-v1",
+        "tasks.encode.encode_clips": "encode-v1",
+        "tasks.cluster.embed_clips": "embed-v1",
+        "tasks.cluster.cluster_clips": "cluster-v1",
+        "tasks.train.train_router_task": "router-v1",
+    }
+    for name, version in expected_cache.items():
+        meta = tasks[name].metadata
+        assert meta.discoverable and meta.discovery_version == version, name
+    train = tasks["tasks.train.train_model"]
+    assert not train.metadata.discoverable, "experts skip/resume by spec hash, not Flyte's cache"
+    assert train.metadata.retries.retries == 2
+    assert train.container.image == "ddm-flyte:test"
+
+
+def _compile_dynamic(dynamic_task, **inputs):
+    """What a cluster runs when the dynamic task executes: its DynamicJobSpec."""
+    settings = SerializationSettings(image_config=ImageConfig(default_image=Image(name="default", fqn="img", tag="t")))
+    ctx = context_manager.FlyteContextManager.current_context()
+    hints = {
+        "cfg": RunConfig,
+        "specs": list[ExpertSpec],
+        "spec": ExpertSpec,
+        "encoded": FlyteDirectory,
+        "assignments": DataFrame[ClusterAssignment],
+    }
+    mode = ExecutionState.Mode.TASK_EXECUTION
+    with context_manager.FlyteContextManager.with_context(ctx.with_serialization_settings(settings)) as ctx:
+        with context_manager.FlyteContextManager.with_context(
+            ctx.with_execution_state(ctx.execution_state.with_params(mode=mode))
+        ) as ctx:
+            literals = TypeEngine.dict_to_literal_map(ctx, inputs, type_hints={k: hints[k] for k in inputs})
+            return dynamic_task.dispatch_execute(ctx, literals)
+
+
+def _gpu_cfg():
+    return replace_in(
+        RunConfig(),
+        cluster={"num_clusters": 2, "fine_clusters": 4},
+        resources={
+            "expert_gpu": 1,
+            "accelerator": "nvidia-tesla-a100",
+            "expert_mem": "40Gi",
+            "expert_cpu": "8",
+            "min_success_ratio": 0.5,
+            "retries": 3,
+        },
+    )
+
+
+def _assignments():
+    return pd.DataFrame(
+        {"clip_id": list("abcd"), "cluster_id": [0, 1, 0, 1], "distance": [0.1] * 4, "fine_cluster": [0, 1, 2, 3]}
+    )
+
+
+def _resources(overrides):
+    return {r.name: r.value for r in overrides.resources.requests}, {
+        r.name: r.value for r in overrides.resources.limits
+    }
+
+
+def test_expert_map_task_carries_configured_resources_accelerator_retries_and_ratio():
+    cfg = _gpu_cfg()
+    job = _compile_dynamic(
+        train_experts,
+        cfg=cfg,
+        specs=expert_specs(cfg, _assignments()),
+        encoded=FlyteDirectory(tempfile.mkdtemp()),
+        assignments=_assignments(),
+    )
+    (node,) = job.nodes
+    array = node.to_flyte_idl().array_node
+    assert array.min_success_ratio == pytest.approx(0.5)
+    inner = array.node
+    assert inner.metadata.retries.retries == 3
+    requests, limits = _resources(inner.task_node.overrides)
+    assert requests == limits and set(requests.values()) == {"8", "40Gi", "1"}
+    assert inner.task_node.overrides.extended_resources.gpu_accelerator.device == "nvidia-tesla-a100"
+
+
+def test_monolith_gets_the_same_resources():
+    cfg = _gpu_cfg()
+    job = _compile_dynamic(
+        train_monolith,
+        cfg=cfg,
+        spec=monolith_spec(cfg, _assignments()),
+        encoded=FlyteDirectory(tempfile.mkdtemp()),
+        assignments=_assignments(),
+    )
+    node = job.nodes[0].to_flyte_idl()
+    requests, _ = _resources(node.task_node.overrides)
+    assert set(requests.values()) == {"8", "40Gi", "1"}
+    assert node.metadata.retries.retries == 3

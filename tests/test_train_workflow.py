@@ -1,0 +1,90 @@
+"""The training stage through Flyte: specs, the expert map task, the monolith and the router."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from lib.config import RunConfig, replace_in
+from lib.models.factory import load_expert
+from lib.train.specs import MONOLITH, compute_table, expert_specs, monolith_spec
+from workflows.train import train_wf
+
+
+def _cfg(tmp_path, **resources):
+    return replace_in(
+        RunConfig(),
+        data={"num_clips": 60, "frames": 4, "height": 16, "width": 16, "shard_size": 64},
+        cluster={"num_clusters": 2, "fine_clusters": 8, "silhouette_sample": 60},
+        expert={
+            "steps": 4,
+            "num_layers": 1,
+            "num_heads": 2,
+            "head_dim": 16,
+            "ffn_dim": 64,
+            "batch_size": 4,
+            "checkpoint_every": 2,
+            "log_every": 2,
+            "warmup_steps": 1,
+        },
+        router={"steps": 4, "batch_size": 8},
+        resources=resources,
+        output_dir=str(tmp_path / "out"),
+    )
+
+
+def _assignments(n=10, k=2):
+    return pd.DataFrame({"clip_id": [f"c{i}" for i in range(n)], "cluster_id": [i % k for i in range(n)]})
+
+
+def test_specs_match_compute_and_change_with_the_data():
+    cfg = replace_in(RunConfig(), cluster={"num_clusters": 2, "fine_clusters": 4})
+    specs, mono = expert_specs(cfg, _assignments()), monolith_spec(cfg, _assignments())
+    assert [s.name for s in specs] == ["expert-00", "expert-01"] and mono.cluster_id == MONOLITH
+    assert mono.expert.steps == 2 * cfg.expert.steps and all(s.expert.steps == cfg.expert.steps for s in specs)
+    table = compute_table(specs, mono, 3, (8, 32, 32), 16, 384).set_index("model")
+    assert table.loc["DDM total", "total_flops"] == pytest.approx(table.loc["monolith total", "total_flops"])
+    moved = _assignments().assign(cluster_id=[0] * 9 + [1])
+    assert expert_specs(cfg, moved)[0].spec_hash() != specs[0].spec_hash()
+    assert len({s.seed for s in specs} | {mono.seed}) == 3
+    with pytest.raises(ValueError, match="cluster 1 of 2 has no clips"):
+        expert_specs(cfg, _assignments().assign(cluster_id=0))
+
+
+def test_train_workflow_end_to_end_and_rerun_skips(tmp_path, capfd):
+    cfg = _cfg(tmp_path)
+    experts, mono, report = train_wf(cfg=cfg)
+    assert len(experts) == 2 and all(e is not None for e in experts)
+    model = load_expert(experts[0].path)
+    info = json.loads((tmp_path / experts[0].path / "training.json").read_text())
+    assert info["steps"] == 4 and model.config.num_layers == 1
+    assert json.loads((tmp_path / mono.path / "training.json").read_text())["steps"] == 8
+    assert report["accuracy"].between(0, 1).all() and len(report) == cfg.router.t_buckets
+    first = capfd.readouterr().out
+    assert "DDM total" in first and "expert-01: trained 4 steps" in first
+    train_wf(cfg=cfg)
+    second = capfd.readouterr().out
+    assert "expert-00: reused" in second and "monolith: reused" in second
+
+
+def test_failed_expert_with_min_success_ratio_leaves_others(tmp_path, monkeypatch, capfd):
+    import lib.train.trainer as trainer
+
+    real_train = trainer.train
+
+    def flaky(data, cfg, out_dir, seed, name, **kw):
+        if name == "expert-01":
+            raise RuntimeError("simulated GPU failure in expert-01")
+        return real_train(data, cfg, out_dir, seed, name, **kw)
+
+    monkeypatch.setattr("tasks.train.train", flaky)
+    experts, mono, _ = train_wf(cfg=_cfg(tmp_path, min_success_ratio=0.5, retries=0))
+    assert experts[0] is not None and experts[1] is None and mono is not None
+    with pytest.raises(Exception, match="simulated GPU failure in expert-01"):
+        train_wf(cfg=_cfg(tmp_path / "strict", min_success_ratio=1.0, retries=0))
+    monkeypatch.setattr("tasks.train.train", real_train)
+    capfd.readouterr()
+    experts, _, _ = train_wf(cfg=_cfg(tmp_path, min_success_ratio=0.5, retries=0))
+    out = capfd.readouterr().out
+    assert all(e is not None for e in experts)
+    assert "expert-00: reused" in out and "expert-01: trained 4 steps" in out, "a rerun trains only the failed expert"

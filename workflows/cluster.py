@@ -1,0 +1,45 @@
+"""Ingest -> encode -> embed -> cluster: ``pyflyte run workflows/cluster.py cluster_wf --cfg configs/tiny.yaml``."""
+
+from flytekit import workflow
+from flytekit.types.directory import FlyteDirectory
+from pandera.typing import DataFrame
+
+from data_schemas.cluster import ClusterAssignment, ClusterSummary
+from data_schemas.ingest import ClipAttributes, ClipIndex
+from lib.config import RunConfig
+from tasks.cluster import cluster_clips, embed_clips
+from tasks.encode import encode_clips
+from tasks.ingest import ingest_clips
+
+
+@workflow
+def cluster_stage(
+    cfg: RunConfig,
+) -> tuple[
+    FlyteDirectory,
+    DataFrame[ClipIndex],
+    DataFrame[ClipAttributes],
+    FlyteDirectory,
+    DataFrame[ClusterAssignment],
+    DataFrame[ClusterSummary],
+]:
+    """Clip shards, index, attributes, encoded latents/text, the cluster of every clip and a per-cluster summary."""
+    shards, index, _, attributes = ingest_clips(cfg=cfg.data, seed=cfg.seed, output_dir=cfg.output_dir)
+    encoded, _ = encode_clips(cfg=cfg.encode, shards=shards, index=index, output_dir=cfg.output_dir)
+    embeddings = embed_clips(cfg=cfg.cluster, shards=shards, encoded=encoded, index=index, output_dir=cfg.output_dir)
+    assignments, summary, _ = cluster_clips(
+        cfg=cfg.cluster,
+        seed=cfg.seed,
+        embeddings=embeddings,
+        index=index,
+        attributes=attributes,
+        output_dir=cfg.output_dir,
+    )
+    return shards, index, attributes, encoded, assignments, summary
+
+
+@workflow
+def cluster_wf(cfg: RunConfig = RunConfig()) -> DataFrame[ClusterSummary]:
+    """Returns one row per cluster: size, fraction and the captions of its most typical clips."""
+    _, _, _, _, _, summary = cluster_stage(cfg=cfg)
+    return summary

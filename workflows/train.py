@@ -1,0 +1,42 @@
+"""Up to trained models: ``pyflyte run workflows/train.py train_wf --cfg configs/tiny.yaml``.
+
+The experts (a map task), the monolith and the router have no edge between them, so they run in parallel.
+"""
+
+from flytekit import workflow
+from flytekit.types.directory import FlyteDirectory
+from pandera.typing import DataFrame
+
+from data_schemas.cluster import ClusterAssignment
+from data_schemas.router import RouterReport
+from lib.config import RunConfig
+from tasks.train import make_specs, train_experts, train_monolith, train_router_task
+from workflows.cluster import cluster_stage
+
+
+@workflow
+def train_stage(
+    cfg: RunConfig, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment]
+) -> tuple[list[FlyteDirectory | None], FlyteDirectory, FlyteDirectory, DataFrame[RouterReport]]:
+    specs, monolith = make_specs(cfg=cfg, assignments=assignments, encoded=encoded)
+    experts = train_experts(cfg=cfg, specs=specs, encoded=encoded, assignments=assignments)
+    mono = train_monolith(cfg=cfg, spec=monolith, encoded=encoded, assignments=assignments)
+    router, report = train_router_task(
+        cfg=cfg.router,
+        num_clusters=cfg.cluster.num_clusters,
+        seed=cfg.seed,
+        encoded=encoded,
+        assignments=assignments,
+        output_dir=cfg.output_dir,
+    )
+    return experts, mono, router, report
+
+
+@workflow
+def train_wf(
+    cfg: RunConfig = RunConfig(),
+) -> tuple[list[FlyteDirectory | None], FlyteDirectory, DataFrame[RouterReport]]:
+    """Returns the expert folders (None where an expert failed), the monolith folder and the router report."""
+    _, _, _, encoded, assignments, _ = cluster_stage(cfg=cfg)
+    experts, mono, _, report = train_stage(cfg=cfg, encoded=encoded, assignments=assignments)
+    return experts, mono, report
