@@ -166,20 +166,26 @@ class RouterConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    strategy: str = "topk"  # top1 | topk | full | oracle | expert:<id>
+    strategy: str = "topk"  # the DDM's routing: top1 | topk | full | oracle | expert:<id>
+    compare_strategies: list[str] = field(default_factory=lambda: ["top1", "full", "oracle"])  # also sampled
+    single_experts: bool = True  # also sample each expert alone on every prompt (paired with the DDM)
     top_k: int = 2
     num_steps: int = 20
     guidance_scale: float = 4.0
     prompts_per_cluster: int = 8
-    seed_offset: int = 0
+    batch_size: int = 16  # prompts per sampler call
     eps_x0_clamp: float = 3.0  # eps experts: |x0_hat| bound in the eps -> v conversion (pixels lie in [-1, 1])
     eps_alpha_floor: float = 0.05  # eps experts: smallest 1 - t divided by when recovering x0_hat
 
     def __post_init__(self) -> None:
-        ok = self.strategy in ("top1", "topk", "full", "oracle") or (
-            self.strategy.startswith("expert:") and self.strategy[len("expert:") :].isdigit()
-        )
-        _check(ok, "sample.strategy", f"{self.strategy!r} is not one of top1, topk, full, oracle, expert:<id>")
+        for where, strategy in [("sample.strategy", self.strategy)] + [
+            ("sample.compare_strategies", s) for s in self.compare_strategies
+        ]:
+            ok = strategy in ("top1", "topk", "full", "oracle") or (
+                strategy.startswith("expert:") and strategy[len("expert:") :].isdigit()
+            )
+            _check(ok, where, f"{strategy!r} is not one of top1, topk, full, oracle, expert:<id>")
+        _check(self.batch_size > 0, "sample.batch_size", "must be > 0")
         _check(self.top_k >= 1, "sample.top_k", "must be >= 1")
         _check(self.num_steps > 0, "sample.num_steps", "must be > 0")
         _check(self.prompts_per_cluster > 0, "sample.prompts_per_cluster", "must be > 0")
@@ -191,14 +197,15 @@ class SampleConfig:
 class EvalConfig:
     i3d_path: str = ""  # local TorchScript I3D (Kinetics-400); empty: offline feature network, metric fd_attrnet
     clip_path: str = ""  # local CLIP folder; empty: prompt-attribute accuracy instead of CLIP similarity
-    num_real: int = 256
-    num_generated: int = 24
-    draws: int = 3
+    num_real: int = 256  # real clips in the Fréchet reference set (fixed N: never compare scores across N)
+    draws: int = 3  # generated sets per method, each with its own sampling seed: scores are mean ± sd over draws
     featnet_steps: int = 300
+    featnet_holdout: float = 0.2  # fraction of real clips kept out of AttrNet training to report its accuracy
 
     def __post_init__(self) -> None:
-        for name in ("num_real", "num_generated", "draws", "featnet_steps"):
+        for name in ("num_real", "draws", "featnet_steps"):
             _check(getattr(self, name) > 0, f"eval.{name}", f"must be > 0, got {getattr(self, name)}")
+        _check(0.0 < self.featnet_holdout < 1.0, "eval.featnet_holdout", "must lie in (0, 1)")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from data_schemas.sample import PromptSet
 from lib.config import EncodeConfig, ExpertConfig, RouterConfig
 from lib.data.procedural import iter_builtin_clips
 from lib.encode.codec import PixelCodec
@@ -225,7 +226,7 @@ def test_stratified_prompts_are_stratified_and_deterministic():
     )
     index = pd.DataFrame({"clip_id": [f"c{i:03d}" for i in range(23)], "caption": [f"caption {i}" for i in range(23)]})
     table = stratified_prompts(assignments, index, per_cluster=4, seed=0)
-    assert list(table.columns) == ["prompt_id", "clip_id", "caption", "cluster_id"]
+    PromptSet.validate(table)
     assert table["prompt_id"].tolist() == list(range(11))
     assert table.groupby("cluster_id").size().to_dict() == {0: 4, 1: 4, 2: 3}  # cluster 2 has only 3 clips
     truth = assignments.set_index("clip_id")["cluster_id"]

@@ -253,6 +253,17 @@ class DDMPipeline:
     """Prompts -> videos with a DDM (router-mixed experts) or a single model, on one device.
 
     Build it with ``from_pretrained`` (an ``assemble_ddm`` folder) or ``from_single`` (one expert or the monolith).
+
+    Args:
+        experts: network per cluster id 0..K-1; None for an expert that failed training.
+        objectives: "flow" or "eps" per present expert.
+        router: the router, or None (then only ``oracle`` / ``expert:<id>`` sample, unless K = 1).
+        text_encoder: the caption encoder the experts were trained with.
+        codec: decodes sampled latents to uint8 videos.
+        latent_shape: (C, T', H', W') of one sample's latents.
+        name: where the model came from, for error messages.
+        centroids: cluster centroids [K, E], if the DDM folder holds them.
+        device: where the networks run.
     """
 
     def __init__(
@@ -287,7 +298,12 @@ class DDMPipeline:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> DDMPipeline:
-        """Load an ``assemble_ddm`` folder, verifying every expert's and the router's weights against the manifest."""
+        """Load an ``assemble_ddm`` folder, verifying every expert's and the router's weights against the manifest.
+
+        Args:
+            folder: the DDM folder (holds ``ddm.json``).
+            device: where the networks, the text encoder and a VAE run.
+        """
         folder = Path(folder)
         manifest = _read_json(folder / MANIFEST, "DDM manifest; build the folder with assemble_ddm")
         if manifest.get("format_version") != FORMAT_VERSION:
@@ -368,7 +384,13 @@ class DDMPipeline:
         return strategy
 
     def noise(self, count: int, seed: int, prompt_keys: Sequence[int | str] | None = None) -> torch.Tensor:
-        """Starting noise [N, C, T', H', W'], one generator per prompt (key = prompt index by default)."""
+        """Starting noise [N, C, T', H', W'], one CPU generator per prompt, so it is the same on every device.
+
+        Args:
+            count: N, the number of prompts.
+            seed: sampling seed.
+            prompt_keys: key of each prompt in ``derive_seed(seed, "sample", key)``; default 0..N-1.
+        """
         keys = range(count) if prompt_keys is None else prompt_keys
         return torch.stack(
             [torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(derive_seed(seed, "sample", key)))

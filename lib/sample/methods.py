@@ -1,0 +1,110 @@
+"""Sample every method the evaluation compares, on the same prompts with the same seeds (paired comparisons).
+
+Methods: ``ddm:<strategy>`` for the configured strategy and the comparison strategies, ``monolith``, and
+``expert:<k>`` (each expert alone on every prompt). Draw d of every method starts from the same noise per prompt
+(seed ``derive_seed(seed, "sample-draw", d)``, keyed by prompt id), so differences between methods come from
+the models, not from the noise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from lib.config import SampleConfig
+from lib.io import atomic_write
+from lib.sample.pipeline import DDMPipeline, save_videos
+from lib.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+VIDEOS_FILE = "videos.safetensors"
+GIFS_PER_METHOD = 6
+
+
+@dataclass
+class SampledMethods:
+    videos: dict[str, list[np.ndarray]]  # method -> draws, each uint8 [P, T, H, W, 3]
+    seconds: dict[str, float]  # method -> sampling time over all draws
+    skipped: dict[str, str]  # method -> why it was not sampled (e.g. its expert failed)
+
+
+def method_list(cfg: SampleConfig, ddm: DDMPipeline) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(method name, strategy) pairs to sample with the DDM, and the methods skipped with the reason."""
+    strategies = [cfg.strategy] + [s for s in cfg.compare_strategies if s != cfg.strategy]
+    methods = [(f"ddm:{s}", s) for s in strategies]
+    if cfg.single_experts:
+        methods += [(f"expert:{k}", f"expert:{k}") for k in range(ddm.num_experts)]
+    skipped = {}
+    for k in ddm.missing_experts:
+        skipped[f"expert:{k}"] = f"expert {k} failed training"
+        if "oracle" in strategies:
+            skipped["ddm:oracle"] = f"expert {k} is missing, so its cluster's prompts have no oracle expert"
+    return [(m, s) for m, s in methods if m not in skipped], skipped
+
+
+def sample_methods(
+    ddm: DDMPipeline,
+    monolith: DDMPipeline,
+    prompts: pd.DataFrame,
+    cfg: SampleConfig,
+    draws: int,
+    seed: int,
+    out_dir: str | Path,
+) -> SampledMethods:
+    """Sample all methods for ``draws`` seeds; writes ``videos.safetensors`` and GIFs of draw 0 to ``out_dir``.
+
+    Args:
+        ddm: the decentralized model (experts + router).
+        monolith: the matched-compute baseline as a single-model pipeline.
+        prompts: table with prompt_id, caption, cluster_id (``stratified_prompts``).
+        cfg: sampling settings.
+        draws: generated sets per method.
+        seed: run seed.
+        out_dir: output folder.
+    """
+    out_dir = Path(out_dir)
+    captions = prompts["caption"].tolist()
+    keys = prompts["prompt_id"].tolist()
+    oracle = prompts["cluster_id"].tolist()
+    plan, skipped = method_list(cfg, ddm)
+    runs = [(name, ddm, strategy) for name, strategy in plan] + [("monolith", monolith, "expert:0")]
+    videos: dict[str, list[np.ndarray]] = {}
+    seconds: dict[str, float] = {}
+    for name, pipe, strategy in runs:
+        t0 = time.perf_counter()
+        videos[name] = [
+            pipe(
+                captions, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, strategy=strategy,
+                top_k=cfg.top_k, seed=derive_seed(seed, "sample-draw", d), oracle_clusters=oracle,
+                batch_size=cfg.batch_size, prompt_keys=keys,
+            )
+            for d in range(draws)
+        ]  # fmt: skip
+        seconds[name] = time.perf_counter() - t0
+        log.info("sampled %s: %d x %d videos in %.1f s", name, draws, len(captions), seconds[name])
+        save_videos(videos[name][0][:GIFS_PER_METHOD], out_dir / "gifs", name.replace(":", "-"), formats=("gif",))
+    tensors = {f"{name}/draw{d}": np.ascontiguousarray(v) for name, draws_ in videos.items() for d, v in
+               enumerate(draws_)}  # fmt: skip
+    meta = {"prompts": json.dumps(prompts.to_dict("list")), "skipped": json.dumps(skipped)}
+    atomic_write(out_dir / VIDEOS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return SampledMethods(videos, seconds, skipped)
+
+
+def load_sampled(folder: str | Path) -> tuple[dict[str, list[np.ndarray]], pd.DataFrame, dict[str, str]]:
+    """Videos per method and draw, the prompt table and the skipped methods, as written by ``sample_methods``."""
+    path = Path(folder) / VIDEOS_FILE
+    videos: dict[str, list[np.ndarray]] = {}
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata()
+        for key in sorted(f.keys(), key=lambda k: (k.rsplit("/draw", 1)[0], int(k.rsplit("/draw", 1)[1]))):
+            videos.setdefault(key.rsplit("/draw", 1)[0], []).append(f.get_tensor(key))
+    return videos, pd.DataFrame(json.loads(meta["prompts"])), json.loads(meta["skipped"])

@@ -1,0 +1,69 @@
+"""Assemble the DDM folder, fix the prompt set, and sample every compared method on it."""
+
+import json
+
+from flytekit import Cache, Resources, task
+from flytekit.types.directory import FlyteDirectory
+from flytekit.types.file import FlyteFile
+from pandera.typing import DataFrame
+from safetensors.numpy import load_file
+
+from data_schemas.cluster import ClusterAssignment
+from data_schemas.ingest import ClipIndex
+from data_schemas.sample import PromptSet
+from lib.config import EncodeConfig, SampleConfig
+from lib.encode.store import read_codec_info
+from lib.sample.methods import sample_methods
+from lib.sample.pipeline import DDMPipeline, assemble_ddm
+from lib.sample.prompts import stratified_prompts
+from tasks.common import stage_dir, uri_of
+
+
+@task(cache=Cache(version="assemble-v1"), requests=Resources(cpu="1", mem="2Gi"))
+def assemble_ddm_task(
+    encode_cfg: EncodeConfig,
+    experts: list[FlyteDirectory | None],
+    router: FlyteDirectory,
+    encoded: FlyteDirectory,
+    centroids: FlyteFile,
+    output_dir: str,
+) -> FlyteDirectory:
+    """One self-contained folder that ``DDMPipeline.from_pretrained`` loads (failed experts recorded as missing)."""
+    sources = [uri_of(e) if e is not None else None for e in experts]
+    out = stage_dir(output_dir, "ddm", sources, uri_of(router), uri_of(centroids)) / "ddm"
+    folders = {k: (e.download() if e is not None else None) for k, e in enumerate(experts)}
+    info = read_codec_info(encoded.download())
+    assemble_ddm(out, folders, router.download(), info, load_file(centroids.download())["centroids"], encode_cfg)
+    missing = [k for k, e in folders.items() if e is None]
+    print(f"ddm: {len(experts) - len(missing)}/{len(experts)} experts -> {out}"
+          + (f"; missing (failed training): {missing}" if missing else ""), flush=True)  # fmt: skip
+    return FlyteDirectory(str(out))
+
+
+@task(cache=Cache(version="prompts-v1"))
+def make_prompts(
+    cfg: SampleConfig, seed: int, assignments: DataFrame[ClusterAssignment], index: DataFrame[ClipIndex]
+) -> DataFrame[PromptSet]:
+    """The fixed, cluster-stratified prompt set every method is sampled on."""
+    return stratified_prompts(assignments, index, cfg.prompts_per_cluster, seed)
+
+
+@task(cache=Cache(version="sample-v1"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+def sample_task(
+    cfg: SampleConfig,
+    draws: int,
+    seed: int,
+    ddm: FlyteDirectory,
+    monolith: FlyteDirectory,
+    encoded: FlyteDirectory,
+    prompts: DataFrame[PromptSet],
+    output_dir: str,
+) -> FlyteDirectory:
+    """Videos of the DDM (each strategy), each expert alone and the monolith, ``draws`` seeds each."""
+    out = stage_dir(output_dir, "samples", cfg, draws, seed, uri_of(ddm), uri_of(monolith), prompts.to_json())
+    info = read_codec_info(encoded.download())
+    pipe, mono = DDMPipeline.from_pretrained(ddm.download()), DDMPipeline.from_single(monolith.download(), info)
+    result = sample_methods(pipe, mono, prompts, cfg, draws, seed, out)
+    rates = {m: round(len(prompts) * draws / s, 2) for m, s in result.seconds.items()}
+    print(f"sample: videos/s per method {json.dumps(rates)}; skipped {result.skipped or 'none'} -> {out}", flush=True)
+    return FlyteDirectory(str(out))
