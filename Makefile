@@ -20,7 +20,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	$(VENV)/bin/pyflyte run workflows/ingest.py ingest_wf --cfg "$$($(PY) -m lib.config $(CONFIG))"
+	@start=$$(date +%s); \
+	$(VENV)/bin/pyflyte run workflows/pipeline.py pipeline --cfg "$$($(PY) -m lib.config $(CONFIG))" && \
+	echo "total time: $$(( $$(date +%s) - start )) s"
 
 test: install
 	$(VENV)/bin/ruff check .

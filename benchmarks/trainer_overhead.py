@@ -108,6 +108,9 @@ def main() -> None:
             started = time.perf_counter()
             train(data, cfg, Path(tmp) / "ours", seed=0, name="bench")
             times["our trainer"].append((time.perf_counter() - started) / cfg.steps)
+        print(
+            f"  run: bare {times['bare loop'][-1]:.4f} s/step, ours {times['our trainer'][-1]:.4f} s/step", flush=True
+        )
     for label, values in times.items():
         print(f"{label:12s} {min(values):.4f} s/step (runs: {', '.join(f'{v:.4f}' for v in values)})")
     print(f"ratio ours / bare: {min(times['our trainer']) / min(times['bare loop']):.3f} (goal <= 1.05)")

@@ -3,15 +3,12 @@
 Not cached on purpose: they are cheap, and a cache hit upstream must still leave the files in place.
 """
 
-import tempfile
-from pathlib import Path
-
 from flytekit import task
 from flytekit.types.directory import FlyteDirectory
 from pandera.typing import DataFrame
 
 from data_schemas.ingest import ClipAttributes, ClipIndex, QuarantineRecord
-from lib.io import persist
+from lib.io import write_parquet
 from tasks.common import uri_of
 
 
@@ -24,10 +21,8 @@ def report_ingest(
     attributes: DataFrame[ClipAttributes],
 ) -> str:
     dest = f"{output_dir.rstrip('/')}/ingest"
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, table in (("clip_index", index), ("quarantine", quarantine), ("attributes", attributes)):
-            table.to_parquet(Path(tmp) / f"{name}.parquet", index=False)
-        persist(tmp, dest)
+    for name, table in (("clip_index", index), ("quarantine", quarantine), ("attributes", attributes)):
+        write_parquet(table, f"{dest}/{name}.parquet")
     reasons = quarantine["reason"].value_counts().to_dict()
     print(
         f"ingest: {len(index)} clips in {index['shard'].nunique()} shard(s) -> {uri_of(shards)}\n"

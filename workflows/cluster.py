@@ -2,6 +2,7 @@
 
 from flytekit import workflow
 from flytekit.types.directory import FlyteDirectory
+from flytekit.types.file import FlyteFile
 from pandera.typing import DataFrame
 
 from data_schemas.cluster import ClusterAssignment, ClusterSummary
@@ -22,12 +23,13 @@ def cluster_stage(
     FlyteDirectory,
     DataFrame[ClusterAssignment],
     DataFrame[ClusterSummary],
+    FlyteFile,
 ]:
-    """Clip shards, index, attributes, encoded latents/text, the cluster of every clip and a per-cluster summary."""
+    """Clip shards, index, attributes, encoded latents/text, each clip's cluster, a per-cluster summary, centroids."""
     shards, index, _, attributes = ingest_clips(cfg=cfg.data, seed=cfg.seed, output_dir=cfg.output_dir)
     encoded, _ = encode_clips(cfg=cfg.encode, shards=shards, index=index, output_dir=cfg.output_dir)
     embeddings = embed_clips(cfg=cfg.cluster, shards=shards, encoded=encoded, index=index, output_dir=cfg.output_dir)
-    assignments, summary, _ = cluster_clips(
+    assignments, summary, centroids = cluster_clips(
         cfg=cfg.cluster,
         seed=cfg.seed,
         embeddings=embeddings,
@@ -35,11 +37,11 @@ def cluster_stage(
         attributes=attributes,
         output_dir=cfg.output_dir,
     )
-    return shards, index, attributes, encoded, assignments, summary
+    return shards, index, attributes, encoded, assignments, summary, centroids
 
 
 @workflow
 def cluster_wf(cfg: RunConfig = RunConfig()) -> DataFrame[ClusterSummary]:
     """Returns one row per cluster: size, fraction and the captions of its most typical clips."""
-    _, _, _, _, _, summary = cluster_stage(cfg=cfg)
+    _, _, _, _, _, summary, _ = cluster_stage(cfg=cfg)
     return summary

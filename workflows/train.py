@@ -37,6 +37,6 @@ def train_wf(
     cfg: RunConfig = RunConfig(),
 ) -> tuple[list[FlyteDirectory | None], FlyteDirectory, DataFrame[RouterReport]]:
     """Returns the expert folders (None where an expert failed), the monolith folder and the router report."""
-    _, _, _, encoded, assignments, _ = cluster_stage(cfg=cfg)
+    _, _, _, encoded, assignments, _, _ = cluster_stage(cfg=cfg)
     experts, mono, _, report = train_stage(cfg=cfg, encoded=encoded, assignments=assignments)
     return experts, mono, report

@@ -1,0 +1,44 @@
+"""The end of a run: persist the results to ``output_dir`` and print what a person reads first."""
+
+from flytekit import task
+from flytekit.types.directory import FlyteDirectory
+from pandera.typing import DataFrame
+
+from data_schemas.evaluate import EvalReport
+from data_schemas.router import RouterReport
+from lib.evaluate.compare import headline
+from lib.io import persist, write_parquet
+
+
+@task(cache=False)
+def summarize(
+    output_dir: str,
+    report: DataFrame[EvalReport],
+    router_report: DataFrame[RouterReport],
+    featnet_note: str,
+    ddm: FlyteDirectory,
+    monolith: FlyteDirectory,
+    samples: FlyteDirectory,
+) -> str:
+    """Copies the DDM folder, the monolith, samples and reports to ``<output_dir>/results``; returns that path."""
+    dest = f"{output_dir.rstrip('/')}/results"
+    persist(ddm.download(), f"{dest}/ddm")
+    persist(monolith.download(), f"{dest}/monolith")
+    persist(samples.download(), f"{dest}/samples")
+    write_parquet(report, f"{dest}/eval_report.parquet")
+    write_parquet(router_report, f"{dest}/router_report.parquet")
+    lines = [
+        "=" * 100,
+        "ddm-flyte run summary (metric names carry their feature network: fd_attrnet is not FVD)",
+        headline(report).to_string(float_format=lambda v: f"{v:.4f}"),
+        featnet_note,
+        "router accuracy by t bucket: "
+        + ", ".join(f"[{r.t_low:.1f},{r.t_high:.1f}) {r.accuracy:.2f}" for r in router_report.itertuples()),
+        f"DDM (load with DDMPipeline.from_pretrained): {dest}/ddm",
+        f"monolith: {dest}/monolith   samples (GIFs per method): {dest}/samples/gifs",
+        f"reports: {dest}/eval_report.parquet, {dest}/router_report.parquet; Decks: the evaluation and cluster "
+        "reports (report.html under <output_dir>/stages/evaluate and stages/cluster)",
+        "=" * 100,
+    ]
+    print("\n".join(lines), flush=True)
+    return dest

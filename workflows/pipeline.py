@@ -1,0 +1,78 @@
+"""The whole DAG: ``pyflyte run workflows/pipeline.py pipeline --cfg configs/tiny.yaml``.
+
+ingest -> encode -> embed -> cluster -> (experts map task || router || monolith) -> assemble -> sample -> evaluate.
+The offline feature network trains on the real clips beside the models, and the summary persists everything to
+``cfg.output_dir``.
+"""
+
+from flytekit import LaunchPlan, workflow
+
+from lib.config import RunConfig
+from tasks.evaluate import evaluate_task, train_featnet
+from tasks.sample import assemble_ddm_task, make_prompts, sample_task
+from tasks.summary import summarize
+from tasks.train import make_specs, train_experts, train_monolith, train_router_task
+from workflows.cluster import cluster_stage
+
+
+@workflow
+def pipeline(cfg: RunConfig = RunConfig()) -> str:
+    """Returns where the results (DDM folder, monolith, samples, reports) were persisted."""
+    shards, index, attributes, encoded, assignments, _, centroids = cluster_stage(cfg=cfg)
+    specs, monolith_spec = make_specs(cfg=cfg, assignments=assignments, encoded=encoded)
+    experts = train_experts(cfg=cfg, specs=specs, encoded=encoded, assignments=assignments)
+    monolith = train_monolith(cfg=cfg, spec=monolith_spec, encoded=encoded, assignments=assignments)
+    router, router_report = train_router_task(
+        cfg=cfg.router,
+        num_clusters=cfg.cluster.num_clusters,
+        seed=cfg.seed,
+        encoded=encoded,
+        assignments=assignments,
+        output_dir=cfg.output_dir,
+    )
+    featnet, featnet_note = train_featnet(
+        cfg=cfg["eval"], seed=cfg.seed, shards=shards, index=index, attributes=attributes, output_dir=cfg.output_dir
+    )
+    ddm = assemble_ddm_task(
+        encode_cfg=cfg.encode,
+        experts=experts,
+        router=router,
+        encoded=encoded,
+        centroids=centroids,
+        output_dir=cfg.output_dir,
+    )
+    prompts = make_prompts(cfg=cfg.sample, seed=cfg.seed, assignments=assignments, index=index)
+    samples = sample_task(
+        cfg=cfg.sample,
+        draws=cfg["eval"].draws,
+        seed=cfg.seed,
+        ddm=ddm,
+        monolith=monolith,
+        encoded=encoded,
+        prompts=prompts,
+        output_dir=cfg.output_dir,
+    )
+    report = evaluate_task(
+        cfg=cfg["eval"],
+        seed=cfg.seed,
+        samples=samples,
+        featnet=featnet,
+        featnet_note=featnet_note,
+        shards=shards,
+        index=index,
+        attributes=attributes,
+        assignments=assignments,
+        output_dir=cfg.output_dir,
+    )
+    return summarize(
+        output_dir=cfg.output_dir,
+        report=report,
+        router_report=router_report,
+        featnet_note=featnet_note,
+        ddm=ddm,
+        monolith=monolith,
+        samples=samples,
+    )
+
+
+default_lp = LaunchPlan.get_or_create(pipeline, name="ddm_pipeline_default")
