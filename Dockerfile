@@ -9,7 +9,7 @@ WORKDIR /root
 COPY pyproject.toml README.md ./
 # Versions are bounded in pyproject.toml (the single source of dependency ranges).
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[multigpu]"
+RUN pip install --no-cache-dir .
 
 COPY lib ./lib
 COPY data_schemas ./data_schemas

@@ -19,9 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q ".[dev]"
 	touch $@
 
+# Flyte's local runs keep task outputs (tables) in temp folders that its cache then points at; keeping them under
+# outputs/ means a cache hit never returns a path that vanished with /tmp.
 run: install
-	@start=$$(date +%s); \
-	$(VENV)/bin/pyflyte run workflows/pipeline.py pipeline --cfg "$$($(PY) -m lib.config $(CONFIG))" && \
+	@mkdir -p outputs/.flyte-tmp; start=$$(date +%s); \
+	TMPDIR=$(CURDIR)/outputs/.flyte-tmp $(VENV)/bin/pyflyte run workflows/pipeline.py pipeline \
+		--cfg "$$($(PY) -m lib.config $(CONFIG))" && \
 	echo "total time: $$(( $$(date +%s) - start )) s"
 
 test: install
@@ -34,4 +37,5 @@ lint: install
 	$(VENV)/bin/hadolint Dockerfile
 
 clean:
+	-$(VENV)/bin/pyflyte local-cache clear
 	rm -rf $(VENV) outputs

@@ -216,7 +216,6 @@ class ResourcesConfig:
     accelerator: str = ""  # e.g. "nvidia-tesla-a100"; empty: any GPU the node pool offers
     retries: int = 2
     min_success_ratio: float = 1.0  # fraction of experts that must train for the pipeline to go on
-    multi_gpu_nodes: int = 0  # >0: run each expert with torch elastic DDP (flytekitplugins-kfpytorch)
 
     def __post_init__(self) -> None:
         _check(self.expert_gpu >= 0, "resources.expert_gpu", "must be >= 0")

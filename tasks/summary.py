@@ -1,5 +1,6 @@
 """The end of a run: persist the results to ``output_dir`` and print what a person reads first."""
 
+import fsspec
 from flytekit import task
 from flytekit.types.directory import FlyteDirectory
 from pandera.typing import DataFrame
@@ -11,32 +12,47 @@ from lib.io import persist, write_parquet
 
 
 @task(cache=False)
+def as_directory(uri: str) -> FlyteDirectory:
+    """A trained model folder given by path or URI, checked to hold a model, as a typed Flyte edge."""
+    fs, root = fsspec.core.url_to_fs(uri)
+    if not fs.exists(f"{root}/ddm.json") and not fs.exists(f"{root}/config.json"):
+        raise ValueError(f"{uri}: not a DDM folder (no ddm.json) nor a model folder (no config.json)")
+    return FlyteDirectory(uri)
+
+
+@task(cache=False)
 def summarize(
     output_dir: str,
+    results_name: str,
     report: DataFrame[EvalReport],
-    router_report: DataFrame[RouterReport],
+    router_report: DataFrame[RouterReport] | None,
     featnet_note: str,
     ddm: FlyteDirectory,
     monolith: FlyteDirectory,
     samples: FlyteDirectory,
 ) -> str:
-    """Copies the DDM folder, the monolith, samples and reports to ``<output_dir>/results``; returns that path."""
-    dest = f"{output_dir.rstrip('/')}/results"
+    """Copies the DDM folder, monolith, samples and reports to ``<output_dir>/<results_name>``; returns that path."""
+    dest = f"{output_dir.rstrip('/')}/{results_name}"
     persist(ddm.download(), f"{dest}/ddm")
     persist(monolith.download(), f"{dest}/monolith")
     persist(samples.download(), f"{dest}/samples")
     write_parquet(report, f"{dest}/eval_report.parquet")
-    write_parquet(router_report, f"{dest}/router_report.parquet")
+    if router_report is not None:  # re-evaluation trains no router
+        write_parquet(router_report, f"{dest}/router_report.parquet")
     lines = [
         "=" * 100,
         "ddm-flyte run summary (metric names carry their feature network: fd_attrnet is not FVD)",
         headline(report).to_string(float_format=lambda v: f"{v:.4f}"),
         featnet_note,
         "router accuracy by t bucket: "
-        + ", ".join(f"[{r.t_low:.1f},{r.t_high:.1f}) {r.accuracy:.2f}" for r in router_report.itertuples()),
+        + (
+            ", ".join(f"[{r.t_low:.1f},{r.t_high:.1f}) {r.accuracy:.2f}" for r in router_report.itertuples())
+            if router_report is not None
+            else "not retrained"
+        ),
         f"DDM (load with DDMPipeline.from_pretrained): {dest}/ddm",
         f"monolith: {dest}/monolith   samples (GIFs per method): {dest}/samples/gifs",
-        f"reports: {dest}/eval_report.parquet, {dest}/router_report.parquet; Decks: the evaluation and cluster "
+        f"reports: {dest}/eval_report.parquet (and router_report.parquet); Decks: the evaluation and cluster "
         "reports (report.html under <output_dir>/stages/evaluate and stages/cluster)",
         "=" * 100,
     ]

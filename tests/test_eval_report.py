@@ -7,9 +7,10 @@ import torch
 from data_schemas.evaluate import EvalReport
 from lib.config import EvalConfig
 from lib.data.procedural import iter_builtin_clips
+from lib.data.video import write_gif
 from lib.evaluate.featnet import train_attrnet
 from lib.evaluate.frechet import FeatureError
-from lib.evaluate.report import _summary, evaluate_methods, fd_feature_spec, report_html, write_gif
+from lib.evaluate.report import _summary, evaluate_methods, fd_feature_spec, report_html
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -105,7 +106,7 @@ def test_report_html_has_table_chart_and_animations(setup, tmp_path):
     real, real_attrs, net, generated, prompts_attrs = setup
     report = evaluate_methods(real, real_attrs, generated, prompts_attrs, EvalConfig(num_real=40), featnet=net)
     gifs = {
-        m: [str(write_gif(d[0][i], tmp_path / f"{m.replace(':', '_')}_{i}.gif")) for i in range(2)]
+        m: [str(write_gif(tmp_path / f"{m.replace(':', '_')}_{i}.gif", d[0][i])) for i in range(2)]
         for m, d in generated.items()
     }
     page = report_html(report, gifs)

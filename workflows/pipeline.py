@@ -8,11 +8,12 @@ The offline feature network trains on the real clips beside the models, and the 
 from flytekit import LaunchPlan, workflow
 
 from lib.config import RunConfig
-from tasks.evaluate import evaluate_task, train_featnet
-from tasks.sample import assemble_ddm_task, make_prompts, sample_task
+from tasks.evaluate import train_featnet
+from tasks.sample import assemble_ddm_task
 from tasks.summary import summarize
 from tasks.train import make_specs, train_experts, train_monolith, train_router_task
 from workflows.cluster import cluster_stage
+from workflows.evaluate import evaluate_stage
 
 
 @workflow
@@ -31,7 +32,12 @@ def pipeline(cfg: RunConfig = RunConfig()) -> str:
         output_dir=cfg.output_dir,
     )
     featnet, featnet_note = train_featnet(
-        cfg=cfg["eval"], seed=cfg.seed, shards=shards, index=index, attributes=attributes, output_dir=cfg.output_dir
+        cfg=cfg["eval"],  # cfg.eval would hit Promise.eval
+        seed=cfg.seed,
+        shards=shards,
+        index=index,
+        attributes=attributes,
+        output_dir=cfg.output_dir,
     )
     ddm = assemble_ddm_task(
         encode_cfg=cfg.encode,
@@ -41,31 +47,21 @@ def pipeline(cfg: RunConfig = RunConfig()) -> str:
         centroids=centroids,
         output_dir=cfg.output_dir,
     )
-    prompts = make_prompts(cfg=cfg.sample, seed=cfg.seed, assignments=assignments, index=index)
-    samples = sample_task(
-        cfg=cfg.sample,
-        draws=cfg["eval"].draws,
-        seed=cfg.seed,
-        ddm=ddm,
-        monolith=monolith,
-        encoded=encoded,
-        prompts=prompts,
-        output_dir=cfg.output_dir,
-    )
-    report = evaluate_task(
-        cfg=cfg["eval"],
-        seed=cfg.seed,
-        samples=samples,
-        featnet=featnet,
-        featnet_note=featnet_note,
+    report, samples = evaluate_stage(
+        cfg=cfg,
         shards=shards,
         index=index,
         attributes=attributes,
+        encoded=encoded,
         assignments=assignments,
-        output_dir=cfg.output_dir,
+        featnet=featnet,
+        featnet_note=featnet_note,
+        ddm=ddm,
+        monolith=monolith,
     )
     return summarize(
         output_dir=cfg.output_dir,
+        results_name="results",
         report=report,
         router_report=router_report,
         featnet_note=featnet_note,

@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from pandera.typing import DataFrame
-from PIL import Image
 from scipy import stats
 from torch import nn
 
@@ -37,7 +36,6 @@ from lib.evaluate.featnet import AttrNet, AttrNetFeatures, attribute_accuracy, a
 from lib.evaluate.frechet import FeatureError, FrechetVideoDistance, as_video_batch
 from lib.evaluate.i3d import I3DFeatures
 from lib.evaluate.motion import mean_abs_frame_diff, normal_flow_magnitude
-from lib.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -218,21 +216,6 @@ def evaluate_methods(
             for name, fn in (("motion_mad", mean_abs_frame_diff), ("motion_flow", normal_flow_magnitude)):
                 rows.append(_row("real", name, "pixels", cluster, len(real_idx), 0, [float(fn(real[real_idx]).mean())]))
     return EvalReport.validate(pd.DataFrame(rows, columns=list(EvalReport.to_schema().columns)))
-
-
-def gif_bytes(video: np.ndarray, fps: float = 8.0, scale: int = 4) -> bytes:
-    """Animated GIF of one uint8 video [T, H, W, 3], enlarged ``scale`` times (nearest) so 32x32 clips are visible."""
-    frames = [
-        Image.fromarray(np.ascontiguousarray(f)).resize((f.shape[1] * scale, f.shape[0] * scale), 0) for f in video
-    ]
-    buf = io.BytesIO()
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    return buf.getvalue()
-
-
-def write_gif(video: np.ndarray, path: str | Path, fps: float = 8.0, scale: int = 4) -> Path:
-    data = gif_bytes(video, fps, scale)
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _bar_chart_png(report: pd.DataFrame) -> bytes:

@@ -31,6 +31,7 @@ from lib.config import RouterConfig
 from lib.io import atomic_write
 from lib.models.router import RouterModel
 from lib.seeding import derive_seed
+from lib.train.trainer import sample_timesteps
 
 log = logging.getLogger(__name__)
 
@@ -53,25 +54,6 @@ class RouterResult:
     report: pd.DataFrame
     losses: list[float]
     eval_indices: list[int]
-
-
-def sample_timesteps(batch: int, method: str, generator: torch.Generator) -> torch.Tensor:
-    """Training times in (0, 1): ``uniform`` or ``logit_normal`` (sigmoid of a standard normal, which puts more
-    steps at mid t where the classification is neither trivial nor hopeless).
-
-    Args:
-        batch: how many times to draw.
-        method: "uniform" or "logit_normal".
-        generator: source of randomness.
-
-    Returns:
-        t, float32 [batch].
-    """
-    if method == "uniform":
-        return torch.rand(batch, generator=generator)
-    if method == "logit_normal":
-        return torch.sigmoid(torch.randn(batch, generator=generator))
-    raise ValueError(f"timestep sampling {method!r} is not one of uniform, logit_normal")
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> float:
