@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -55,7 +57,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository root
 
 from data_schemas.cluster import ClusterAssignment  # noqa: E402
 from lib.cluster.embedders import compute_embeddings  # noqa: E402
@@ -75,10 +77,10 @@ from lib.train.router import train_router  # noqa: E402
 from lib.train.specs import ExpertSpec, clip_ids_for, compute_table, expert_specs, monolith_spec  # noqa: E402
 from lib.train.trainer import TrainData, TrainResult, train  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED = "shared"  # variant of the rows every DDM shares (monolith, real)
 ROUTED = ("top1", "topk", "full")  # strategies a deployed DDM can use (oracle needs the true cluster)
 GRID_PROMPTS, GRID_FRAMES, GRID_SCALE = 4, 4, 3
+BUSY_LOAD = 1.5  # 1-minute load average above which torch's multi-threading on a 2-core machine collapses
 
 # --smoke: every stage runs on tiny sizes (same network, same code paths) to check the script end to end.
 SMOKE = {
@@ -132,6 +134,7 @@ class Shared:
     embeddings: np.ndarray
     featnet: AttrNet | None
     featnet_note: str
+    data_key: str  # hash of the data + encode config: models trained on other data are never reused
     semantic: pd.DataFrame = field(default_factory=pd.DataFrame)
     prompts: pd.DataFrame = field(default_factory=pd.DataFrame)
 
@@ -255,7 +258,9 @@ def prepare(cfg: RunConfig, work: Path, device: str, timer: StageTimer) -> Share
         clip_ids = result.index["clip_id"].tolist()
         pooled = load_encoded(encoded, clip_ids).pooled.numpy() if "text" in cfg.cluster.embedders else None
         x = compute_embeddings(cfg.cluster, shards, result.index, pooled_text=pooled, device=device)
-    return Shared(cfg, work, device, shards, result.index, result.attributes, encoded, info, x, featnet, note)
+    key = json.dumps([cfg.seed, dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.encode)], sort_keys=True)
+    data_key = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Shared(cfg, work, device, shards, result.index, result.attributes, encoded, info, x, featnet, note, data_key)
 
 
 def semantic_variant(ctx: Shared, k: int, budget: int, timer: StageTimer) -> Variant:
@@ -311,7 +316,7 @@ def variant_config(cfg: RunConfig, k: int, budget: int) -> RunConfig:
 def train_spec(ctx: Shared, spec: ExpertSpec, assignments: pd.DataFrame) -> TrainResult:
     """The pipeline's train step for one spec; a finished model with the same spec hash is reused as is."""
     data = load_encoded(ctx.encoded, clip_ids_for(spec, assignments))
-    out = ctx.work / "train" / f"{spec.name}-{spec.spec_hash()}"
+    out = ctx.work / "train" / ctx.data_key / f"{spec.name}-{spec.spec_hash()}"
     result = train(
         TrainData(data.clip_ids, data.latents, data.tokens, data.mask),
         spec.expert,
@@ -533,7 +538,6 @@ def plot_ratios(table: pd.DataFrame, path: Path, fd: str) -> None:
         fontsize=7,
     )
     ax.set_ylabel(f"{fd}(monolith) / {fd}(method)")
-    ax.set_yscale("log")
     for v in variants:
         ax.bar([0], [0], color=colours[v], label=v)  # legend entries only (zero height)
     ax.legend(fontsize=7, loc="upper left")
@@ -551,13 +555,14 @@ def plot_samples(rows: list[tuple[str, np.ndarray]], prompts: pd.DataFrame, path
     picks = picks[:GRID_PROMPTS]
     t, h, w = rows[0][1].shape[1:4]
     frames = np.linspace(0, t - 1, GRID_FRAMES).round().astype(int)
-    gap = 4
-    cell_w = GRID_FRAMES * w + gap
+    gap, fw = 4, w + 1  # gap between prompts; frames 1 px apart
+    cell_w = GRID_FRAMES * fw + gap
     image = np.full((len(rows) * (h + gap), len(picks) * cell_w, 3), 255, dtype=np.uint8)
     for r, (_, videos) in enumerate(rows):
         for c, p in enumerate(picks):
-            strip = np.concatenate([videos[p, f] for f in frames], axis=1)  # [H, F*W, 3]
-            image[r * (h + gap) : r * (h + gap) + h, c * cell_w : c * cell_w + GRID_FRAMES * w] = strip
+            for i, f in enumerate(frames):
+                x0 = c * cell_w + i * fw
+                image[r * (h + gap) : r * (h + gap) + h, x0 : x0 + w] = videos[p, f]
     image = image.repeat(GRID_SCALE, 0).repeat(GRID_SCALE, 1)
     fig = Figure(figsize=(image.shape[1] / 100 + 2.2, image.shape[0] / 100 + 1.0))
     ax = fig.subplots()
@@ -566,7 +571,7 @@ def plot_samples(rows: list[tuple[str, np.ndarray]], prompts: pd.DataFrame, path
         [(r * (h + gap) + h / 2) * GRID_SCALE for r in range(len(rows))], [name for name, _ in rows], fontsize=7
     )
     ax.set_xticks(
-        [(c * cell_w + GRID_FRAMES * w / 2) * GRID_SCALE for c in range(len(picks))],
+        [(c * cell_w + GRID_FRAMES * fw / 2) * GRID_SCALE for c in range(len(picks))],
         ["\n".join(textwrap.wrap(prompts.at[p, "caption"], 40)) for p in picks],
         fontsize=6,
     )
@@ -624,19 +629,23 @@ def main(argv: list[str] | None = None) -> None:
     timer = StageTimer()
     cfg = bench_config(args.config, args.smoke)
     base_k = cfg.cluster.num_clusters
-    sweep = sorted({2, 4} if args.sweep_k == [] else set(args.sweep_k or ()) - {base_k})
+    requested = {2, 4} if args.sweep_k == [] else set(args.sweep_k or ())
+    sweep = sorted(requested - {base_k})
     budget = base_k * cfg.expert.steps
     for k in sweep:
         variant_config(cfg, k, budget)  # refuse a budget that a swept K cannot split, before any work
     out = Path(args.out or ("benchmarks/results/smoke" if args.smoke else "benchmarks/results"))
     work = Path(args.work or cfg.output_dir)
-    if not work.is_absolute():
-        work = ROOT / work
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", *sys.argv])
     machine = machine_info(args.device)
     fd, acc = metric_names(cfg)
+    if torch.get_num_threads() > 1 and os.getloadavg()[0] > BUSY_LOAD and args.device == "cpu":
+        say(
+            f"WARNING: load average {os.getloadavg()[0]:.1f} with {torch.get_num_threads()} torch threads: on a busy "
+            "2-core machine multi-threaded torch slows down ~10x (measured); use --threads 1 or wait for an idle one"
+        )
 
     protocol = protocol_lines(cfg, sweep)
     say(

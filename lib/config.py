@@ -203,8 +203,10 @@ class EvalConfig:
     featnet_holdout: float = 0.2  # fraction of real clips kept out of AttrNet training to report its accuracy
 
     def __post_init__(self) -> None:
-        for name in ("num_real", "draws", "featnet_steps"):
+        for name in ("num_real", "draws"):
             _check(getattr(self, name) > 0, f"eval.{name}", f"must be > 0, got {getattr(self, name)}")
+        # AttrNet's one-cycle schedule needs a warm-up of at least 2 steps (10 % of the steps)
+        _check(self.featnet_steps >= 20, "eval.featnet_steps", f"must be >= 20, got {self.featnet_steps}")
         _check(0.0 < self.featnet_holdout < 1.0, "eval.featnet_holdout", "must lie in (0, 1)")
 
 

@@ -25,11 +25,11 @@ def summarize(
     output_dir: str,
     results_name: str,
     report: DataFrame[EvalReport],
-    router_report: DataFrame[RouterReport] | None,
     featnet_note: str,
     ddm: FlyteDirectory,
     monolith: FlyteDirectory,
     samples: FlyteDirectory,
+    router_report: DataFrame[RouterReport] | None = None,
 ) -> str:
     """Copies the DDM folder, monolith, samples and reports to ``<output_dir>/<results_name>``; returns that path."""
     dest = f"{output_dir.rstrip('/')}/{results_name}"

@@ -38,7 +38,7 @@ def _cfg(out: Path, **changes) -> RunConfig:
         },
         "router": {"steps": 4, "batch_size": 8},
         "sample": {"prompts_per_cluster": 3, "num_steps": 3, "compare_strategies": ["top1"], "single_experts": True},
-        "eval": {"num_real": 24, "draws": 2, "featnet_steps": 10},
+        "eval": {"num_real": 24, "draws": 2, "featnet_steps": 20},
     }
     for section, values in changes.items():
         base[section] = {**base.get(section, {}), **values}
