@@ -23,11 +23,16 @@ Compute matching across K: the budget is ``cluster.num_clusters x expert.steps``
 experts gives each ``budget / K`` steps, so every DDM shares the one monolith (trained once, then reused: the
 trainer skips a finished model with the same spec hash, which also makes reruns of this script cheap).
 
+Uncertainty: sd is over sampling draws of one trained set of models (one training seed, ``seed`` of the config);
+training-seed variance is not measured at this size.
+
 Usage::
 
     python benchmarks/ddm_vs_monolith.py --config configs/bench.yaml --out benchmarks/results
-    python benchmarks/ddm_vs_monolith.py --smoke               # tiny sizes, end to end in a few minutes
+    python benchmarks/ddm_vs_monolith.py --smoke --threads 1   # tiny sizes, end to end in about a minute
     python benchmarks/ddm_vs_monolith.py --sweep-k             # also K = 2, 4 (semantic, matched compute)
+
+``--threads 1`` on a busy 2-core machine: torch's 2 threads slow down ~10x when another process holds a core.
 
 Outputs under ``--out``: protocol.md, summary.md (machine, command, stage timings, every table), headline.md/.csv,
 eval_report.csv (every EvalReport row with its variant), fd_ratios.png, samples.png.

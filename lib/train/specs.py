@@ -74,23 +74,47 @@ def monolith_spec(cfg: RunConfig, assignments: pd.DataFrame) -> ExpertSpec:
 
 
 def compute_table(
-    specs: list[ExpertSpec], monolith: ExpertSpec, in_channels: int, sample_shape: tuple[int, int, int],
-    text_len: int, text_dim: int,
+    specs: list[ExpertSpec],
+    monolith: ExpertSpec,
+    in_channels: int,
+    sample_shape: tuple[int, int, int],
+    text_len: int,
+    text_dim: int,
 ) -> pd.DataFrame:
     """Training compute of every model and of the two totals, side by side."""
     rows = []
     for spec in [*specs, monolith]:
         per_step = flops_per_step(spec.expert, in_channels, sample_shape, text_len, text_dim)
-        rows.append({"model": spec.name, "clips": spec.num_clips, "steps": spec.expert.steps,
-                     "batch": spec.expert.batch_size, "flops_per_step": per_step,
-                     "total_flops": per_step * spec.expert.steps})
+        rows.append(
+            {
+                "model": spec.name,
+                "clips": spec.num_clips,
+                "steps": spec.expert.steps,
+                "batch": spec.expert.batch_size,
+                "flops_per_step": per_step,
+                "total_flops": per_step * spec.expert.steps,
+            }
+        )
     table = pd.DataFrame(rows)
     ddm_total = table.loc[table["model"] != monolith.name, "total_flops"].sum()
-    totals = pd.DataFrame([
-        {"model": "DDM total", "clips": sum(s.num_clips for s in specs), "steps": sum(s.expert.steps for s in specs),
-         "batch": specs[0].expert.batch_size, "flops_per_step": float("nan"), "total_flops": ddm_total},
-        {"model": "monolith total", "clips": monolith.num_clips, "steps": monolith.expert.steps,
-         "batch": monolith.expert.batch_size, "flops_per_step": float("nan"),
-         "total_flops": table.loc[table["model"] == monolith.name, "total_flops"].sum()},
-    ])
+    totals = pd.DataFrame(
+        [
+            {
+                "model": "DDM total",
+                "clips": sum(s.num_clips for s in specs),
+                "steps": sum(s.expert.steps for s in specs),
+                "batch": specs[0].expert.batch_size,
+                "flops_per_step": float("nan"),
+                "total_flops": ddm_total,
+            },
+            {
+                "model": "monolith total",
+                "clips": monolith.num_clips,
+                "steps": monolith.expert.steps,
+                "batch": monolith.expert.batch_size,
+                "flops_per_step": float("nan"),
+                "total_flops": table.loc[table["model"] == monolith.name, "total_flops"].sum(),
+            },
+        ]
+    )
     return pd.concat([table, totals], ignore_index=True)
