@@ -310,7 +310,7 @@ def variant_config(cfg: RunConfig, k: int, budget: int) -> RunConfig:
     if budget % k:
         raise ValueError(
             f"compute budget {budget} steps (cluster.num_clusters x expert.steps) is not divisible by K={k}: "
-            "pick expert.steps so that every swept K divides the budget (e.g. a multiple of 12 for K = 2, 3, 4)"
+            "pick expert.steps so that every swept K divides the budget (with K = 3: a multiple of 4 for K = 2 and 4)"
         )
     return replace_in(cfg, cluster={"num_clusters": k}, expert={"steps": budget // k})
 

@@ -30,7 +30,7 @@ from lib.train.checkpoint import MANIFEST
 from lib.train.router import train_router
 from lib.train.specs import ExpertSpec, clip_ids_for, compute_table, expert_specs, monolith_spec
 from lib.train.trainer import ProgressCallback, TrainData, train
-from tasks.common import is_local, stage_dir, uri_of
+from tasks.common import input_key, is_local, stage_dir, uri_of
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ def train_model(
     spec: ExpertSpec, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment], output_dir: str
 ) -> FlyteDirectory:
     """Train one expert (or the monolith) on its clips; the folder loads with diffusers ``from_pretrained``."""
-    key = f"{spec.name}-{spec.spec_hash()}"
+    run_hash = input_key(spec, uri_of(encoded))  # the encoded folder identifies the data (size, frames, codec)
+    key = f"{spec.name}-{run_hash}"
     out = stage_dir(output_dir, "train", key, fresh=False)
     callback = ProgressCallback(spec.expert.log_every, spec.name)
     if not is_local(output_dir):
@@ -84,7 +85,7 @@ def train_model(
         callback = _MirrorCheckpoints(spec.expert.log_every, spec.name, remote)
     encoded_data = load_encoded(encoded.download(), clip_ids_for(spec, assignments))
     data = TrainData(encoded_data.clip_ids, encoded_data.latents, encoded_data.tokens, encoded_data.mask)
-    result = train(data, spec.expert, out, spec.seed, spec.name, callbacks=[callback], spec_hash=spec.spec_hash())
+    result = train(data, spec.expert, out, spec.seed, spec.name, callbacks=[callback], spec_hash=run_hash)
     if not is_local(output_dir):
         persist(result.model_dir, f"{output_dir.rstrip('/')}/stages/train/{key}/model")
     state = "reused" if result.skipped else f"trained {result.steps} steps"
