@@ -1,5 +1,8 @@
 """The end of a run: persist the results to ``output_dir`` and print what a person reads first."""
 
+import json
+from pathlib import Path
+
 import fsspec
 from flytekit import task
 from flytekit.types.directory import FlyteDirectory
@@ -39,11 +42,13 @@ def summarize(
     write_parquet(report, f"{dest}/eval_report.parquet")
     if router_report is not None:  # re-evaluation trains no router
         write_parquet(router_report, f"{dest}/router_report.parquet")
+    missing = json.loads((Path(ddm.path) / "ddm.json").read_text()).get("missing_experts", [])
     lines = [
         "=" * 100,
         "ddm-flyte run summary (metric names carry their feature network: fd_attrnet is not FVD)",
         headline(report).to_string(float_format=lambda v: f"{v:.4f}"),
         featnet_note,
+        f"experts missing (failed training, excluded from routing): {missing}" if missing else "all experts trained",
         "router accuracy by t bucket: "
         + (
             ", ".join(f"[{r.t_low:.1f},{r.t_high:.1f}) {r.accuracy:.2f}" for r in router_report.itertuples())

@@ -4,6 +4,7 @@ Each run is a subprocess with its own HOME (so its own Flyte local cache) and wi
 as `make run` sets it, so Flyte's local outputs live in the persistent output location.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -117,3 +118,26 @@ def test_reevaluation_samples_existing_checkpoints(tmp_path):
     )
     assert not _trained(again) and "sample:" in again
     assert (out / "reevaluation" / "eval_report.parquet").is_file()
+
+
+def _fingerprint(results: Path) -> dict[str, str]:
+    """sha256 of every weights file (experts, router, monolith, centroids) and of the sampled videos."""
+    files = sorted(p for p in results.rglob("*.safetensors"))
+    return {str(p.relative_to(results)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_models_and_videos_and_another_seed_differs(tmp_path):
+    prints = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        root = tmp_path / name
+        _run(root, replace_in(_cfg(root / "out"), seed=seed))
+        prints[name] = _fingerprint(root / "out" / "results")
+    assert "ddm/centroids.safetensors" in prints["a"] and "samples/videos.safetensors" in prints["a"]
+    assert prints["a"] == prints["b"], "same config + seed on CPU must give the same clusters, weights and videos"
+    differing = {k for k in prints["a"] if prints["a"][k] != prints["c"].get(k)}
+    assert {
+        "ddm/centroids.safetensors",
+        "samples/videos.safetensors",
+        "monolith/diffusion_pytorch_model.safetensors",
+    } <= differing

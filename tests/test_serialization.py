@@ -156,3 +156,18 @@ def test_monolith_gets_the_same_resources():
     requests, _ = _resources(node.task_node.overrides)
     assert set(requests.values()) == {"8", "40Gi", "1"}
     assert node.metadata.retries.retries == 3
+
+
+def test_launch_plans_default_and_nightly_reevaluation_schedule(package):
+    from flyteidl.admin import launch_plan_pb2
+
+    plans = {}
+    for pb in package.glob("*_3.pb"):
+        plan = launch_plan_pb2.LaunchPlan()
+        plan.ParseFromString(pb.read_bytes())
+        plans[plan.id.name] = plan
+    assert "ddm_pipeline_default" in plans
+    nightly = plans["ddm_nightly_reevaluation"]
+    schedule = nightly.spec.entity_metadata.schedule
+    assert schedule.cron_schedule.schedule == "0 3 * * *" or schedule.cron_expression == "0 3 * * *"
+    assert set(nightly.spec.default_inputs.parameters) == {"cfg", "ddm_uri", "monolith_uri"}

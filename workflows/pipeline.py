@@ -11,26 +11,16 @@ from lib.config import RunConfig
 from tasks.evaluate import train_featnet
 from tasks.sample import assemble_ddm_task
 from tasks.summary import summarize
-from tasks.train import make_specs, train_experts, train_monolith, train_router_task
 from workflows.cluster import cluster_stage
 from workflows.evaluate import evaluate_stage
+from workflows.train import train_stage
 
 
 @workflow
 def pipeline(cfg: RunConfig = RunConfig()) -> str:
     """Returns where the results (DDM folder, monolith, samples, reports) were persisted."""
     shards, index, attributes, encoded, assignments, _, centroids = cluster_stage(cfg=cfg)
-    specs, monolith_spec = make_specs(cfg=cfg, assignments=assignments, encoded=encoded)
-    experts = train_experts(cfg=cfg, specs=specs, encoded=encoded, assignments=assignments)
-    monolith = train_monolith(cfg=cfg, spec=monolith_spec, encoded=encoded, assignments=assignments)
-    router, router_report = train_router_task(
-        cfg=cfg.router,
-        num_clusters=cfg.cluster.num_clusters,
-        seed=cfg.seed,
-        encoded=encoded,
-        assignments=assignments,
-        output_dir=cfg.output_dir,
-    )
+    experts, monolith, router, router_report = train_stage(cfg=cfg, encoded=encoded, assignments=assignments)
     featnet, featnet_note = train_featnet(
         cfg=cfg["eval"],  # cfg.eval would hit Promise.eval
         seed=cfg.seed,
