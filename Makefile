@@ -19,11 +19,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q ".[dev]"
 	touch $@
 
-# Flyte's local runs keep task outputs (tables) in temp folders that its cache then points at; keeping them under
-# outputs/ means a cache hit never returns a path that vanished with /tmp.
+# Flyte's local cache (under $$HOME/.flyte) points at task outputs: stage folders under outputs/ and tables in temp
+# folders. Keeping the temp folders and the cache itself under outputs/ means a cache hit never returns a path that
+# vanished with /tmp, and deleting outputs/ resets cache and outputs together.
 run: install
-	@mkdir -p outputs/.flyte-tmp; start=$$(date +%s); \
-	TMPDIR=$(CURDIR)/outputs/.flyte-tmp $(VENV)/bin/pyflyte run workflows/pipeline.py pipeline \
+	@mkdir -p outputs/.flyte-tmp outputs/.flyte-home; start=$$(date +%s); \
+	TMPDIR=$(CURDIR)/outputs/.flyte-tmp HOME=$(CURDIR)/outputs/.flyte-home \
+	$(VENV)/bin/pyflyte run workflows/pipeline.py pipeline \
 		--cfg "$$($(PY) -m lib.config $(CONFIG))" && \
 	echo "total time: $$(( $$(date +%s) - start )) s"
 
@@ -37,5 +39,4 @@ lint: install
 	$(VENV)/bin/hadolint Dockerfile
 
 clean:
-	-$(VENV)/bin/pyflyte local-cache clear
 	rm -rf $(VENV) outputs
