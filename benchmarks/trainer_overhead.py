@@ -17,10 +17,12 @@ Usage: ``python benchmarks/trainer_overhead.py [--steps 100 --checkpoint-every 5
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,14 +56,28 @@ def make_data(num_clips: int, frames: int, size: int) -> TrainData:
     return TrainData([c.clip_id for c in clips], latents, tokens, mask)
 
 
-def bare_loop(data: TrainData, cfg: ExpertConfig, out: Path) -> None:
-    """The same math as ``train`` with nothing else: no checkpoints, no log table, no checks, no progress bar."""
-    model = build_expert(cfg, data.in_channels, data.text_dim, data.sample_shape, seed=1).train()
+def bare_loop(
+    data: TrainData,
+    cfg: ExpertConfig,
+    out: Path,
+    device: torch.device | None = None,
+    on_step: Callable[[float], None] | None = None,
+) -> None:
+    """The same math as ``train`` with nothing else: no checkpoints, no log table, no checks, no progress bar.
+
+    On CUDA it runs like ``train`` there (bf16 autocast, batch moved per step) and ``on_step`` gets each step's
+    seconds, measured after a device synchronisation.
+    """
+    device = device or torch.device("cpu")
+    cuda = device.type == "cuda"
+    model = build_expert(cfg, data.in_channels, data.text_dim, data.sample_shape, seed=1).to(device).train()
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch_generator(0, "bare")
     sampler = BatchSampler(len(data), cfg.batch_size, gen)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     for step in range(cfg.steps):
+        started = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         idx = sampler.next_batch()
@@ -70,14 +86,20 @@ def bare_loop(data: TrainData, cfg: ExpertConfig, out: Path) -> None:
         eps = torch.randn(x0.shape, generator=gen)
         keep = torch.rand(len(idx), generator=gen) >= cfg.caption_dropout
         x_t, target = flow_matching_batch(x0, t, eps, cfg.objective)
-        pred = expert_forward(model, x_t, t, data.tokens[idx], data.mask[idx] & keep[:, None])
-        loss = (pred - target).pow(2).mean()
+        tokens, mask = data.tokens[idx].to(device), (data.mask[idx] & keep[:, None]).to(device)
+        with autocast:
+            pred = expert_forward(model, x_t.to(device), t.to(device), tokens, mask)
+        loss = (pred.float() - target.to(device)).pow(2).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         update_ema(ema, model, ema_decay_at(step, cfg.ema_decay))
-    ema.save_pretrained(out)
+        if on_step is not None:
+            if cuda:
+                torch.cuda.synchronize(device)
+            on_step(time.perf_counter() - started)
+    ema.to("cpu").save_pretrained(out)
 
 
 def main() -> None:

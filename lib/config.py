@@ -218,9 +218,28 @@ class ResourcesConfig:
     accelerator: str = ""  # e.g. "nvidia-tesla-a100"; empty: any GPU the node pool offers
     retries: int = 2
     min_success_ratio: float = 1.0  # fraction of experts that must train for the pipeline to go on
+    # Data parallelism inside one expert (torch DDP through flytekitplugins-kfpytorch ``Elastic``): an expert whose
+    # model or batch outgrows one GPU trains on nnodes x nproc_per_node processes, same recipe, same numbers.
+    expert_nnodes: int = 1  # > 1: a PyTorchJob per expert (needs the Kubeflow training operator)
+    expert_nproc_per_node: int = 1  # processes per node, usually = expert_gpu
+
+    @property
+    def expert_world_size(self) -> int:
+        return self.expert_nnodes * self.expert_nproc_per_node
 
     def __post_init__(self) -> None:
         _check(self.expert_gpu >= 0, "resources.expert_gpu", "must be >= 0")
+        _check(self.expert_nnodes >= 1, "resources.expert_nnodes", f"must be >= 1, got {self.expert_nnodes}")
+        _check(
+            self.expert_nproc_per_node >= 1,
+            "resources.expert_nproc_per_node",
+            f"must be >= 1, got {self.expert_nproc_per_node}",
+        )
+        _check(
+            self.expert_gpu == 0 or self.expert_nproc_per_node <= self.expert_gpu,
+            "resources.expert_nproc_per_node",
+            f"{self.expert_nproc_per_node} processes per node but expert_gpu={self.expert_gpu}: one GPU per process",
+        )
         _check(self.retries >= 0, "resources.retries", "must be >= 0")
         _check(0.0 < self.min_success_ratio <= 1.0, "resources.min_success_ratio", "must lie in (0, 1]")
 
@@ -246,6 +265,13 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        world = self.resources.expert_world_size
+        _check(
+            self.expert.batch_size >= world,
+            "expert.batch_size",
+            f"{self.expert.batch_size} is smaller than the {world} processes per expert (resources.expert_nnodes x "
+            "expert_nproc_per_node): each needs at least one sample per step",
+        )
         if self.data.source == "builtin":
             _check(
                 self.cluster.num_clusters <= self.data.num_clips,

@@ -6,11 +6,17 @@ needed to skip the finished ones. The trainer skips by itself instead: a model f
 is returned as is, and a half-trained one resumes from its last checkpoint. Locally that folder lives under
 ``output_dir``; on a cluster (``output_dir`` is a URI) the model and checkpoints are mirrored there, so a retry
 on another node resumes and a rerun skips finished experts — per element, whatever Flyte caches.
+
+Multi-GPU experts: with ``resources.expert_nnodes`` x ``expert_nproc_per_node`` > 1 each map element is a torch
+elastic job (flytekitplugins-kfpytorch ``Elastic``): one pod running that many DDP processes, or a PyTorchJob of
+``expert_nnodes`` pods (Kubeflow training operator). The experts stay isolated from each other; only the
+processes of one expert all-reduce gradients (``lib.train.distributed``).
 """
 
 import functools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +25,8 @@ import torch
 from flytekit import Cache, Resources, dynamic, map_task, task
 from flytekit.extras.accelerators import GPUAccelerator
 from flytekit.types.directory import FlyteDirectory
+from flytekitplugins.kfpytorch import Elastic
+from flytekitplugins.kfpytorch.task import PytorchElasticFunctionTask
 from pandera.typing import DataFrame
 
 from data_schemas.cluster import ClusterAssignment
@@ -27,6 +35,7 @@ from lib.config import ResourcesConfig, RouterConfig, RunConfig
 from lib.encode.store import load_encoded, read_codec_info
 from lib.io import persist
 from lib.train.checkpoint import MANIFEST
+from lib.train.distributed import workers_from_env
 from lib.train.router import train_router
 from lib.train.specs import ExpertSpec, clip_ids_for, compute_table, expert_specs, monolith_spec
 from lib.train.trainer import ProgressCallback, TrainData, train
@@ -70,28 +79,85 @@ def _fetch(remote: str, local: Path) -> None:
         fs.get(root, str(local), recursive=True)
 
 
-@task(requests=Resources(cpu="2", mem="4Gi"), retries=2)
-def train_model(
+def _train_one(
     spec: ExpertSpec, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment], output_dir: str
 ) -> FlyteDirectory:
-    """Train one expert (or the monolith) on its clips; the folder loads with diffusers ``from_pretrained``."""
+    """Body of both training tasks; under DDP every process runs it and rank 0's folder is the output."""
+    workers = workers_from_env()
     run_hash = input_key(spec, uri_of(encoded))  # the encoded folder identifies the data (size, frames, codec)
     key = f"{spec.name}-{run_hash}"
     out = stage_dir(output_dir, "train", key, fresh=False)
     callback = ProgressCallback(spec.expert.log_every, spec.name)
     if not is_local(output_dir):
         remote = f"{output_dir.rstrip('/')}/stages/train/{key}"
-        _fetch(remote, out)
+        if workers.local_rank == 0:  # one download per node; the node's other processes read it
+            _fetch(remote, out)
+        workers.barrier()
         callback = _MirrorCheckpoints(spec.expert.log_every, spec.name, remote)
     encoded_data = load_encoded(encoded.download(), clip_ids_for(spec, assignments))
     data = TrainData(encoded_data.clip_ids, encoded_data.latents, encoded_data.tokens, encoded_data.mask)
     result = train(data, spec.expert, out, spec.seed, spec.name, callbacks=[callback], spec_hash=run_hash)
-    if not is_local(output_dir):
+    if not is_local(output_dir) and workers.is_main:
         persist(result.model_dir, f"{output_dir.rstrip('/')}/stages/train/{key}/model")
     state = "reused" if result.skipped else f"trained {result.steps} steps"
     final = result.log["loss"].tail(20).mean() if len(result.log) else float("nan")
-    print(f"{spec.name}: {state} on {spec.num_clips} clips, final loss {final:.4f} -> {result.model_dir}", flush=True)
+    if workers.is_main:
+        summary = f"{spec.name}: {state} on {spec.num_clips} clips, final loss {final:.4f} -> {result.model_dir}"
+        print(summary, flush=True)
     return FlyteDirectory(str(result.model_dir))
+
+
+@task(requests=Resources(cpu="2", mem="4Gi"), retries=2)
+def train_model(
+    spec: ExpertSpec, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment], output_dir: str
+) -> FlyteDirectory:
+    """Train one expert (or the monolith) on its clips; the folder loads with diffusers ``from_pretrained``."""
+    return _train_one(spec, encoded, assignments, output_dir)
+
+
+class ElasticTrainTask(PytorchElasticFunctionTask):
+    """An ``Elastic`` task whose shape (nodes x processes) is set per run from the run config.
+
+    Flyte loads a task in its pod from the module, with the decorator's ``Elastic``; a shape that only lived in
+    the serialised template would be ignored there. So the shape also travels as the task's inputs
+    ``nnodes``/``nproc_per_node`` and is applied again before the workers are launched; ``shape`` sets it for
+    serialisation (one pod, or a PyTorchJob when nnodes > 1).
+    """
+
+    def shape(self, nnodes: int, nproc_per_node: int) -> "ElasticTrainTask":
+        self._task_config = Elastic(nnodes=nnodes, nproc_per_node=nproc_per_node, increase_shared_mem=False)
+        self.min_nodes = self.max_nodes = nnodes
+        return self
+
+    @property
+    def task_type(self) -> str:
+        return self._ELASTIC_TASK_TYPE_STANDALONE if self.task_config.nnodes == 1 else self._ELASTIC_TASK_TYPE
+
+    def _execute(self, **kwargs: Any) -> Any:
+        self.shape(kwargs["nnodes"], kwargs["nproc_per_node"])
+        return super()._execute(**kwargs)
+
+
+def train_model_elastic(
+    spec: ExpertSpec,
+    encoded: FlyteDirectory,
+    assignments: DataFrame[ClusterAssignment],
+    output_dir: str,
+    nnodes: int,
+    nproc_per_node: int,
+) -> FlyteDirectory:
+    """``train_model`` on nnodes x nproc_per_node DDP processes (one GPU each)."""
+    return _train_one(spec, encoded, assignments, output_dir)
+
+
+# What ``@task(task_config=Elastic())`` does, with our task class: Flyte finds the task under the function's name.
+train_model_elastic = ElasticTrainTask(
+    task_config=Elastic(increase_shared_mem=False),
+    task_function=train_model_elastic,
+    requests=Resources(cpu="2", mem="4Gi"),
+    shared_memory=True,  # /dev/shm for the NCCL/gloo workers of one pod
+    retries=2,
+)
 
 
 def _overrides(res: ResourcesConfig) -> dict[str, Any]:
@@ -102,13 +168,25 @@ def _overrides(res: ResourcesConfig) -> dict[str, Any]:
     return {"requests": resources, "limits": resources, "accelerator": accelerator, "retries": res.retries}
 
 
+def _trainer(cfg: RunConfig) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """The training task for this run's resources and the extra inputs it takes."""
+    res = cfg.resources
+    if res.expert_world_size == 1:
+        return train_model, {}
+    return train_model_elastic.shape(res.expert_nnodes, res.expert_nproc_per_node), {
+        "nnodes": res.expert_nnodes,
+        "nproc_per_node": res.expert_nproc_per_node,
+    }
+
+
 @dynamic
 def train_experts(
     cfg: RunConfig, specs: list[ExpertSpec], encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment]
 ) -> list[FlyteDirectory | None]:
     """The K isolated experts as one map task; resources come from the run config, hence the dynamic."""
+    trainer, shape = _trainer(cfg)
     experts = map_task(
-        functools.partial(train_model, encoded=encoded, assignments=assignments, output_dir=cfg.output_dir),
+        functools.partial(trainer, encoded=encoded, assignments=assignments, output_dir=cfg.output_dir, **shape),
         min_success_ratio=cfg.resources.min_success_ratio,
     )
     return experts(spec=specs).with_overrides(**_overrides(cfg.resources))
@@ -119,7 +197,8 @@ def train_monolith(
     cfg: RunConfig, spec: ExpertSpec, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment]
 ) -> FlyteDirectory:
     """The baseline: the same trainer and network on all clusters with K x the expert steps."""
-    node = train_model(spec=spec, encoded=encoded, assignments=assignments, output_dir=cfg.output_dir)
+    trainer, shape = _trainer(cfg)
+    node = trainer(spec=spec, encoded=encoded, assignments=assignments, output_dir=cfg.output_dir, **shape)
     return node.with_overrides(**_overrides(cfg.resources))
 
 

@@ -75,6 +75,8 @@ def test_package_holds_every_task_with_cache_versions_and_retries(package):
     assert not train.metadata.discoverable, "experts skip/resume by spec hash, not Flyte's cache"
     assert train.metadata.retries.retries == 2
     assert train.container.image == "ddm-flyte:test"
+    elastic = tasks["tasks.train.train_model_elastic"]  # registered too: the dynamic picks it per run config
+    assert elastic.metadata.retries.retries == 2 and not elastic.metadata.discoverable
 
 
 def _compile_dynamic(dynamic_task, **inputs):
@@ -89,6 +91,7 @@ def _compile_dynamic(dynamic_task, **inputs):
         "assignments": DataFrame[ClusterAssignment],
     }
     mode = ExecutionState.Mode.TASK_EXECUTION
+    dynamic_task._wf = None  # flytekit compiles a dynamic once per process (a pod on a cluster); each test is a pod
     with context_manager.FlyteContextManager.with_context(ctx.with_serialization_settings(settings)) as ctx:
         with context_manager.FlyteContextManager.with_context(
             ctx.with_execution_state(ctx.execution_state.with_params(mode=mode))
@@ -171,3 +174,65 @@ def test_launch_plans_default_and_nightly_reevaluation_schedule(package):
     schedule = nightly.spec.entity_metadata.schedule
     assert schedule.cron_schedule.schedule == "0 3 * * *" or schedule.cron_expression == "0 3 * * *"
     assert set(nightly.spec.default_inputs.parameters) == {"cfg", "ddm_uri", "monolith_uri"}
+
+
+@pytest.mark.parametrize("nnodes, kind", [(1, "python-task"), (2, "pytorch")])
+def test_multi_gpu_experts_compile_to_elastic_ddp_jobs(nnodes, kind):
+    cfg = replace_in(_gpu_cfg(), resources={"expert_gpu": 4, "expert_nnodes": nnodes, "expert_nproc_per_node": 4})
+    job = _compile_dynamic(
+        train_experts,
+        cfg=cfg,
+        specs=expert_specs(cfg, _assignments()),
+        encoded=FlyteDirectory(tempfile.mkdtemp()),
+        assignments=_assignments(),
+    )
+    (node,) = job.nodes
+    array = node.to_flyte_idl().array_node
+    assert array.min_success_ratio == pytest.approx(0.5)  # still one map task: a failed expert spares the others
+    requests, limits = _resources(array.node.task_node.overrides)
+    assert requests == limits and set(requests.values()) == {"8", "40Gi", "4"}
+    (template,) = job.tasks  # the map task's template: the elastic task's type and plugin config
+    assert template.id.name.startswith("tasks.train.map_train_model_elastic_")
+    assert template.type == kind
+    shape = ("nnodes", "nproc_per_node")
+    bound = {b.var: b.binding.scalar.primitive.integer for b in array.node.inputs if b.var in shape}
+    assert bound == {"nnodes": nnodes, "nproc_per_node": 4}  # the pod reapplies the shape from these inputs
+    if nnodes > 1:  # a PyTorchJob of nnodes pods x 4 processes, rendezvous over c10d
+        assert template.custom["workerReplicas"] == {"replicas": nnodes}
+        assert template.custom["elasticConfig"] == {
+            "rdzvBackend": "c10d",
+            "minReplicas": nnodes,
+            "maxReplicas": nnodes,
+            "nprocPerNode": 4,
+        }
+    else:  # torchrun inside the expert's own pod
+        assert not template.custom
+
+
+def test_single_process_experts_keep_the_plain_task():
+    cfg = _gpu_cfg()
+    job = _compile_dynamic(
+        train_monolith,
+        cfg=cfg,
+        spec=monolith_spec(cfg, _assignments()),
+        encoded=FlyteDirectory(tempfile.mkdtemp()),
+        assignments=_assignments(),
+    )
+    assert [t.id.name for t in job.tasks] == ["tasks.train.train_model"]
+    assert job.nodes[0].to_flyte_idl().task_node.reference_id.name == "tasks.train.train_model"
+
+
+def test_elastic_task_launches_the_shape_of_the_run_not_of_the_decorator(monkeypatch):
+    from flytekitplugins.kfpytorch.task import PytorchElasticFunctionTask
+
+    from tasks.train import train_model_elastic
+
+    seen = {}
+
+    def launch(self, **kwargs):
+        seen.update(nnodes=self.task_config.nnodes, nproc=self.task_config.nproc_per_node, nodes=self.max_nodes)
+
+    monkeypatch.setattr(PytorchElasticFunctionTask, "_execute", launch)
+    train_model_elastic.shape(1, 1)  # what a pod loads from the module
+    train_model_elastic._execute(spec=None, nnodes=3, nproc_per_node=8)
+    assert seen == {"nnodes": 3, "nproc": 8, "nodes": 3}

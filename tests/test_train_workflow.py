@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from lib.config import RunConfig, replace_in
 from lib.models.factory import load_expert
@@ -88,3 +89,20 @@ def test_failed_expert_with_min_success_ratio_leaves_others(tmp_path, monkeypatc
     out = capfd.readouterr().out
     assert all(e is not None for e in experts)
     assert "expert-00: reused" in out and "expert-01: trained 4 steps" in out, "a rerun trains only the failed expert"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_experts_on_two_ddp_processes_through_flyte_match_one_process(tmp_path, capfd):
+    """resources.expert_nproc_per_node=2 runs each expert as a local torch elastic job (Elastic, gloo on CPU)."""
+    from safetensors.torch import load_file
+
+    experts_one, mono_one, _ = train_wf(cfg=_cfg(tmp_path / "one"))
+    experts_two, mono_two, _ = train_wf(cfg=_cfg(tmp_path / "two", expert_nproc_per_node=2))
+    out = capfd.readouterr().out
+    assert out.count("expert-00: trained 4 steps") == 2, "each run trains its own experts"
+    weights = "diffusion_pytorch_model.safetensors"
+    for one, two in [*zip(experts_one, experts_two, strict=True), (mono_one, mono_two)]:
+        wa, wb = load_file(f"{one.path}/{weights}"), load_file(f"{two.path}/{weights}")
+        for key in wa:
+            torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=2e-5, msg=key)

@@ -13,7 +13,6 @@ updates do not depend on the thread count (checked in tests), and every other st
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import faiss
@@ -27,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MIN_POINTS_PER_FINE = 4  # fewer samples per fine centroid makes centroids that are single noisy samples
 FAISS_MIN_POINTS_PER_CENTROID = 39  # faiss's own default; below it k-means centroids are poorly estimated
+TRAIN_POINTS_PER_CENTROID = 256  # faiss default: rows per centroid used to fit centroids
 ASSIGN_CHUNK = 65536  # rows per block when scoring samples against centroids (bounds memory at N x K floats)
 MAX_LISTED_ROWS = 5  # bad row indices named in an error message
 DISTINCT_DECIMALS = 5  # unit rows equal to this many decimals count as one direction (x and 3x are duplicates)
@@ -151,8 +151,15 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(v / np.maximum(norms, np.finfo(np.float32).tiny), dtype=np.float32)
 
 
-def _spherical_kmeans(xn: np.ndarray, k: int, niter: int, seed: int, stage: str) -> np.ndarray:
-    """faiss spherical k-means++ on every sample (no subsampling); returns unit centroids [k, D]."""
+def spherical_kmeans(xn: np.ndarray, k: int, niter: int, seed: int, stage: str = "kmeans") -> np.ndarray:
+    """faiss spherical k-means++ on unit rows; returns unit centroids [k, D].
+
+    Centroids are fitted on at most ``TRAIN_POINTS_PER_CENTROID`` x k rows (a seeded faiss subsample; every row
+    when N is smaller, as at the built-in sizes). Beyond that many rows per centroid the centroids barely move
+    while the cost grows with N: on 200k x 384 embeddings this is what makes the path 28x faster than
+    scikit-learn's KMeans at +0.6 % inertia (``benchmarks/kmeans_faiss_vs_sklearn.py``). Every row is still
+    assigned afterwards by the caller.
+    """
     n, d = xn.shape
     if n < FAISS_MIN_POINTS_PER_CENTROID * k:
         log.info("%s: %d samples for %d centroids (%.1f per centroid)", stage, n, k, n / k)
@@ -163,7 +170,7 @@ def _spherical_kmeans(xn: np.ndarray, k: int, niter: int, seed: int, stage: str)
         spherical=True,
         seed=derive_seed(seed, "cluster", stage) % 2**31,
         init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,  # random init often splits a big cluster
-        max_points_per_centroid=math.ceil(n / k) + 1,  # train on all samples: subsampling would depend on N
+        max_points_per_centroid=TRAIN_POINTS_PER_CENTROID,
         min_points_per_centroid=1,  # the caller sized k; faiss's stderr warning would only repeat that
     )
     km.train(xn)
@@ -229,7 +236,7 @@ def _fine_stage(xn: np.ndarray, cfg: ClusterConfig, seed: int) -> tuple[np.ndarr
             n,
             MIN_POINTS_PER_FINE,
         )
-    fine = _spherical_kmeans(xn, f, cfg.niter, seed, "fine_kmeans")
+    fine = spherical_kmeans(xn, f, cfg.niter, seed, "fine_kmeans")
     fine_labels, _ = _nearest(xn, fine)
     return fine, fine_labels, _merge_fine(fine, k)
 
@@ -258,7 +265,7 @@ def cluster_embeddings(x: np.ndarray, cfg: ClusterConfig, seed: int) -> ClusterR
     k = cfg.num_clusters
     xn = validate_embeddings(x, k)
     if cfg.method == "kmeans":
-        fine = _spherical_kmeans(xn, k, cfg.niter, seed, "kmeans")
+        fine = spherical_kmeans(xn, k, cfg.niter, seed, "kmeans")
         fine_labels, _ = _nearest(xn, fine)
         fine_to_cluster = np.arange(k, dtype=np.int64)
     else:

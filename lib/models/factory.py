@@ -120,7 +120,7 @@ def expert_forward(
     learns exactly the unconditional input the sampler will give it.
 
     Args:
-        model: a network from ``build_expert`` or ``load_expert``.
+        model: a network from ``build_expert`` or ``load_expert``, or such a network wrapped in DDP.
         x_t: noisy latents [B, C, T, H, W].
         t: flow-matching time in [0, 1], float [B] (t = 1 is pure noise).
         tokens: caption token embeddings [B, L, D].
@@ -134,7 +134,8 @@ def expert_forward(
     if mask.shape != tokens.shape[:2]:
         raise ValueError(f"mask {tuple(mask.shape)} does not match tokens {tuple(tokens.shape)}")
     tokens = tokens * mask.unsqueeze(-1).to(tokens.dtype)  # [B, L, D], padded / dropped tokens -> 0
-    return _family_of(model).forward(model, x_t, t, tokens)
+    family = _family_of(getattr(model, "module", model))  # a DDP wrapper is called, its module identifies the class
+    return family.forward(model, x_t, t, tokens)
 
 
 def weights_sha256(folder: str | Path) -> dict[str, str]:

@@ -15,6 +15,9 @@ checkpoint); everything else here is a small pure helper. What it guarantees:
   ``checkpoint_every``, ``log_every`` and ``micro_batch`` may change across a resume (e.g. a retry on another GPU).
 - Fail fast: a non-finite loss or gradient norm raises ``NonFiniteLossError`` naming the step and the clips,
   before the optimizer step, so no checkpoint or model is ever written from a poisoned state.
+- Data parallelism (``lib.train.distributed``): under torchrun / Flyte ``Elastic`` every rank draws the same
+  global batch and computes its slice; DDP averages the gradients, so N processes train the same recipe as one
+  (up to float rounding) and rank 0 alone logs, checkpoints and writes the model.
 - Idempotence: ``out_dir/model`` holds the EMA weights (diffusers ``save_pretrained``), ``training.json`` (with
   the weights' sha256 and the caller's ``spec_hash``) and the TrainingLog; a second call with the same
   ``spec_hash`` returns that result without training.
@@ -51,6 +54,7 @@ from lib.models.factory import TRAINING_INFO, build_expert, count_parameters, ex
 from lib.seeding import derive_seed, torch_generator
 from lib.train import checkpoint as ckpt
 from lib.train.compute import flops_per_step, probe_micro_batch
+from lib.train.distributed import workers_from_env
 
 log = logging.getLogger(__name__)
 
@@ -297,15 +301,23 @@ def _checkpoint_state(
 
 
 def _resume(
-    root: Path, fingerprint: str, model: ModelMixin, ema: ModelMixin, opt: torch.optim.Optimizer, sampler: BatchSampler
+    root: Path,
+    fingerprint: str,
+    model: ModelMixin,
+    ema: ModelMixin,
+    opt: torch.optim.Optimizer,
+    sampler: BatchSampler,
+    remove_foreign: bool = True,
 ) -> tuple[int, list[dict[str, float]]]:
-    """Load the newest complete checkpoint of this run; returns (step, log rows). Foreign checkpoints are removed."""
+    """Load the newest complete checkpoint of this run; returns (step, log rows). Foreign checkpoints are removed
+    (by rank 0 only: ``remove_foreign``)."""
     found = ckpt.complete_checkpoints(root)
     if not found:
         return 0, []
     groups, manifest = ckpt.load_checkpoint(found[-1][1])
     if manifest.get("fingerprint") != fingerprint:
-        ckpt.remove_checkpoints(root)
+        if remove_foreign:
+            ckpt.remove_checkpoints(root)
         return 0, []
     model.load_state_dict(groups["model"])
     ema.load_state_dict(groups["ema"])
@@ -385,36 +397,48 @@ def train(
         log.info("%s: %s already trained for spec %s; skipping", name, model_dir, spec_hash)
         return stored
     stop = cfg.steps if max_steps is None else min(max_steps, cfg.steps)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    workers = workers_from_env()
+    rows_here = workers.shard(cfg.batch_size)  # this rank's slice of every global batch
+    device = workers.device()
     callbacks = [ProgressCallback(cfg.log_every, name)] if callbacks is None else list(callbacks)
+    callbacks = callbacks if workers.is_main else []
     fingerprint = _fingerprint(data, cfg, seed, name, spec_hash)
 
     model = build_expert(cfg, data.in_channels, data.text_dim, data.sample_shape, seed=derive_seed(seed, name))
     model = model.to(device).train()
     ema = copy.deepcopy(model).requires_grad_(False)
+    net = model  # what the forward pass runs: the DDP wrapper (gradient all-reduce) when distributed
+    if workers.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch_generator(seed, name, "train")  # batches, timesteps, noise, caption dropout
     sampler = BatchSampler(len(data), cfg.batch_size, gen)
-    step, rows = _resume(ckpt_root, fingerprint, model, ema, opt, sampler)
+    # Rank 0 resumes first (and removes foreign checkpoints); the others then read what it kept.
+    step, rows = _resume(ckpt_root, fingerprint, model, ema, opt, sampler) if workers.is_main else (0, [])
+    workers.barrier()
+    if not workers.is_main:
+        step, rows = _resume(ckpt_root, fingerprint, model, ema, opt, sampler, remove_foreign=False)
     resumed_from = step
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
-    def forward_loss(x_t, t, target, tokens, mask) -> torch.Tensor:  # per-sample MSE [b]
+    def forward_loss(x_t, t, target, tokens, mask, module=net) -> torch.Tensor:  # per-sample MSE [b]
         with autocast:
-            pred = expert_forward(model, x_t.to(device), t.to(device), tokens.to(device), mask.to(device))
+            pred = expert_forward(module, x_t.to(device), t.to(device), tokens.to(device), mask.to(device))
         return (pred.float() - target.to(device)).pow(2).flatten(1).mean(1)
 
     def probe(n: int) -> None:  # forward + backward on n samples, to measure memory (CUDA only)
         z, tokens, mask = torch.zeros(n, *data.latents.shape[1:]), data.tokens[:1], data.mask[:1]
-        forward_loss(z, torch.full((n,), 0.5), z, tokens.expand(n, -1, -1), mask.expand(n, -1)).sum().backward()
+        z_t = torch.full((n,), 0.5)  # the bare model, not the DDP wrapper: probing must not all-reduce
+        forward_loss(z, z_t, z, tokens.expand(n, -1, -1), mask.expand(n, -1), module=model).sum().backward()
         model.zero_grad(set_to_none=True)
 
     adam_bytes = 2 * sum(p.numel() * p.element_size() for p in model.parameters())
-    micro = cfg.micro_batch or probe_micro_batch(probe, cfg.batch_size, device, reserve_bytes=adam_bytes)
-    micro = min(micro, cfg.batch_size)
-    accum = math.ceil(cfg.batch_size / micro)
-    log.info("%s: %d clips, %d params, batch %d = %d x %d on %s", name, len(data), count_parameters(model),
-             cfg.batch_size, accum, micro, device)  # fmt: skip
+    local_batch = rows_here.stop - rows_here.start
+    micro = cfg.micro_batch or probe_micro_batch(probe, local_batch, device, reserve_bytes=adam_bytes)
+    micro = min(micro, local_batch)
+    accum = math.ceil(local_batch / micro)
+    log.info("%s: %d clips, %d params, batch %d = %d process(es) x %d x %d on %s", name, len(data),
+             count_parameters(model), cfg.batch_size, workers.world, accum, micro, device)  # fmt: skip
     for cb in callbacks:
         cb.on_start(step, stop)
 
@@ -432,12 +456,17 @@ def train(
         x_t, target = flow_matching_batch(x0, t, eps, cfg.objective)
         tokens, mask = data.tokens[idx], data.mask[idx] & keep[:, None]
         per_sample = []
-        for lo in range(0, len(idx), micro):  # gradient accumulation: sum of micro losses = batch mean
-            sl = slice(lo, lo + micro)
-            loss_i = forward_loss(x_t[sl], t[sl], target[sl], tokens[sl], mask[sl])
-            (loss_i.sum() / len(idx)).backward()
+        # Gradient accumulation over this rank's rows: the micro losses sum to its share of the batch mean, scaled
+        # by the world size because DDP averages (not sums) the ranks' gradients, in the last backward only.
+        starts = range(rows_here.start, rows_here.stop, micro)
+        for lo in starts:
+            sl = slice(lo, min(lo + micro, rows_here.stop))
+            sync = lo == starts[-1] or not workers.distributed
+            with contextlib.nullcontext() if sync else net.no_sync():
+                loss_i = forward_loss(x_t[sl], t[sl], target[sl], tokens[sl], mask[sl])
+                (loss_i.sum() * workers.world / len(idx)).backward()
             per_sample.append(loss_i.detach())
-        per_sample = torch.cat(per_sample).cpu()
+        per_sample = workers.gather_rows(torch.cat(per_sample), rows_here, len(idx)).cpu()
         loss = per_sample.mean().item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -451,7 +480,7 @@ def train(
         rows.append(row)
         for cb in callbacks:
             cb.on_step(row)
-        if step % cfg.checkpoint_every == 0 or step == stop:  # rank-0 only under DDP
+        if (step % cfg.checkpoint_every == 0 or step == stop) and workers.is_main:
             groups, meta = _checkpoint_state(model, ema, opt, sampler, rows, fingerprint)
             folder = ckpt.save_checkpoint(ckpt_root, step, groups, meta)
             ckpt.prune_checkpoints(ckpt_root)
@@ -460,9 +489,12 @@ def train(
 
     table = TrainingLog.validate(pd.DataFrame(rows, columns=list(TrainingLog.to_schema().columns)))
     result = TrainResult(None, table, step, resumed_from=resumed_from)
-    if step == cfg.steps:  # rank-0 only under DDP
-        result.info = _write_model(ema.to("cpu"), model_dir, table, _training_info(data, cfg, seed, name, spec_hash))
-        result.model_dir = model_dir
+    if step == cfg.steps:
+        info = _training_info(data, cfg, seed, name, spec_hash)
+        if workers.is_main:
+            info = _write_model(ema.to("cpu"), model_dir, table, info)
+        result.info, result.model_dir = info, model_dir
+    workers.barrier()  # the other ranks return once rank 0 has published the model
     for cb in callbacks:
         cb.on_end(result)
     return result

@@ -1,0 +1,51 @@
+"""Run by ``torchrun`` from test_distributed_training.py: one expert trained by several processes (gloo, CPU).
+
+Usage: ``torchrun --standalone --nproc_per_node N tests/ddp_train_worker.py OUT``. Trains the same tiny run
+twice: to the end in ``OUT/full`` and interrupted after ``STOP_AT`` steps in ``OUT/half`` (left for a
+single-process resume).
+"""
+
+import sys
+from dataclasses import replace
+
+import torch
+
+from lib.config import ExpertConfig
+from lib.data.procedural import iter_builtin_clips
+from lib.train.trainer import TrainData, train
+
+CFG = ExpertConfig(
+    num_layers=2,
+    num_heads=2,
+    head_dim=16,
+    ffn_dim=64,
+    patch_size=[2, 4, 4],
+    steps=6,
+    batch_size=7,  # uneven shards across 2 processes (3 + 4 rows)
+    lr=2e-3,
+    warmup_steps=2,
+    checkpoint_every=3,
+    log_every=3,
+)
+STOP_AT = 3
+SEED, NAME = 0, "expert-00"
+
+
+def tiny_data() -> TrainData:
+    """12 built-in clips (4x16x16, pixel codec) with seeded random caption tokens."""
+    clips = list(iter_builtin_clips(seed=0, num_clips=12, frames=4, height=16, width=16))
+    latents = torch.stack([torch.from_numpy(c.frames).permute(3, 0, 1, 2).float() / 127.5 - 1 for c in clips])
+    tokens = torch.randn(len(clips), 8, 32, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(len(clips), 8, dtype=torch.bool)
+    mask[:, 5:] = False
+    return TrainData([c.clip_id for c in clips], latents, tokens, mask)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    out = sys.argv[1]
+    data = tiny_data()
+    # micro-batches of 2: rank 0 accumulates 2 micro-batches, rank 1 two as well but of other sizes (2+1, 2+2)
+    ddp_cfg = replace(CFG, micro_batch=2)
+    train(data, ddp_cfg, f"{out}/full", SEED, NAME, callbacks=[])
+    train(data, ddp_cfg, f"{out}/half", SEED, NAME, callbacks=[], max_steps=STOP_AT)
