@@ -17,6 +17,7 @@ Usage (needs CUDA): ``python benchmarks/gpu_expert_throughput.py [--sizes medium
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import sys
 import tempfile
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text-len", type=int, default=64)
     parser.add_argument("--text-dim", type=int, default=768)
     args = parser.parse_args(argv)
+    logging.basicConfig(format="  %(name)s: %(message)s")
+    logging.getLogger("lib.train").setLevel(logging.INFO)  # the micro-batch the trainer picks from free memory
     if not torch.cuda.is_available():
         parser.error("needs a CUDA device")
     device = torch.device("cuda")

@@ -190,9 +190,12 @@ def ema_decay_at(step: int, decay: float) -> float:
 
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (buffers are copied)."""
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p.detach(), 1.0 - decay)
+    """ema <- decay * ema + (1 - decay) * model (buffers are copied); one multi-tensor kernel on GPUs, where a
+    launch per parameter tensor would cost more than the arithmetic."""
+    ema_params, params = list(ema.parameters()), [p.detach() for p in model.parameters()]
+    if len(ema_params) != len(params):
+        raise ValueError(f"EMA has {len(ema_params)} parameter tensors, the model {len(params)}")
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
 
@@ -435,8 +438,8 @@ def train(
     adam_bytes = 2 * sum(p.numel() * p.element_size() for p in model.parameters())
     local_batch = rows_here.stop - rows_here.start
     micro = cfg.micro_batch or probe_micro_batch(probe, local_batch, device, reserve_bytes=adam_bytes)
-    micro = min(micro, local_batch)
-    accum = math.ceil(local_batch / micro)
+    accum = math.ceil(local_batch / min(micro, local_batch))
+    micro = math.ceil(local_batch / accum)  # even micro-batches: 16 + 16, not 31 + 1
     log.info("%s: %d clips, %d params, batch %d = %d process(es) x %d x %d on %s", name, len(data),
              count_parameters(model), cfg.batch_size, workers.world, accum, micro, device)  # fmt: skip
     for cb in callbacks:
@@ -466,9 +469,12 @@ def train(
                 loss_i = forward_loss(x_t[sl], t[sl], target[sl], tokens[sl], mask[sl])
                 (loss_i.sum() * workers.world / len(idx)).backward()
             per_sample.append(loss_i.detach())
-        per_sample = workers.gather_rows(torch.cat(per_sample), rows_here, len(idx)).cpu()
+        per_sample = workers.gather_rows(torch.cat(per_sample), rows_here, len(idx))
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        # One device-to-host sync per step: the losses and the norm travel together (each sync stalls the GPU).
+        host = torch.cat([per_sample.float(), grad_norm.reshape(1).float()]).cpu()
+        per_sample, grad_norm = host[:-1], host[-1].item()
         loss = per_sample.mean().item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise _non_finite(step + 1, loss, grad_norm, per_sample, [data.clip_ids[i] for i in idx], lr)
         opt.step()
