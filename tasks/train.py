@@ -22,7 +22,7 @@ from typing import Any
 
 import fsspec
 import torch
-from flytekit import Cache, Resources, dynamic, map_task, task
+from flytekit import Cache, Resources, TaskMetadata, dynamic, map_task, task
 from flytekit.extras.accelerators import GPUAccelerator
 from flytekit.types.directory import FlyteDirectory
 from flytekitplugins.kfpytorch import Elastic
@@ -156,7 +156,7 @@ train_model_elastic = ElasticTrainTask(
     task_function=train_model_elastic,
     requests=Resources(cpu="2", mem="4Gi"),
     shared_memory=True,  # /dev/shm for the NCCL/gloo workers of one pod
-    retries=2,
+    metadata=TaskMetadata(retries=2),
 )
 
 

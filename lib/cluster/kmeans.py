@@ -156,8 +156,8 @@ def spherical_kmeans(xn: np.ndarray, k: int, niter: int, seed: int, stage: str =
 
     Centroids are fitted on at most ``TRAIN_POINTS_PER_CENTROID`` x k rows (a seeded faiss subsample; every row
     when N is smaller, as at the built-in sizes). Beyond that many rows per centroid the centroids barely move
-    while the cost grows with N: on 200k x 384 embeddings this is what makes the path 28x faster than
-    scikit-learn's KMeans at +0.6 % inertia (``benchmarks/kmeans_faiss_vs_sklearn.py``). Every row is still
+    while the cost grows with N: on 200k x 384 embeddings this is what makes the path 18x faster than
+    scikit-learn's KMeans at +0.4 % inertia (``benchmarks/kmeans_faiss_vs_sklearn.py``). Every row is still
     assigned afterwards by the caller.
     """
     n, d = xn.shape
