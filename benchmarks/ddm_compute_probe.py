@@ -31,16 +31,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.cluster.embedders import compute_embeddings  # noqa: E402
 from lib.cluster.kmeans import cluster_embeddings  # noqa: E402
-from lib.config import ExpertConfig, load_config  # noqa: E402
+from lib.config import ExpertConfig, load_config, replace_in  # noqa: E402
 from lib.data.ingest import ingest  # noqa: E402
 from lib.encode.store import EncodedData, encode_dataset, load_encoded  # noqa: E402
-from lib.models.factory import build_expert, expert_forward  # noqa: E402
+from lib.models.factory import build_expert, count_parameters, expert_forward  # noqa: E402
 from lib.seeding import derive_seed, numpy_rng, torch_generator  # noqa: E402
 from lib.train import checkpoint as ckpt  # noqa: E402
 from lib.train.compute import flops_per_step  # noqa: E402
@@ -93,10 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--evals", type=int, default=6, help="budgets scored per model (evenly spaced)")
     parser.add_argument("--holdout", type=float, default=0.1, help="fraction of each cluster kept out of training")
     parser.add_argument("--out", default="benchmarks/results/probe")
+    parser.add_argument(
+        "--expert", nargs="*", default=[], metavar="FIELD=VALUE", help="expert.* overrides, e.g. num_layers=2"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script end to end")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    cfg = load_config(args.config)
+    overrides = dict(item.split("=", 1) for item in args.expert)
+    cfg = replace_in(load_config(args.config), expert={k: yaml.safe_load(v) for k, v in overrides.items()})
     if args.smoke:
         cfg = replace(
             cfg,
@@ -172,12 +177,16 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# Compute probe: each expert vs the monolith on held-out clips of its cluster",
         "",
-        f"command: `python benchmarks/ddm_compute_probe.py --budget-factor {args.budget_factor} --evals {args.evals}`; "
+        f"command: `python benchmarks/ddm_compute_probe.py --budget-factor {args.budget_factor} --evals {args.evals}"
+        + (f" --expert {' '.join(args.expert)}" if args.expert else "")
+        + "`; "
         f"config `{args.config}`; wall time {(time.perf_counter() - started) / 60:.1f} min; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         "",
         f"clusters (train clips, held-out clips): {sizes}; budget 1.0 = the benchmark's {cfg.expert.steps} steps "
-        f"per expert ({k * cfg.expert.steps} monolith steps); constant lr after warm-up; EMA weights.",
+        f"per expert ({k * cfg.expert.steps} monolith steps); constant lr after warm-up; EMA weights; expert "
+        f"{cfg.expert.num_layers} layers x {cfg.expert.num_heads} heads x {cfg.expert.head_dim}, ffn "
+        f"{cfg.expert.ffn_dim} ({count_parameters(build_expert(cfg.expert, *shape)) / 1e6:.2f}M params).",
         "",
         "## Held-out flow-matching loss, size-weighted over clusters (lower is better)",
         "",
