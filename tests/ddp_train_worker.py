@@ -9,10 +9,10 @@ import sys
 from dataclasses import replace
 
 import torch
+from tiny_clips import tiny_train_data
 
 from lib.config import ExpertConfig
-from lib.data.procedural import iter_builtin_clips
-from lib.train.trainer import TrainData, train
+from lib.train.trainer import train
 
 CFG = ExpertConfig(
     num_layers=2,
@@ -28,23 +28,14 @@ CFG = ExpertConfig(
     log_every=3,
 )
 STOP_AT = 3
+NUM_CLIPS = 12
 SEED, NAME = 0, "expert-00"
-
-
-def tiny_data() -> TrainData:
-    """12 built-in clips (4x16x16, pixel codec) with seeded random caption tokens."""
-    clips = list(iter_builtin_clips(seed=0, num_clips=12, frames=4, height=16, width=16))
-    latents = torch.stack([torch.from_numpy(c.frames).permute(3, 0, 1, 2).float() / 127.5 - 1 for c in clips])
-    tokens = torch.randn(len(clips), 8, 32, generator=torch.Generator().manual_seed(0))
-    mask = torch.ones(len(clips), 8, dtype=torch.bool)
-    mask[:, 5:] = False
-    return TrainData([c.clip_id for c in clips], latents, tokens, mask)
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     out = sys.argv[1]
-    data = tiny_data()
+    data = tiny_train_data(NUM_CLIPS)
     # micro-batches of 2: rank 0 accumulates 2 micro-batches, rank 1 two as well but of other sizes (2+1, 2+2)
     ddp_cfg = replace(CFG, micro_batch=2)
     train(data, ddp_cfg, f"{out}/full", SEED, NAME, callbacks=[])

@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from ddp_train_worker import CFG, NAME, SEED, STOP_AT, tiny_data
+from ddp_train_worker import CFG, NAME, NUM_CLIPS, SEED, STOP_AT
 from safetensors.torch import load_file
+from tiny_clips import tiny_train_data
 
 from lib.train.distributed import Workers
 from lib.train.trainer import train
@@ -37,7 +38,7 @@ def _assert_close_weights(a: Path, b: Path) -> None:
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(torch.cuda.is_available(), reason="compares float32 CPU runs; on a GPU host the trainer uses bf16")
 def test_two_processes_train_what_one_process_trains_and_their_checkpoint_resumes_on_one(tmp_path):
-    data = tiny_data()
+    data = tiny_train_data(NUM_CLIPS)
     reference = train(data, CFG, tmp_path / "one", SEED, NAME, callbacks=[])
     _torchrun(tmp_path / "ddp", nproc=2)
 

@@ -121,6 +121,26 @@ def _assignments():
     )
 
 
+def _compile_experts(cfg):
+    return _compile_dynamic(
+        train_experts,
+        cfg=cfg,
+        specs=expert_specs(cfg, _assignments()),
+        encoded=FlyteDirectory(tempfile.mkdtemp()),
+        assignments=_assignments(),
+    )
+
+
+def _compile_monolith(cfg):
+    return _compile_dynamic(
+        train_monolith,
+        cfg=cfg,
+        spec=monolith_spec(cfg, _assignments()),
+        encoded=FlyteDirectory(tempfile.mkdtemp()),
+        assignments=_assignments(),
+    )
+
+
 def _resources(overrides):
     return {r.name: r.value for r in overrides.resources.requests}, {
         r.name: r.value for r in overrides.resources.limits
@@ -129,13 +149,7 @@ def _resources(overrides):
 
 def test_expert_map_task_carries_configured_resources_accelerator_retries_and_ratio():
     cfg = _gpu_cfg()
-    job = _compile_dynamic(
-        train_experts,
-        cfg=cfg,
-        specs=expert_specs(cfg, _assignments()),
-        encoded=FlyteDirectory(tempfile.mkdtemp()),
-        assignments=_assignments(),
-    )
+    job = _compile_experts(cfg)
     (node,) = job.nodes
     array = node.to_flyte_idl().array_node
     assert array.min_success_ratio == pytest.approx(0.5)
@@ -148,13 +162,7 @@ def test_expert_map_task_carries_configured_resources_accelerator_retries_and_ra
 
 def test_monolith_gets_the_same_resources():
     cfg = _gpu_cfg()
-    job = _compile_dynamic(
-        train_monolith,
-        cfg=cfg,
-        spec=monolith_spec(cfg, _assignments()),
-        encoded=FlyteDirectory(tempfile.mkdtemp()),
-        assignments=_assignments(),
-    )
+    job = _compile_monolith(cfg)
     node = job.nodes[0].to_flyte_idl()
     requests, _ = _resources(node.task_node.overrides)
     assert set(requests.values()) == {"8", "40Gi", "1"}
@@ -179,13 +187,7 @@ def test_launch_plans_default_and_nightly_reevaluation_schedule(package):
 @pytest.mark.parametrize("nnodes, kind", [(1, "python-task"), (2, "pytorch")])
 def test_multi_gpu_experts_compile_to_elastic_ddp_jobs(nnodes, kind):
     cfg = replace_in(_gpu_cfg(), resources={"expert_gpu": 4, "expert_nnodes": nnodes, "expert_nproc_per_node": 4})
-    job = _compile_dynamic(
-        train_experts,
-        cfg=cfg,
-        specs=expert_specs(cfg, _assignments()),
-        encoded=FlyteDirectory(tempfile.mkdtemp()),
-        assignments=_assignments(),
-    )
+    job = _compile_experts(cfg)
     (node,) = job.nodes
     array = node.to_flyte_idl().array_node
     assert array.min_success_ratio == pytest.approx(0.5)  # still one map task: a failed expert spares the others
@@ -211,13 +213,7 @@ def test_multi_gpu_experts_compile_to_elastic_ddp_jobs(nnodes, kind):
 
 def test_single_process_experts_keep_the_plain_task():
     cfg = _gpu_cfg()
-    job = _compile_dynamic(
-        train_monolith,
-        cfg=cfg,
-        spec=monolith_spec(cfg, _assignments()),
-        encoded=FlyteDirectory(tempfile.mkdtemp()),
-        assignments=_assignments(),
-    )
+    job = _compile_monolith(cfg)
     assert [t.id.name for t in job.tasks] == ["tasks.train.train_model"]
     assert job.nodes[0].to_flyte_idl().task_node.reference_id.name == "tasks.train.train_model"
 

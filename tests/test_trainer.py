@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_clips import tiny_train_data
 
 from data_schemas.train import TrainingLog
 from lib.config import ExpertConfig
-from lib.data.procedural import iter_builtin_clips
 from lib.models.factory import TRAINING_INFO, load_expert, weights_sha256
 from lib.train import checkpoint as ckpt
 from lib.train.trainer import (
@@ -42,14 +42,8 @@ TINY = ExpertConfig(
 
 @pytest.fixture(scope="module")
 def data() -> TrainData:
-    """16 built-in clips (4x16x16, pixel codec) with random caption tokens; no text encoder involved."""
-    clips = list(iter_builtin_clips(seed=0, num_clips=16, frames=4, height=16, width=16))
-    latents = torch.stack([torch.from_numpy(c.frames).permute(3, 0, 1, 2).float() / 127.5 - 1 for c in clips])
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randn(len(clips), 8, 32, generator=g)
-    mask = torch.ones(len(clips), 8, dtype=torch.bool)
-    mask[:, 5:] = False
-    return TrainData([c.clip_id for c in clips], latents, tokens, mask)
+    """16 built-in clips with random caption tokens; no text encoder involved."""
+    return tiny_train_data(16)
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
