@@ -68,10 +68,10 @@ def held_out_loss(model: torch.nn.Module, data: EncodedData, noise: torch.Tensor
 class ScoreCheckpoints(ProgressCallback):
     """Scores the EMA weights of every checkpoint on the held-out clips of the given clusters."""
 
-    def __init__(self, name, cfg, shape, held_out, noise, rows, flops_per_step_, log_every):
-        super().__init__(log_every, name)
+    def __init__(self, name, cfg, shape, held_out, noise, rows, flops_per_step_, budget_per_step):
+        super().__init__(cfg.log_every, name)
         self.cfg, self.shape, self.held_out, self.noise, self.rows = cfg, shape, held_out, noise, rows
-        self.flops = flops_per_step_
+        self.flops, self.budget_per_step = flops_per_step_, budget_per_step
 
     def on_checkpoint(self, step: int, folder: Path) -> None:
         groups, _ = ckpt.load_checkpoint(folder)
@@ -82,7 +82,14 @@ class ScoreCheckpoints(ProgressCallback):
         for cluster, data in self.held_out.items():
             loss = held_out_loss(model, data, self.noise[cluster])
             self.rows.append(
-                {"model": self.name, "step": step, "train_flops": step * self.flops, "cluster": cluster, "loss": loss}
+                {
+                    "model": self.name,
+                    "step": step,
+                    "budget": round(step * self.budget_per_step, 6),
+                    "train_flops": step * self.flops,
+                    "cluster": cluster,
+                    "loss": loss,
+                }
             )
             print(f"  {self.name} step {step}: held-out loss on cluster {cluster} = {loss:.4f}", flush=True)
 
@@ -97,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--expert", nargs="*", default=[], metavar="FIELD=VALUE", help="expert.* overrides, e.g. num_layers=2"
     )
+    parser.add_argument("--expert-batch", type=int, help="each expert's batch (default expert.batch_size)")
+    parser.add_argument("--monolith-batch", type=int, help="the monolith's batch (default expert.batch_size)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script end to end")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -133,35 +142,40 @@ def main(argv: list[str] | None = None) -> None:
         c: torch.randn((len(T_GRID), *held_out[c].latents.shape), generator=torch_generator(cfg.seed, "probe", c))
         for c in range(k)
     }
-    budget = int(round(args.budget_factor * cfg.expert.steps))  # steps per expert at the largest budget
-    budget -= budget % args.evals
+    bench_batch = cfg.expert.batch_size
     base: ExpertConfig = replace(cfg.expert, lr_schedule="constant")
     sample = held_out[0]
     shape = (sample.latents.shape[1], sample.tokens.shape[2], tuple(sample.latents.shape[2:]))
-    per_step = flops_per_step(base, shape[0], shape[2], sample.tokens.shape[1], shape[1])
+    budget_samples = args.budget_factor * cfg.expert.steps * bench_batch  # per expert at the largest budget
     rows: list[dict] = []
-    runs = [(f"expert-{c:02d}", budget, train_ids[c], {c: held_out[c]}) for c in range(k)]
-    runs.append(("monolith", k * budget, sorted(i for c in range(k) for i in train_ids[c]), held_out))
-    for name, steps, ids, scored in runs:
-        ecfg = replace(base, steps=steps, checkpoint_every=steps // args.evals)
+    runs = [
+        (f"expert-{c:02d}", args.expert_batch or bench_batch, budget_samples, train_ids[c], {c: held_out[c]})
+        for c in range(k)
+    ]
+    all_ids = sorted(i for c in range(k) for i in train_ids[c])
+    runs.append(("monolith", args.monolith_batch or bench_batch, k * budget_samples, all_ids, held_out))
+    for name, batch, samples, ids, scored in runs:
+        steps = samples / batch
+        if steps != int(steps) or int(steps) % args.evals:
+            raise ValueError(f"{name}: {samples:g} samples at batch {batch} is not a multiple of {args.evals} steps")
+        ecfg = replace(base, batch_size=batch, steps=int(steps), checkpoint_every=int(steps) // args.evals)
+        per_step = flops_per_step(ecfg, shape[0], shape[2], sample.tokens.shape[1], shape[1])
         data = load_encoded(work / "encoded", ids)
-        callback = ScoreCheckpoints(name, ecfg, shape, scored, noise, rows, per_step, ecfg.log_every)
+        callback = ScoreCheckpoints(name, ecfg, shape, scored, noise, rows, per_step, args.budget_factor / steps)
         seed = derive_seed(cfg.seed, "train", name)
         train(TrainData(data.clip_ids, data.latents, data.tokens, data.mask), ecfg, work / name, seed, name,
               callbacks=[callback])  # fmt: skip
         pd.DataFrame(rows).to_csv(out / "probe.csv", index=False)  # partial results survive an interruption
 
     table = pd.DataFrame(rows)
+    steps_line = ", ".join(
+        f"{name} {batch} x {int(samples / batch / args.budget_factor)} steps" for name, batch, samples, *_ in runs[-2:]
+    )
     experts = table[table["model"] != "monolith"].rename(columns={"loss": "expert_loss"})
     mono = table[table["model"] == "monolith"].rename(columns={"loss": "monolith_loss"})
-    mono = mono.assign(step=mono["step"] // k)  # monolith step K x s has the training FLOPs of a DDM at s
-    paired = experts.merge(mono[["step", "cluster", "monolith_loss"]], on=["step", "cluster"])
-    # a DDM's training compute at this point is K x the expert's; the monolith's is the same (steps x K)
-    paired = paired.assign(
-        budget=paired["step"] / cfg.expert.steps,
-        ddm_flops=paired["train_flops"] * k,
-        gap=paired["expert_loss"] / paired["monolith_loss"] - 1.0,
-    )
+    # at the same budget the K experts together and the monolith have spent the same training FLOPs
+    paired = experts.merge(mono[["budget", "cluster", "monolith_loss"]], on=["budget", "cluster"])
+    paired = paired.assign(ddm_flops=paired["train_flops"] * k, gap=paired["expert_loss"] / paired["monolith_loss"] - 1)
     weights = {c: sizes[c][1] for c in range(k)}
     paired["weight"] = paired["cluster"].map(weights)
     overall = paired.groupby("budget").apply(
@@ -179,12 +193,15 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"command: `python benchmarks/ddm_compute_probe.py --budget-factor {args.budget_factor} --evals {args.evals}"
         + (f" --expert {' '.join(args.expert)}" if args.expert else "")
+        + (f" --expert-batch {args.expert_batch}" if args.expert_batch else "")
+        + (f" --monolith-batch {args.monolith_batch}" if args.monolith_batch else "")
         + "`; "
         f"config `{args.config}`; wall time {(time.perf_counter() - started) / 60:.1f} min; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         "",
-        f"clusters (train clips, held-out clips): {sizes}; budget 1.0 = the benchmark's {cfg.expert.steps} steps "
-        f"per expert ({k * cfg.expert.steps} monolith steps); constant lr after warm-up; EMA weights; expert "
+        f"clusters (train clips, held-out clips): {sizes}; budget 1.0 = the benchmark's training samples "
+        f"({k} x {cfg.expert.steps} steps x batch {bench_batch}); {steps_line}; constant lr after warm-up; EMA "
+        "weights; expert "
         f"{cfg.expert.num_layers} layers x {cfg.expert.num_heads} heads x {cfg.expert.head_dim}, ffn "
         f"{cfg.expert.ffn_dim} ({count_parameters(build_expert(cfg.expert, *shape)) / 1e6:.2f}M params).",
         "",

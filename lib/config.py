@@ -43,6 +43,7 @@ class DataConfig:
     width: int = 32  # W after resize + centre crop
     fps: float = 8.0  # frame rate clips are resampled to (manifest videos)
     max_objects: int = 2  # built-in clips hold 1..max_objects objects
+    themed_scenes: bool = False  # built-in: each scene family has its own shapes and motions (lib.data.procedural)
     shard_size: int = 256  # clips per shard file
     max_bad_fraction: float = 0.1  # ingest fails when more than this fraction of manifest rows is quarantined
     max_source_pixels: int = 4096 * 4096  # frames larger than this are quarantined (decode bomb guard)

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -5,7 +7,7 @@ import pytest
 from data_schemas.ingest import QUARANTINE_REASONS, ClipAttributes, ClipIndex, QuarantineRecord
 from lib.config import DataConfig
 from lib.data.ingest import ManifestError, TooManyBadRows, ingest, read_manifest
-from lib.data.procedural import iter_builtin_clips
+from lib.data.procedural import THEMES, iter_builtin_clips
 from lib.data.shards import load_clips
 from lib.data.video import write_mp4
 
@@ -20,6 +22,11 @@ def test_builtin_ingest_writes_shards_and_tables(tmp_path, tiny_data_cfg):
     clips = load_clips(tmp_path, result.index, result.index["clip_id"][:2])
     expected = [c.frames for c in iter_builtin_clips(4, 2, 6, 16, 16)]
     assert np.array_equal(clips, np.stack(expected))
+
+
+def test_builtin_ingest_honours_themed_scenes(tmp_path, tiny_data_cfg):
+    attrs = ingest(replace(tiny_data_cfg, themed_scenes=True), seed=4, out_dir=tmp_path).attributes
+    assert all(row.shape in THEMES[row.scene][0] and row.motion in THEMES[row.scene][1] for row in attrs.itertuples())
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ from lib.data.procedural import (
     COLORS,
     MOTIONS,
     SCENES,
+    SHAPES,
+    THEMES,
     clip_spec,
     iter_builtin_clips,
     render,
@@ -54,6 +56,27 @@ def test_attribute_coverage_over_a_few_hundred_clips():
     assert {o.motion for s in specs for o in s.objects} == set(MOTIONS)
     assert {len(s.objects) for s in specs} == {1, 2}
     assert all(len(clip_spec(0, i, max_objects=1).objects) == 1 for i in range(50))
+
+
+def test_themed_scenes_draw_objects_from_their_theme_and_together_cover_everything():
+    specs = [clip_spec(0, i, themed=True) for i in range(400)]
+    for s in specs:
+        shapes, motions = THEMES[s.scene]
+        assert all(o.shape in shapes and o.motion in motions for o in s.objects), s
+        assert not any(o.shape == "circle" and o.motion == "spin" for o in s.objects)
+    assert {o.shape for s in specs for o in s.objects} == set(SHAPES)
+    assert {o.motion for s in specs for o in s.objects} == set(MOTIONS)
+    # what a clip shows depends on its scene: no shape-and-motion pair is shared by all four scenes
+    pairs = {scene: {(o.shape, o.motion) for s in specs if s.scene == scene for o in s.objects} for scene in SCENES}
+    assert not set.intersection(*pairs.values())
+
+
+def test_themed_scenes_keep_the_scene_and_background_of_each_clip():
+    """Only the objects change with themes: clip i is still the same scene on the same backdrop."""
+    for i in range(50):
+        shared, themed = clip_spec(7, i), clip_spec(7, i, themed=True)
+        assert (shared.scene, shared.background) == (themed.scene, themed.background)
+        assert clip_spec(7, i, themed=False) == shared
 
 
 def _object_track(frames: np.ndarray, color: str) -> list[tuple[float, float, int]]:

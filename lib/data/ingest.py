@@ -59,7 +59,10 @@ def ingest_builtin(cfg: DataConfig, seed: int, out_dir: str | Path) -> IngestRes
     t0 = time.perf_counter()
     writer = ShardWriter(out_dir, cfg.shard_size, source="builtin")
     attributes = []
-    for clip in iter_builtin_clips(seed, cfg.num_clips, cfg.frames, cfg.height, cfg.width, cfg.max_objects):
+    clips = iter_builtin_clips(
+        seed, cfg.num_clips, cfg.frames, cfg.height, cfg.width, cfg.max_objects, themed=cfg.themed_scenes
+    )
+    for clip in clips:
         writer.add(clip.clip_id, clip.frames, clip.caption)
         attributes.append(clip.attributes)
     index = writer.close()

@@ -10,6 +10,12 @@ Semantic structure (what clustering and the experts can latch on to):
 - 1–2 objects, each with shape, colour, size and one motion: moving left/right/up/down (slow or fast),
   bouncing, spinning, growing or shrinking;
 - captions from templates with synonyms, so the same attributes are worded several ways.
+
+Two content regimes (``data.themed_scenes``): shared (every scene shows every shape and motion, so scenes differ
+only in their backdrop) and themed (each scene family has its own shapes and motions, ``THEMES``). Real footage is
+themed — what moves, and how, depends on the setting — and that is the regime in which experts trained on
+semantic clusters have something of their own to learn; in the shared regime nearly everything a model learns on
+one cluster transfers to the others, which favours one model trained on all of them.
 """
 
 from __future__ import annotations
@@ -59,6 +65,13 @@ MOTIONS = (
     "grow",
     "shrink",
 )
+
+THEMES = {  # scene family -> (shapes, motions) its objects draw from when scenes are themed; together: all of them
+    "plain": (("circle", "square"), ("left_slow", "left_fast", "right_slow", "right_fast")),
+    "gradient": (("triangle", "diamond"), ("up", "down", "bounce")),
+    "stripes": (("square", "diamond"), ("spin", "grow", "shrink")),
+    "checker": (("circle", "triangle"), ("bounce", "grow", "shrink", "left_fast", "right_fast")),
+}
 
 _SHAPE_WORDS = {
     "circle": ("circle", "ball", "disc"),
@@ -166,16 +179,17 @@ def _start_position(rng: np.random.Generator, motion: str) -> tuple[float, float
     return float(x), float(y)
 
 
-def clip_spec(seed: int, index: int, max_objects: int = 2) -> ClipSpec:
+def clip_spec(seed: int, index: int, max_objects: int = 2, themed: bool = False) -> ClipSpec:
     """Draw clip ``index`` of the dataset with ``seed``; independent of every other clip."""
     rng = np.random.default_rng([seed, index])
     scene = str(_pick(rng, SCENES))
     background = str(_pick(rng, BACKGROUNDS[scene]))
     n_obj = 1 if max_objects == 1 or rng.random() < 0.65 else 2
+    shapes, scene_motions = THEMES[scene] if themed else (SHAPES, MOTIONS)
     objects = []
     for _ in range(n_obj):
-        shape = str(_pick(rng, SHAPES))
-        motions = [m for m in MOTIONS if not (shape == "circle" and m == "spin")]  # a spinning disc is invisible
+        shape = str(_pick(rng, shapes))
+        motions = [m for m in scene_motions if not (shape == "circle" and m == "spin")]  # spinning discs are invisible
         motion = str(_pick(rng, motions))
         x0, y0 = _start_position(rng, motion)
         if n_obj == 2:  # keep the two objects apart: one in each horizontal half
@@ -286,9 +300,16 @@ def render(spec: ClipSpec, frames: int, height: int, width: int) -> np.ndarray:
 
 
 def iter_builtin_clips(
-    seed: int, num_clips: int, frames: int, height: int, width: int, max_objects: int = 2, start: int = 0
+    seed: int,
+    num_clips: int,
+    frames: int,
+    height: int,
+    width: int,
+    max_objects: int = 2,
+    start: int = 0,
+    themed: bool = False,
 ) -> Iterator[Clip]:
     """Stream clips ``start .. num_clips-1``; one clip in memory at a time."""
     for index in range(start, num_clips):
-        spec = clip_spec(seed, index, max_objects)
+        spec = clip_spec(seed, index, max_objects, themed)
         yield Clip(spec.clip_id, render(spec, frames, height, width), spec.caption, spec.attributes())
