@@ -15,7 +15,12 @@ cosine schedule of the benchmark would penalise early checkpoints) and every che
 weights. Held-out loss: mean over the held-out clips and a fixed grid of t (the logit-normal deciles) of the
 flow-matching MSE, with fixed noise, conditioned on the caption.
 
-Usage: ``python benchmarks/ddm_compute_probe.py [--budget-factor 2 --evals 6 --out benchmarks/results/probe]``.
+Budgets are counted in training samples (steps x batch), so ``--expert-batch`` / ``--monolith-batch`` compare the
+two ways of spending a matched budget (``expert.monolith_scaling``): e.g. experts at batch 8 and the monolith at 24
+take the same number of steps; at the default (both at ``expert.batch_size``) the monolith takes K x the steps.
+
+Usage: ``python benchmarks/ddm_compute_probe.py [--budget-factor 2 --evals 6 --out benchmarks/results/probe]
+[--expert-batch 8 --monolith-batch 24] [--set data.themed_scenes=true expert.num_layers=2]``.
 """
 
 from __future__ import annotations
@@ -31,14 +36,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.cluster.embedders import compute_embeddings  # noqa: E402
 from lib.cluster.kmeans import cluster_embeddings  # noqa: E402
-from lib.config import ExpertConfig, load_config, replace_in  # noqa: E402
+from lib.config import ExpertConfig, load_config, with_overrides  # noqa: E402
 from lib.data.ingest import ingest  # noqa: E402
 from lib.encode.store import EncodedData, encode_dataset, load_encoded  # noqa: E402
 from lib.models.factory import build_expert, count_parameters, expert_forward  # noqa: E402
@@ -102,15 +106,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--holdout", type=float, default=0.1, help="fraction of each cluster kept out of training")
     parser.add_argument("--out", default="benchmarks/results/probe")
     parser.add_argument(
-        "--expert", nargs="*", default=[], metavar="FIELD=VALUE", help="expert.* overrides, e.g. num_layers=2"
+        "--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides, e.g. expert.num_layers=2"
     )
     parser.add_argument("--expert-batch", type=int, help="each expert's batch (default expert.batch_size)")
     parser.add_argument("--monolith-batch", type=int, help="the monolith's batch (default expert.batch_size)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script end to end")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    overrides = dict(item.split("=", 1) for item in args.expert)
-    cfg = replace_in(load_config(args.config), expert={k: yaml.safe_load(v) for k, v in overrides.items()})
+    cfg = with_overrides(load_config(args.config), args.set)
     if args.smoke:
         cfg = replace(
             cfg,
@@ -169,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
 
     table = pd.DataFrame(rows)
     steps_line = ", ".join(
-        f"{name} {batch} x {int(samples / batch / args.budget_factor)} steps" for name, batch, samples, *_ in runs[-2:]
+        f"{who} batch {batch} x {int(samples / batch / args.budget_factor)} steps"
+        for who, (_, batch, samples, *_) in zip(("each expert", "monolith"), runs[-2:], strict=True)
     )
     experts = table[table["model"] != "monolith"].rename(columns={"loss": "expert_loss"})
     mono = table[table["model"] == "monolith"].rename(columns={"loss": "monolith_loss"})
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         "# Compute probe: each expert vs the monolith on held-out clips of its cluster",
         "",
         f"command: `python benchmarks/ddm_compute_probe.py --budget-factor {args.budget_factor} --evals {args.evals}"
-        + (f" --expert {' '.join(args.expert)}" if args.expert else "")
+        + (f" --set {' '.join(args.set)}" if args.set else "")
         + (f" --expert-batch {args.expert_batch}" if args.expert_batch else "")
         + (f" --monolith-batch {args.monolith_batch}" if args.monolith_batch else "")
         + "`; "

@@ -1,8 +1,9 @@
 """Headline benchmark: a K-expert decentralized diffusion model against a monolith at matched training compute.
 
 What it measures (issue 9): on the built-in dataset, K = 3 experts trained in isolation on semantic clusters
-(+ a router) against one monolith trained on all the data with K x the expert steps (same network, same batch,
-so the same FLOPs per step; ``compute_table`` prints the accounting). Ablations on the same trained models:
+(+ a router) against one monolith trained on all the data with K x one expert's training samples (same network;
+``expert.monolith_scaling`` spends them as K x the steps or K x the batch; ``compute_table`` prints the
+accounting). Ablations on the same trained models:
 routing top-1, top-k, the full ensemble, the oracle cluster and every expert alone. A control DDM whose experts
 train on random shards (the semantic cluster sizes, clips shuffled) tells whether the gain comes from the
 semantic split or from ensembling. ``--sweep-k`` adds semantic K = 2 and 4 at the same total budget.
@@ -19,8 +20,9 @@ carries an sd propagated from both sds (first order, draws treated as independen
 sweep DDMs get their own router and their own oracle labels of the prompt clips; their scores use the same
 prompts, reference set and per-cluster grouping (semantic K clusters) as everything else.
 
-Compute matching across K: the budget is ``cluster.num_clusters x expert.steps`` expert steps; a DDM with K
-experts gives each ``budget / K`` steps, so every DDM shares the one monolith (trained once, then reused: the
+Compute matching across K: the budget is ``cluster.num_clusters x expert.steps x expert.batch_size`` training
+samples; a DDM with K experts gives each ``budget / K`` of them (as fewer steps under ``monolith_scaling: steps``,
+as a smaller batch under ``batch``), so every DDM shares the one monolith (trained once, then reused: the
 trainer skips a finished model with the same spec hash, which also makes reruns of this script cheap).
 
 Uncertainty: sd is over sampling draws of one trained set of models (one training seed, ``seed`` of the config);
@@ -68,7 +70,7 @@ from data_schemas.cluster import ClusterAssignment  # noqa: E402
 from lib.cluster.embedders import compute_embeddings  # noqa: E402
 from lib.cluster.kmeans import cluster_embeddings  # noqa: E402
 from lib.cluster.report import assignment_frame, cluster_report  # noqa: E402
-from lib.config import RunConfig, load_config, replace_in  # noqa: E402
+from lib.config import RunConfig, load_config, replace_in, with_overrides  # noqa: E402
 from lib.data.ingest import ingest  # noqa: E402
 from lib.data.shards import load_clips  # noqa: E402
 from lib.encode.store import encode_dataset, load_encoded, read_codec_info  # noqa: E402
@@ -146,7 +148,7 @@ class Shared:
 
 @dataclass
 class Variant:
-    """One DDM under test: its clustering and the config with its K and per-expert step budget."""
+    """One DDM under test: its clustering and the config with its K and per-expert training budget."""
 
     name: str
     cfg: RunConfig
@@ -170,8 +172,8 @@ class VariantResult:
 # ----------------------------------------------------------------------------------------------------- setup
 
 
-def bench_config(path: str, smoke: bool) -> RunConfig:
-    cfg = load_config(path)
+def bench_config(path: str, smoke: bool, overrides: list[str]) -> RunConfig:
+    cfg = with_overrides(load_config(path), overrides)
     return replace_in(cfg, **SMOKE) if smoke else cfg
 
 
@@ -210,8 +212,10 @@ def protocol_lines(cfg: RunConfig, sweep: list[int]) -> list[str]:
     return [
         f"- data: built-in procedural dataset, {cfg.data.num_clips} clips of {cfg.data.frames}x{cfg.data.height}x"
         f"{cfg.data.width}, seed {cfg.seed}",
-        f"- compute: budget {k} x {cfg.expert.steps} = {k * cfg.expert.steps} steps at batch {cfg.expert.batch_size} "
-        f"per DDM (each of K experts gets budget / K steps); the monolith gets the whole budget on all clips",
+        f"- compute: budget {k} x {cfg.expert.steps} steps x batch {cfg.expert.batch_size} = {budget_samples(cfg)} "
+        f"training samples per DDM (each of K experts gets budget / K); the monolith gets the whole budget on all "
+        f"clips as {'K x the steps' if cfg.expert.monolith_scaling == 'steps' else 'K x the batch'} "
+        f"(expert.monolith_scaling: {cfg.expert.monolith_scaling})",
         f"- variants: semantic-K{k}, random-K{k} (random shards with the semantic sizes)"
         + (f", semantic K in {sweep}" if sweep else ""),
         f"- prompts: {s.prompts_per_cluster} per semantic cluster ({k * s.prompts_per_cluster} planned), the same "
@@ -269,7 +273,7 @@ def prepare(cfg: RunConfig, work: Path, device: str, timer: StageTimer) -> Share
 
 
 def semantic_variant(ctx: Shared, k: int, budget: int, timer: StageTimer) -> Variant:
-    """Cluster the embeddings into ``k`` (the pipeline's clustering) with ``budget / k`` steps per expert."""
+    """Cluster the embeddings into ``k`` (the pipeline's clustering) with ``budget / k`` samples per expert."""
     cfg = variant_config(ctx.cfg, k, budget)
     with timer(f"cluster K={k}"):
         result = cluster_embeddings(ctx.embeddings, cfg.cluster, cfg.seed)
@@ -305,14 +309,27 @@ def random_variant(semantic: Variant, seed: int) -> Variant:
     return Variant(f"random-K{k}", semantic.cfg, ClusterAssignment.validate(frame), None, [note])
 
 
+def budget_samples(cfg: RunConfig) -> int:
+    """Training samples of the configured DDM (and of the monolith)."""
+    return cfg.cluster.num_clusters * cfg.expert.steps * cfg.expert.batch_size
+
+
 def variant_config(cfg: RunConfig, k: int, budget: int) -> RunConfig:
-    """``cfg`` with K experts of ``budget / k`` steps each, so the DDM's total equals the monolith's."""
-    if budget % k:
+    """``cfg`` with K experts of ``budget / k`` training samples each, so the DDM's total equals the monolith's.
+
+    The split keeps what the monolith keeps: under ``monolith_scaling: steps`` every model has the configured
+    batch and experts get fewer steps; under ``batch`` every model has the configured steps and experts get a
+    smaller batch. Either way the monolith of every K is the same model.
+    """
+    split = "steps" if cfg.expert.monolith_scaling == "steps" else "batch_size"
+    kept = cfg.expert.batch_size if split == "steps" else cfg.expert.steps
+    if budget % (k * kept):
         raise ValueError(
-            f"compute budget {budget} steps (cluster.num_clusters x expert.steps) is not divisible by K={k}: "
-            "pick expert.steps so that every swept K divides the budget (with K = 3: a multiple of 4 for K = 2 and 4)"
+            f"compute budget {budget} samples (cluster.num_clusters x expert.steps x expert.batch_size) does not "
+            f"split into K={k} experts of whole expert.{split} (pick the config so that every swept K divides it; "
+            "with K = 3: a multiple of 4 for K = 2 and 4)"
         )
-    return replace_in(cfg, cluster={"num_clusters": k}, expert={"steps": budget // k})
+    return replace_in(cfg, cluster={"num_clusters": k}, expert={split: budget // (k * kept)})
 
 
 # ------------------------------------------------------------------------------------------ per variant
@@ -612,6 +629,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default="configs/bench.yaml", help="run config (YAML)")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results, or .../smoke)")
     parser.add_argument("--work", default=None, help="working folder for data and models (default cfg.output_dir)")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="config overrides, e.g. data.themed_scenes=true",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the script end to end in minutes")
     parser.add_argument(
         "--sweep-k",
@@ -632,11 +656,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     timer = StageTimer()
-    cfg = bench_config(args.config, args.smoke)
+    cfg = bench_config(args.config, args.smoke, args.set)
     base_k = cfg.cluster.num_clusters
     requested = {2, 4} if args.sweep_k == [] else set(args.sweep_k or ())
     sweep = sorted(requested - {base_k})
-    budget = base_k * cfg.expert.steps
+    budget = budget_samples(cfg)
     for k in sweep:
         variant_config(cfg, k, budget)  # refuse a budget that a swept K cannot split, before any work
     out = Path(args.out or ("benchmarks/results/smoke" if args.smoke else "benchmarks/results"))
@@ -666,7 +690,8 @@ def main(argv: list[str] | None = None) -> None:
         out / "protocol.md",
         "# Evaluation protocol (written before any model trained)\n\n"
         + "\n".join(protocol)
-        + f"\n\nconfig: `{args.config}`{' with --smoke overrides' if args.smoke else ''}\n",
+        + f"\n\nconfig: `{args.config}`{''.join(f' {a}' for a in args.set)}"
+        + f"{' with --smoke overrides' if args.smoke else ''}\n",
     )
 
     ctx = prepare(cfg, work, args.device, timer)

@@ -115,8 +115,11 @@ class ExpertConfig:
     ffn_dim: int = 512
     patch_size: list[int] = field(default_factory=lambda: [2, 4, 4])  # (t, h, w)
     objective: str = "flow"  # flow (v = eps - x0) | eps (DDPM-style, converted to v at sampling)
-    steps: int = 300  # optimizer steps per expert; the monolith gets num_clusters x steps
-    batch_size: int = 16  # effective batch per optimizer step
+    steps: int = 300  # optimizer steps per expert
+    batch_size: int = 16  # effective batch per optimizer step (of each expert)
+    # how the monolith spends the K experts' compute: "steps" = K x steps at the same batch; "batch" = the same
+    # steps at K x batch (what the experts' K GPUs would run as one data-parallel job in the same wall-clock)
+    monolith_scaling: str = "steps"
     micro_batch: int = 0  # 0: pick from free memory; >0 forces it
     lr: float = 5e-4
     warmup_steps: int = 20
@@ -134,6 +137,7 @@ class ExpertConfig:
         _one_of(self.objective, ("flow", "eps"), "expert.objective")
         _one_of(self.timestep_sampling, ("logit_normal", "uniform"), "expert.timestep_sampling")
         _one_of(self.lr_schedule, ("constant", "cosine"), "expert.lr_schedule")
+        _one_of(self.monolith_scaling, ("steps", "batch"), "expert.monolith_scaling")
         _check(self.warmup_steps >= 0, "expert.warmup_steps", "must be >= 0")
         _check(self.weight_decay >= 0, "expert.weight_decay", "must be >= 0")
         _check(self.grad_clip > 0, "expert.grad_clip", "must be > 0")
@@ -367,6 +371,33 @@ def replace_in(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
         else:
             values[section] = changes
     return config_from_dict(values)
+
+
+def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
+    """``cfg`` with command-line ``section.field=value`` assignments applied (values parsed as YAML scalars).
+
+    Why: a benchmark variant ("the same run on themed scenes", "a smaller expert") should be one flag on the
+    command that produced it, not a second config file that drifts from the first.
+    """
+    values = config_to_dict(cfg)
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        _check(bool(sep and dot and name), item, "expected section.field=value, e.g. data.themed_scenes=true")
+        _check(section in values, item, f"unknown section {section!r}")
+        values[section][name] = _scalar(raw)
+    return config_from_dict(values)
+
+
+def _scalar(raw: str) -> Any:
+    """A YAML scalar, except that ``1e-3`` is a number (YAML 1.1 reads exponents without a dot as strings)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 if __name__ == "__main__":

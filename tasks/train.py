@@ -55,7 +55,8 @@ def make_specs(
     table = compute_table(
         specs, monolith, c, (t, h, w), info["text_encoder"]["max_tokens"], info["text_encoder"]["dim"]
     )
-    print("compute matching (same network and batch; monolith steps = K x expert steps):", flush=True)
+    rule = {"steps": "K x expert steps at the same batch", "batch": "expert steps at K x the batch"}
+    print(f"compute matching (same network; monolith = {rule[cfg.expert.monolith_scaling]}):", flush=True)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3e}"), flush=True)
     return specs, monolith
 
@@ -196,7 +197,7 @@ def train_experts(
 def train_monolith(
     cfg: RunConfig, spec: ExpertSpec, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment]
 ) -> FlyteDirectory:
-    """The baseline: the same trainer and network on all clusters with K x the expert steps."""
+    """The baseline: the same trainer and network on all clusters with K x one expert's samples."""
     trainer, shape = _trainer(cfg)
     node = trainer(spec=spec, encoded=encoded, assignments=assignments, output_dir=cfg.output_dir, **shape)
     return node.with_overrides(**_overrides(cfg.resources))

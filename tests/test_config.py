@@ -3,7 +3,15 @@ from pathlib import Path
 
 import pytest
 
-from lib.config import ConfigError, RunConfig, config_from_dict, config_to_dict, load_config, replace_in
+from lib.config import (
+    ConfigError,
+    RunConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    replace_in,
+    with_overrides,
+)
 
 CONFIGS = sorted(Path("configs").glob("*.yaml"))
 
@@ -75,3 +83,16 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_command_line_overrides_parse_yaml_values_and_name_bad_ones():
+    cfg = with_overrides(RunConfig(), ["data.themed_scenes=true", "expert.num_layers=2", "expert.lr=1e-3"])
+    assert cfg.data.themed_scenes is True and cfg.expert.num_layers == 2 and cfg.expert.lr == 1e-3
+    with pytest.raises(ConfigError, match="expected section.field=value"):
+        with_overrides(cfg, ["themed_scenes=true"])
+    with pytest.raises(ConfigError, match="unknown section 'dta'"):
+        with_overrides(cfg, ["dta.num_clips=5"])
+    with pytest.raises(ConfigError, match="expert.num_layers: must be > 0"):
+        with_overrides(cfg, ["expert.num_layers=0"])
+    with pytest.raises(ConfigError, match="nope"):
+        with_overrides(cfg, ["data.nope=1"])

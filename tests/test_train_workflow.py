@@ -52,6 +52,19 @@ def test_specs_match_compute_and_change_with_the_data():
         expert_specs(cfg, _assignments().assign(cluster_id=0))
 
 
+def test_monolith_can_spend_the_budget_as_a_larger_batch_at_the_same_flops():
+    cfg = replace_in(RunConfig(), cluster={"num_clusters": 3, "fine_clusters": 6}, expert={"monolith_scaling": "batch"})
+    specs, mono = expert_specs(cfg, _assignments(k=3)), monolith_spec(cfg, _assignments(k=3))
+    assert (mono.expert.steps, mono.expert.batch_size) == (cfg.expert.steps, 3 * cfg.expert.batch_size)
+    assert all(s.expert == cfg.expert for s in specs)
+    table = compute_table(specs, mono, 3, (8, 32, 32), 16, 384).set_index("model")
+    assert table.loc["DDM total", "total_flops"] == pytest.approx(table.loc["monolith total", "total_flops"])
+    steps_rule = monolith_spec(replace_in(cfg, expert={"monolith_scaling": "steps"}), _assignments(k=3))
+    assert table.loc["monolith total", "total_flops"] == pytest.approx(
+        compute_table(specs, steps_rule, 3, (8, 32, 32), 16, 384).set_index("model").loc["monolith", "total_flops"]
+    )
+
+
 def test_train_workflow_end_to_end_and_rerun_skips(tmp_path, capfd):
     cfg = _cfg(tmp_path)
     experts, mono, report = train_wf(cfg=cfg)

@@ -1,9 +1,11 @@
 """What each isolated training job gets: one ExpertSpec per cluster, plus the matched-compute monolith.
 
-Compute matching rule (one rule, stated once): every model uses the same architecture and the same effective
-batch, so FLOPs per optimizer step are equal; each of the K experts gets ``expert.steps`` steps on its own
-cluster, and the monolith gets ``K * expert.steps`` steps on all clusters. Total training FLOPs are therefore
-identical for the decentralized model and the monolith (``compute_table`` prints the accounting).
+Compute matching (stated once): every model has the same architecture; each of the K experts trains
+``expert.steps`` steps at ``expert.batch_size`` on its own cluster, and the monolith trains on all clusters with K
+times one expert's samples, spent as ``expert.monolith_scaling`` says: ``steps`` (K x the steps at the same batch)
+or ``batch`` (the same steps at K x the batch: the experts' K GPUs as one data-parallel job, same wall-clock).
+Either way the training FLOPs of the decentralized model and the monolith are identical (FLOPs are linear in the
+batch); ``compute_table`` prints the accounting.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class ExpertSpec:
     seed: int
     num_clips: int
     data_hash: str  # hash of the clip ids this model trains on: a new clustering means a new model
-    expert: ExpertConfig  # its ``steps`` is this model's step budget (K x expert.steps for the monolith)
+    expert: ExpertConfig  # its ``steps`` and ``batch_size`` are this model's (the monolith's: see the rule above)
 
     def spec_hash(self) -> str:
         """Identity of the training job; an unchanged spec with a finished model is never retrained."""
@@ -45,14 +47,14 @@ def _ids_hash(clip_ids: list[str]) -> str:
     return hashlib.sha256("\n".join(clip_ids).encode()).hexdigest()[:16]
 
 
-def _spec(cfg: RunConfig, name: str, cluster_id: int, steps: int, clip_ids: list[str]) -> ExpertSpec:
+def _spec(cfg: RunConfig, name: str, cluster_id: int, expert: ExpertConfig, clip_ids: list[str]) -> ExpertSpec:
     return ExpertSpec(
         name=name,
         cluster_id=cluster_id,
         seed=derive_seed(cfg.seed, "train", name),
         num_clips=len(clip_ids),
         data_hash=_ids_hash(clip_ids),
-        expert=replace(cfg.expert, steps=steps),
+        expert=expert,
     )
 
 
@@ -64,13 +66,15 @@ def expert_specs(cfg: RunConfig, assignments: pd.DataFrame) -> list[ExpertSpec]:
         ids = sorted(assignments.loc[assignments["cluster_id"] == cluster_id, "clip_id"].astype(str))
         if not ids:
             raise ValueError(f"cluster {cluster_id} of {k} has no clips: cannot train expert-{cluster_id:02d}")
-        specs.append(_spec(cfg, f"expert-{cluster_id:02d}", cluster_id, cfg.expert.steps, ids))
+        specs.append(_spec(cfg, f"expert-{cluster_id:02d}", cluster_id, cfg.expert, ids))
     return specs
 
 
 def monolith_spec(cfg: RunConfig, assignments: pd.DataFrame) -> ExpertSpec:
     ids = sorted(assignments["clip_id"].astype(str))
-    return _spec(cfg, "monolith", MONOLITH, cfg.cluster.num_clusters * cfg.expert.steps, ids)
+    k, e = cfg.cluster.num_clusters, cfg.expert
+    expert = replace(e, batch_size=k * e.batch_size) if e.monolith_scaling == "batch" else replace(e, steps=k * e.steps)
+    return _spec(cfg, "monolith", MONOLITH, expert, ids)
 
 
 def compute_table(
