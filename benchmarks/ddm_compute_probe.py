@@ -15,12 +15,11 @@ cosine schedule of the benchmark would penalise early checkpoints) and every che
 weights. Held-out loss: mean over the held-out clips and a fixed grid of t (the logit-normal deciles) of the
 flow-matching MSE, with fixed noise, conditioned on the caption.
 
-Budgets are counted in training samples (steps x batch), so ``--expert-batch`` / ``--monolith-batch`` compare the
-two ways of spending a matched budget (``expert.monolith_scaling``): e.g. experts at batch 8 and the monolith at 24
-take the same number of steps; at the default (both at ``expert.batch_size``) the monolith takes K x the steps.
+Budgets are counted in training samples (steps x batch) and the monolith spends its budget as the config's
+``expert.monolith_scaling`` says (K x the steps, or K x the batch), exactly as the benchmark and the pipeline do.
 
 Usage: ``python benchmarks/ddm_compute_probe.py [--budget-factor 2 --evals 6 --out benchmarks/results/probe]
-[--expert-batch 8 --monolith-batch 24] [--set data.themed_scenes=true expert.num_layers=2]``.
+[--set expert.monolith_scaling=steps expert.steps=720 expert.batch_size=16 data.themed_scenes=true]``.
 """
 
 from __future__ import annotations
@@ -108,8 +107,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides, e.g. expert.num_layers=2"
     )
-    parser.add_argument("--expert-batch", type=int, help="each expert's batch (default expert.batch_size)")
-    parser.add_argument("--monolith-batch", type=int, help="the monolith's batch (default expert.batch_size)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script end to end")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -151,12 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     shape = (sample.latents.shape[1], sample.tokens.shape[2], tuple(sample.latents.shape[2:]))
     budget_samples = args.budget_factor * cfg.expert.steps * bench_batch  # per expert at the largest budget
     rows: list[dict] = []
-    runs = [
-        (f"expert-{c:02d}", args.expert_batch or bench_batch, budget_samples, train_ids[c], {c: held_out[c]})
-        for c in range(k)
-    ]
+    runs = [(f"expert-{c:02d}", bench_batch, budget_samples, train_ids[c], {c: held_out[c]}) for c in range(k)]
     all_ids = sorted(i for c in range(k) for i in train_ids[c])
-    runs.append(("monolith", args.monolith_batch or bench_batch, k * budget_samples, all_ids, held_out))
+    mono_batch = k * bench_batch if cfg.expert.monolith_scaling == "batch" else bench_batch
+    runs.append(("monolith", mono_batch, k * budget_samples, all_ids, held_out))
     for name, batch, samples, ids, scored in runs:
         steps = samples / batch
         if steps != int(steps) or int(steps) % args.evals:
@@ -197,8 +192,6 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"command: `python benchmarks/ddm_compute_probe.py --budget-factor {args.budget_factor} --evals {args.evals}"
         + (f" --set {' '.join(args.set)}" if args.set else "")
-        + (f" --expert-batch {args.expert_batch}" if args.expert_batch else "")
-        + (f" --monolith-batch {args.monolith_batch}" if args.monolith_batch else "")
         + "`; "
         f"config `{args.config}`; wall time {(time.perf_counter() - started) / 60:.1f} min; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
