@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             expert=replace(cfg.expert, steps=12, num_layers=1, warmup_steps=2),
         )
     out = Path(args.out)
-    work = Path(cfg.output_dir) / "probe"
+    work = Path(cfg.output_dir) / ("probe-smoke" if args.smoke else "probe")  # a smoke run never wipes a real one
     shutil.rmtree(work, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -210,8 +210,8 @@ def protocol_lines(cfg: RunConfig, sweep: list[int]) -> list[str]:
     k, s = cfg.cluster.num_clusters, cfg.sample
     strategies = [s.strategy] + [x for x in s.compare_strategies if x != s.strategy]
     return [
-        f"- data: built-in procedural dataset, {cfg.data.num_clips} clips of {cfg.data.frames}x{cfg.data.height}x"
-        f"{cfg.data.width}, seed {cfg.seed}",
+        f"- data: built-in procedural dataset ({'themed' if cfg.data.themed_scenes else 'shared'} scenes), "
+        f"{cfg.data.num_clips} clips of {cfg.data.frames}x{cfg.data.height}x{cfg.data.width}, seed {cfg.seed}",
         f"- compute: budget {k} x {cfg.expert.steps} steps x batch {cfg.expert.batch_size} = {budget_samples(cfg)} "
         f"training samples per DDM (each of K experts gets budget / K); the monolith gets the whole budget on all "
         f"clips as {'K x the steps' if cfg.expert.monolith_scaling == 'steps' else 'K x the batch'} "
