@@ -382,8 +382,8 @@ def run_variant(ctx: Shared, v: Variant, mono: ExpertSpec, timer: StageTimer) ->
     text = ctx.info["text_encoder"]
     table = compute_table(specs, mono, c, (t, h, w), text["max_tokens"], text["dim"])
     say(
-        f"compute matching, {v.name} (same network and batch; FLOPs per step from lib.train.compute):\n"
-        + table.to_string(index=False, float_format=lambda x: f"{x:.3e}")
+        f"compute matching, {v.name} (same network; monolith_scaling {cfg.expert.monolith_scaling}; FLOPs per "
+        "step from lib.train.compute):\n" + table.to_string(index=False, float_format=lambda x: f"{x:.3e}")
     )
 
     rows = []
