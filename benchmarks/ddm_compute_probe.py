@@ -48,6 +48,7 @@ from lib.models.factory import build_expert, count_parameters, expert_forward  #
 from lib.seeding import derive_seed, numpy_rng, torch_generator  # noqa: E402
 from lib.train import checkpoint as ckpt  # noqa: E402
 from lib.train.compute import flops_per_step  # noqa: E402
+from lib.train.specs import monolith_config  # noqa: E402
 from lib.train.trainer import ProgressCallback, TrainData, flow_matching_batch, train  # noqa: E402
 
 T_GRID = torch.sigmoid(torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.1, 0.9, 9)))  # logit-normal deciles
@@ -142,21 +143,18 @@ def main(argv: list[str] | None = None) -> None:
         c: torch.randn((len(T_GRID), *held_out[c].latents.shape), generator=torch_generator(cfg.seed, "probe", c))
         for c in range(k)
     }
-    bench_batch = cfg.expert.batch_size
     base: ExpertConfig = replace(cfg.expert, lr_schedule="constant")
     sample = held_out[0]
     shape = (sample.latents.shape[1], sample.tokens.shape[2], tuple(sample.latents.shape[2:]))
-    budget_samples = args.budget_factor * cfg.expert.steps * bench_batch  # per expert at the largest budget
     rows: list[dict] = []
-    runs = [(f"expert-{c:02d}", bench_batch, budget_samples, train_ids[c], {c: held_out[c]}) for c in range(k)]
     all_ids = sorted(i for c in range(k) for i in train_ids[c])
-    mono_batch = k * bench_batch if cfg.expert.monolith_scaling == "batch" else bench_batch
-    runs.append(("monolith", mono_batch, k * budget_samples, all_ids, held_out))
-    for name, batch, samples, ids, scored in runs:
-        steps = samples / batch
+    runs = [(f"expert-{c:02d}", base, train_ids[c], {c: held_out[c]}) for c in range(k)]  # configs at budget 1
+    runs.append(("monolith", monolith_config(base, k), all_ids, held_out))
+    for name, unit, ids, scored in runs:
+        steps = args.budget_factor * unit.steps
         if steps != int(steps) or int(steps) % args.evals:
-            raise ValueError(f"{name}: {samples:g} samples at batch {batch} is not a multiple of {args.evals} steps")
-        ecfg = replace(base, batch_size=batch, steps=int(steps), checkpoint_every=int(steps) // args.evals)
+            raise ValueError(f"{name}: {args.budget_factor:g} x {unit.steps} steps is not a multiple of {args.evals}")
+        ecfg = replace(unit, steps=int(steps), checkpoint_every=int(steps) // args.evals)
         per_step = flops_per_step(ecfg, shape[0], shape[2], sample.tokens.shape[1], shape[1])
         data = load_encoded(work / "encoded", ids)
         callback = ScoreCheckpoints(name, ecfg, shape, scored, noise, rows, per_step, args.budget_factor / steps)
@@ -167,8 +165,8 @@ def main(argv: list[str] | None = None) -> None:
 
     table = pd.DataFrame(rows)
     steps_line = ", ".join(
-        f"{who} batch {batch} x {int(samples / batch / args.budget_factor)} steps"
-        for who, (_, batch, samples, *_) in zip(("each expert", "monolith"), runs[-2:], strict=True)
+        f"{who} batch {unit.batch_size} x {unit.steps} steps"
+        for who, (_, unit, *_) in zip(("each expert", "monolith"), runs[-2:], strict=True)
     )
     experts = table[table["model"] != "monolith"].rename(columns={"loss": "expert_loss"})
     mono = table[table["model"] == "monolith"].rename(columns={"loss": "monolith_loss"})
@@ -197,8 +195,8 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         "",
         f"clusters (train clips, held-out clips): {sizes}; budget 1.0 = the benchmark's training samples "
-        f"({k} x {cfg.expert.steps} steps x batch {bench_batch}); {steps_line}; constant lr after warm-up; EMA "
-        "weights; expert "
+        f"({k} x {cfg.expert.steps} steps x batch {cfg.expert.batch_size}); {steps_line}; constant lr after "
+        "warm-up; EMA weights; expert "
         f"{cfg.expert.num_layers} layers x {cfg.expert.num_heads} heads x {cfg.expert.head_dim}, ffn "
         f"{cfg.expert.ffn_dim} ({count_parameters(build_expert(cfg.expert, *shape)) / 1e6:.2f}M params).",
         "",

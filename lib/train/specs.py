@@ -70,11 +70,16 @@ def expert_specs(cfg: RunConfig, assignments: pd.DataFrame) -> list[ExpertSpec]:
     return specs
 
 
+def monolith_config(expert: ExpertConfig, k: int) -> ExpertConfig:
+    """The monolith's training config: K x one expert's samples, spent as ``expert.monolith_scaling`` says."""
+    if expert.monolith_scaling == "batch":
+        return replace(expert, batch_size=k * expert.batch_size)
+    return replace(expert, steps=k * expert.steps)
+
+
 def monolith_spec(cfg: RunConfig, assignments: pd.DataFrame) -> ExpertSpec:
     ids = sorted(assignments["clip_id"].astype(str))
-    k, e = cfg.cluster.num_clusters, cfg.expert
-    expert = replace(e, batch_size=k * e.batch_size) if e.monolith_scaling == "batch" else replace(e, steps=k * e.steps)
-    return _spec(cfg, "monolith", MONOLITH, expert, ids)
+    return _spec(cfg, "monolith", MONOLITH, monolith_config(cfg.expert, cfg.cluster.num_clusters), ids)
 
 
 def compute_table(
