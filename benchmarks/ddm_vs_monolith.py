@@ -1,43 +1,29 @@
-"""Headline benchmark: a K-expert decentralized diffusion model against a monolith at matched training compute.
+"""Headline benchmark under a protocol fixed in advance (``benchmarks/protocol.md``): a K-expert DDM against a
+monolith at matched training compute, scored on held-out prompts with N-independent distances and intervals.
 
-What it measures (issue 9): on the built-in dataset, K = 3 experts trained in isolation on semantic clusters
-(+ a router) against one monolith trained on all the data with K x one expert's training samples (same network;
-``expert.monolith_scaling`` spends them as K x the steps or K x the batch; ``compute_table`` prints the
-accounting). Ablations on the same trained models:
-routing top-1, top-k, the full ensemble, the oracle cluster and every expert alone. A control DDM whose experts
-train on random shards (the semantic cluster sizes, clips shuffled) tells whether the gain comes from the
-semantic split or from ensembling. ``--sweep-k`` adds semantic K = 2 and 4 at the same total budget.
+What runs (each step is the pipeline's own ``lib`` call, in the pipeline's order, so it measures the product):
+ingest (every clip gets a role: train / validation / reference / prompt) -> encode -> embed -> cluster (fitted on
+train clips) -> for every training seed: experts + router + monolith (train clips only) -> evaluation network
+(AttrNet with an "absent" answer, train clips + negatives; held-out accuracy on validation clips) -> sampling of
+every headline method on the same held-out prompts with paired noise -> features -> FD∞, KID, fixed-N FD with
+paired bootstrap intervals over prompts, ratios monolith / method, attribute accuracy and object-found rate ->
+aggregation over training seeds and the protocol's decision rule.
 
-It chains the pipeline's own ``lib`` calls in the pipeline's order (ingest -> encode -> embed -> cluster ->
-experts / monolith / router -> assemble -> sample -> evaluate), so it measures the product, not a copy of it.
+Protocol guard: the sha256 of ``benchmarks/protocol.md`` is written to ``<out>/protocol_sha256.txt`` before the
+first training step; a run whose protocol file differs from the recorded one, or changes while it runs, refuses
+to write results (a new protocol version gets a new ``--out``).
 
-Evaluation protocol, fixed by the config before any model trains (printed first, and written to protocol.md):
-every method is sampled on the same cluster-stratified prompt set (stratified by the semantic K clusters) with
-the same paired seeds, ``eval.draws`` draws each; Fréchet distance ``fd_attrnet`` (or ``fvd_i3d`` with an I3D
-file) against ``eval.num_real`` real clips disjoint from the prompt clips, prompt-attribute accuracy and motion,
-as ``lib.evaluate.compare.compare_methods`` computes them; mean ± sd over draws. The FD ratio monolith/method
-carries an sd propagated from both sds (first order, draws treated as independent). The random-shard and
-sweep DDMs get their own router and their own oracle labels of the prompt clips; their scores use the same
-prompts, reference set and per-cluster grouping (semantic K clusters) as everything else.
-
-Compute matching across K: the budget is ``cluster.num_clusters x expert.steps x expert.batch_size`` training
-samples; a DDM with K experts gives each ``budget / K`` of them (as fewer steps under ``monolith_scaling: steps``,
-as a smaller batch under ``batch``), so every DDM shares the one monolith (trained once, then reused: the
-trainer skips a finished model with the same spec hash, which also makes reruns of this script cheap).
-
-Uncertainty: sd is over sampling draws of one trained set of models (one training seed, ``seed`` of the config);
-training-seed variance is not measured at this size.
+Reuse: models are skipped by spec hash and sampled videos are cached per model set, so ``--phase train`` can train
+(e.g. several training seeds in parallel processes) and a later full run picks the models up.
 
 Usage::
 
-    python benchmarks/ddm_vs_monolith.py --config configs/bench.yaml --out benchmarks/results
-    python benchmarks/ddm_vs_monolith.py --smoke --threads 1   # tiny sizes, end to end in about a minute
-    python benchmarks/ddm_vs_monolith.py --sweep-k             # also K = 2, 4 (semantic, matched compute)
+    python benchmarks/ddm_vs_monolith.py --config configs/bench.yaml --out benchmarks/results/v3
+    python benchmarks/ddm_vs_monolith.py --phase train --training-seeds 1 2 --threads 1   # train only
+    python benchmarks/ddm_vs_monolith.py --smoke --threads 1   # tiny sizes, end to end in a few minutes
 
-``--threads 1`` on a busy 2-core machine: torch's 2 threads slow down ~10x when another process holds a core.
-
-Outputs under ``--out``: protocol.md, summary.md (machine, command, stage timings, every table), headline.md/.csv,
-eval_report.csv (every EvalReport row with its variant), fd_ratios.png, samples.png.
+Outputs under ``--out``: protocol_sha256.txt, headline.json (machine-readable), summary.md (every table),
+eval_rows.csv (every metric of every method and seed), samples.png, distances.png.
 """
 
 from __future__ import annotations
@@ -46,6 +32,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -63,41 +50,57 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from safetensors.numpy import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository root
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from the repository root
+
 
 from data_schemas.cluster import ClusterAssignment  # noqa: E402
 from lib.cluster.embedders import compute_embeddings  # noqa: E402
-from lib.cluster.kmeans import cluster_embeddings  # noqa: E402
+from lib.cluster.kmeans import cluster_fit_on  # noqa: E402
 from lib.cluster.report import assignment_frame, cluster_report  # noqa: E402
 from lib.config import RunConfig, load_config, replace_in, with_overrides  # noqa: E402
 from lib.data.ingest import ingest  # noqa: E402
 from lib.data.shards import load_clips  # noqa: E402
+from lib.data.split import TRAIN, VALIDATION, rows_with_role  # noqa: E402
 from lib.encode.store import encode_dataset, load_encoded, read_codec_info  # noqa: E402
-from lib.evaluate.compare import compare_methods  # noqa: E402
-from lib.evaluate.featnet import AttrNet, chance_accuracy, fit_attrnet  # noqa: E402
-from lib.sample.methods import sample_methods  # noqa: E402
+from lib.evaluate.compare import compare_methods, reference_clip_ids  # noqa: E402
+from lib.evaluate.distances import Interval, score_sets  # noqa: E402
+from lib.evaluate.featnet import AttrNet, AttrNetFeatures, featnet_note, fit_attrnet  # noqa: E402
+from lib.evaluate.report import BASELINE, _features  # noqa: E402
+from lib.io import atomic_write  # noqa: E402
+from lib.sample.methods import sampling_seed  # noqa: E402
 from lib.sample.pipeline import DDMPipeline, assemble_ddm  # noqa: E402
 from lib.sample.prompts import stratified_prompts  # noqa: E402
-from lib.seeding import numpy_rng  # noqa: E402
+from lib.seeding import derive_seed, numpy_rng  # noqa: E402
 from lib.train.router import train_router  # noqa: E402
-from lib.train.specs import ExpertSpec, clip_ids_for, compute_table, expert_specs, monolith_spec  # noqa: E402
+from lib.train.specs import (  # noqa: E402
+    ExpertSpec,
+    clip_ids_for,
+    compute_table,
+    expert_specs,
+    monolith_spec,
+    training_rows,
+)
 from lib.train.trainer import TrainData, TrainResult, train  # noqa: E402
 
-SHARED = "shared"  # variant of the rows every DDM shares (monolith, real)
-ROUTED = ("top1", "topk", "full")  # strategies a deployed DDM can use (oracle needs the true cluster)
-GRID_PROMPTS, GRID_FRAMES, GRID_SCALE = 4, 4, 3
+PROTOCOL = REPO / "benchmarks" / "protocol.md"
+SEMANTIC, RANDOM = "semantic", "random"
+ATTRS = ("color", "shape", "background", "motion")  # the headline attributes (their mean: attr_acc)
+DISTANCES = ("fd_inf", "kid", "fd")
+GRID_PROMPTS, GRID_FRAMES, GRID_SCALE = 6, 4, 3
 BUSY_LOAD = 1.5  # 1-minute load average above which torch's multi-threading on a 2-core machine collapses
 
-# --smoke: every stage runs on tiny sizes (same network, same code paths) to check the script end to end.
+# --smoke: every stage on tiny sizes (same network, same code paths) to check the script end to end.
 SMOKE = {
     "output_dir": "outputs/bench-smoke",
-    "data": {"num_clips": 240},
+    "data": {"num_clips": 400},
     "cluster": {"fine_clusters": 8, "silhouette_sample": 200},
     "expert": {"steps": 4, "warmup_steps": 1, "checkpoint_every": 100, "log_every": 2},
     "router": {"steps": 5},
-    "sample": {"num_steps": 2, "prompts_per_cluster": 3},
-    "eval": {"num_real": 48, "draws": 2, "featnet_steps": 30},
+    "sample": {"num_steps": 2, "num_prompts": 64},
+    "eval": {"num_real": 64, "featnet_steps": 30, "bootstrap": 20},
 }
 
 
@@ -126,9 +129,39 @@ class StageTimer:
         return time.perf_counter() - self.start
 
 
+# ------------------------------------------------------------------------------------------ protocol guard
+
+
+def protocol_sha() -> str:
+    return hashlib.sha256(PROTOCOL.read_bytes()).hexdigest()
+
+
+def record_protocol(out: Path) -> str:
+    """Write the protocol's sha256 before any training; refuse a results folder made under another version."""
+    sha = protocol_sha()
+    path = out / "protocol_sha256.txt"
+    if path.exists() and path.read_text().strip() != sha:
+        raise SystemExit(
+            f"{PROTOCOL} changed since {path} was written ({path.read_text().strip()[:12]} -> {sha[:12]}): a "
+            "changed protocol is a new version; write its results to a new --out folder"
+        )
+    atomic_write(path, lambda tmp: Path(tmp).write_text(sha + "\n"))
+    return sha
+
+
+def check_protocol(sha: str) -> None:
+    """Called before results are written: the protocol must be the one recorded before training."""
+    now = protocol_sha()
+    if now != sha:
+        raise SystemExit(f"{PROTOCOL} changed during the run ({sha[:12]} -> {now[:12]}): results not written")
+
+
+# ------------------------------------------------------------------------------------------ shared stages
+
+
 @dataclass
 class Shared:
-    """Everything computed once and used by every variant."""
+    """Everything computed once and used by every variant and training seed."""
 
     cfg: RunConfig
     work: Path
@@ -139,48 +172,524 @@ class Shared:
     encoded: Path
     info: dict
     embeddings: np.ndarray
-    featnet: AttrNet | None
-    featnet_note: str
     data_key: str  # hash of the data + encode config: models trained on other data are never reused
     semantic: pd.DataFrame = field(default_factory=pd.DataFrame)
-    prompts: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass
 class Variant:
-    """One DDM under test: its clustering and the config with its K and per-expert training budget."""
+    """One DDM under test: its clustering (semantic, or random shards of the same sizes)."""
 
     name: str
-    cfg: RunConfig
     assignments: pd.DataFrame
-    centroids: np.ndarray | None
-    notes: list[str] = field(default_factory=list)
+    centroids: np.ndarray
+    note: str
 
 
 @dataclass
-class VariantResult:
-    name: str
-    k: int
-    report: pd.DataFrame
-    videos: dict[str, list[np.ndarray]]
+class Models:
+    """The trained models of one (variant, training seed)."""
+
+    variant: str
+    seed: int
+    ddm_dir: Path
+    monolith_dir: Path | None
+    train_rows: list[dict]
     compute: pd.DataFrame
     router: pd.DataFrame
-    train_rows: list[dict]
-    notes: list[str]
+    key: str  # identity of the model set (spec hashes + router key): sampled videos are cached under it
 
 
-# ----------------------------------------------------------------------------------------------------- setup
+def prepare(cfg: RunConfig, work: Path, device: str, timer: StageTimer) -> Shared:
+    """Ingest (with roles), encode, embed: once for all variants and seeds."""
+    with timer("ingest"):
+        shards = work / "shards"
+        shutil.rmtree(shards, ignore_errors=True)
+        result = ingest(cfg.data, cfg.seed, shards)
+        say(f"ingest: {result.summary()}")
+    with timer("encode"):
+        encoded = work / "encoded"
+        shutil.rmtree(encoded, ignore_errors=True)
+        encode_dataset(shards, result.index, cfg.encode, encoded, device=device)
+        info = read_codec_info(encoded)
+    with timer("embed"):
+        clip_ids = result.index["clip_id"].tolist()
+        pooled = load_encoded(encoded, clip_ids).pooled.numpy() if "text" in cfg.cluster.embedders else None
+        x = compute_embeddings(cfg.cluster, shards, result.index, pooled_text=pooled, device=device)
+    key = json.dumps([cfg.seed, dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.encode)], sort_keys=True)
+    data_key = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Shared(cfg, work, device, shards, result.index, result.attributes, encoded, info, x, data_key)
+
+
+def semantic_variant(ctx: Shared, timer: StageTimer) -> Variant:
+    """The pipeline's clustering, fitted on the train clips; held-out clips assigned to it."""
+    cfg = ctx.cfg
+    roles = ctx.index["role"].to_numpy()
+    with timer("cluster"):
+        result = cluster_fit_on(ctx.embeddings, roles == TRAIN, cfg.cluster, cfg.seed)
+        attrs = ctx.attributes.set_index("clip_id").loc[ctx.index["clip_id"]].reset_index()
+        report = cluster_report(
+            ctx.embeddings, result, ctx.index["caption"].tolist(), attrs, cfg.seed, cfg.cluster.silhouette_sample,
+            ctx.work / "clusters.png",
+        )  # fmt: skip
+    frame = assignment_frame(ctx.index["clip_id"].tolist(), result, roles)
+    train_sizes = np.bincount(training_rows(frame)["cluster_id"], minlength=cfg.cluster.num_clusters).tolist()
+    ami = ", ".join(f"{a} {v:.2f}" for a, v in report.ami.items())
+    note = (
+        f"semantic clusters K={cfg.cluster.num_clusters} (fitted on train clips): train sizes {train_sizes}, all "
+        f"clips {report.sizes}, silhouette {report.silhouette:.3f}, AMI with attributes: {ami}"
+    )
+    say(note)
+    return Variant(SEMANTIC, frame, result.centroids, note)
+
+
+def random_variant(semantic: Variant, seed: int, k: int) -> Variant:
+    """The control: the semantic train-cluster sizes with the train clips shuffled among clusters."""
+    frame = semantic.assignments.copy()
+    train_mask = (frame["role"] == TRAIN).to_numpy()
+    labels = frame.loc[train_mask, "cluster_id"].to_numpy()
+    shuffled = labels[numpy_rng(seed, "bench-random-clusters").permutation(len(labels))]
+    frame.loc[train_mask, "cluster_id"] = shuffled
+    # distance and fine_cluster mean nothing for random shards; the schema wants values: 0 and the shard
+    frame.loc[train_mask, "distance"] = 0.0
+    frame.loc[train_mask, "fine_cluster"] = shuffled
+    note = f"random shards K={k}: train sizes {np.bincount(shuffled, minlength=k).tolist()} (semantic sizes, shuffled)"
+    say(note)
+    return Variant(RANDOM, ClusterAssignment.validate(frame), semantic.centroids, note)
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def train_spec(ctx: Shared, spec: ExpertSpec, assignments: pd.DataFrame) -> TrainResult:
+    """The pipeline's train step for one spec; a finished model with the same spec hash is reused as is."""
+    data = load_encoded(ctx.encoded, clip_ids_for(spec, assignments))
+    out = ctx.work / "train" / ctx.data_key / f"{spec.name}-{spec.spec_hash()}"
+    result = train(
+        TrainData(data.clip_ids, data.latents, data.tokens, data.mask),
+        spec.expert,
+        out,
+        spec.seed,
+        spec.name,
+        spec_hash=spec.spec_hash(),
+    )
+    state = "reused" if result.skipped else f"trained {result.steps} steps"
+    loss = result.log["loss"].tail(20).mean() if len(result.log) else float("nan")
+    say(f"{spec.name} (seed {spec.seed}): {state} on {spec.num_clips} clips, final loss {loss:.4f}")
+    return result
+
+
+def train_row(variant: str, seed: int, spec: ExpertSpec, result: TrainResult) -> dict:
+    log_table = result.log
+    return {
+        "variant": variant,
+        "training_seed": seed,
+        "model": spec.name,
+        "clips": spec.num_clips,
+        "steps": spec.expert.steps,
+        "batch": spec.expert.batch_size,
+        "final_loss": float(log_table["loss"].tail(20).mean()) if len(log_table) else float("nan"),
+        "s_per_step": float(log_table["seconds"].median()) if len(log_table) else float("nan"),
+        "reused": result.skipped,
+    }
+
+
+def router_for(ctx: Shared, v: Variant, seed: int) -> tuple[Path, pd.DataFrame, str]:
+    """Train (or reuse) the router of a variant and seed on its train clips; returns folder, report, key."""
+    cfg = ctx.cfg
+    rows = training_rows(v.assignments)
+    key_src = [
+        ctx.data_key,
+        seed,
+        dataclasses.asdict(cfg.router),
+        rows["clip_id"].tolist(),
+        rows["cluster_id"].tolist(),
+    ]
+    key = hashlib.sha256(json.dumps(key_src).encode()).hexdigest()[:16]
+    out = ctx.work / "router" / f"{v.name}-s{seed}-{key}"
+    report_path = out / "report.csv"
+    if report_path.is_file():
+        return out / "router", pd.read_csv(report_path), key
+    data = load_encoded(ctx.encoded, rows["clip_id"].tolist())
+    labels = torch.tensor(rows["cluster_id"].to_numpy(), dtype=torch.int64)
+    k = cfg.cluster.num_clusters
+    result = train_router(data.latents, data.pooled, labels, cfg.router, k, seed, out, device=ctx.device)
+    atomic_write(report_path, lambda tmp: result.report.to_csv(tmp, index=False))
+    return result.model_dir, result.report, key
+
+
+def train_models(ctx: Shared, v: Variant, seed: int, with_monolith: bool, timer: StageTimer) -> Models:
+    """Experts of ``v`` and the router under training seed ``seed`` (and the monolith when asked)."""
+    cfg = replace_in(ctx.cfg, seed=seed)  # the training seed only: data, split and clusters stay the data seed's
+    specs = expert_specs(cfg, v.assignments)
+    mono = monolith_spec(cfg, ctx.semantic)
+    c, t, h, w = ctx.info["latent_shape"]
+    text = ctx.info["text_encoder"]
+    table = compute_table(specs, mono, c, (t, h, w), text["max_tokens"], text["dim"])
+    rows, experts = [], {}
+    with timer(f"train {v.name} experts s{seed}"):
+        for spec in specs:
+            result = train_spec(ctx, spec, v.assignments)
+            experts[spec.cluster_id] = result.model_dir
+            rows.append(train_row(v.name, seed, spec, result))
+    mono_dir = None
+    if with_monolith:
+        with timer(f"train monolith s{seed}"):
+            mono_result = train_spec(ctx, mono, ctx.semantic)
+            rows.append(train_row("shared", seed, mono, mono_result))
+            mono_dir = mono_result.model_dir
+    with timer(f"router {v.name} s{seed}"):
+        router_dir, report, router_key = router_for(ctx, v, seed)
+    say(
+        f"router {v.name} s{seed} accuracy per t bucket: "
+        + ", ".join(f"[{r.t_low:.1f},{r.t_high:.1f}) {r.accuracy:.2f}" for r in report.itertuples())
+    )
+    ddm_dir = assemble_ddm(
+        ctx.work / "ddm" / f"{v.name}-s{seed}", experts, router_dir, ctx.info, v.centroids, cfg.encode
+    )
+    key_src = [s.spec_hash() for s in specs] + [router_key] + ([mono.spec_hash()] if with_monolith else [])
+    key = hashlib.sha256(json.dumps(key_src).encode()).hexdigest()[:16]
+    return Models(v.name, seed, ddm_dir, mono_dir, rows, table, report, key)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def featnet_for(ctx: Shared, timer: StageTimer) -> tuple[AttrNet, dict]:
+    """AttrNet on train clips + negatives, checked on validation clips; cached in the work folder."""
+    cfg = ctx.cfg
+    key = hashlib.sha256(json.dumps([ctx.data_key, cfg.eval.featnet_steps, cfg.seed]).encode()).hexdigest()[:12]
+    folder = ctx.work / f"featnet-{key}"
+    checks_path = folder / "checks.json"
+    if checks_path.is_file():
+        return AttrNet.from_pretrained(folder / "attrnet"), json.loads(checks_path.read_text())
+    with timer("evaluation network (train clips + negatives)"):
+        by_role = {
+            role: ctx.attributes[ctx.attributes["clip_id"].isin(rows_with_role(ctx.index, role)["clip_id"])]
+            for role in (TRAIN, VALIDATION)
+        }
+        videos = {role: load_clips(ctx.shards, ctx.index, rows["clip_id"].tolist()) for role, rows in by_role.items()}
+        model, checks = fit_attrnet(
+            videos[TRAIN], by_role[TRAIN], videos[VALIDATION], by_role[VALIDATION], cfg.eval.featnet_steps, cfg.seed
+        )
+    model.save_pretrained(folder / "attrnet")
+    atomic_write(checks_path, lambda tmp: Path(tmp).write_text(json.dumps(checks, indent=1)))
+    return model, checks
+
+
+def sample_cached(ctx: Shared, pipe: DDMPipeline, strategy: str, prompts: pd.DataFrame, key: str) -> np.ndarray:
+    """One video per prompt; cached under the model set, the prompts and the sampler settings."""
+    s = ctx.cfg.sample
+    src = [key, strategy, dataclasses.asdict(s), prompts.to_dict("list"), ctx.cfg.seed]
+    path = ctx.work / "samples" / f"{hashlib.sha256(json.dumps(src).encode()).hexdigest()[:20]}.safetensors"
+    if path.is_file():
+        return load_file(str(path))["videos"]
+    videos = pipe(
+        prompts["caption"].tolist(), num_steps=s.num_steps, guidance_scale=s.guidance_scale, strategy=strategy,
+        top_k=s.top_k, seed=sampling_seed(ctx.cfg.seed), oracle_clusters=prompts["cluster_id"].tolist(),
+        batch_size=s.batch_size, prompt_keys=prompts["prompt_id"].tolist(), eps_x0_clamp=s.eps_x0_clamp,
+        eps_alpha_floor=s.eps_alpha_floor,
+    )  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: save_file({"videos": np.ascontiguousarray(videos)}, str(tmp)))
+    return videos
+
+
+def sample_seed(ctx: Shared, models: list[Models], seed: int, prompts: pd.DataFrame, timer: StageTimer) -> dict:
+    """The methods of one training seed (protocol: monolith + ddm:topk always; ddm:top1 and the control at seed 0)."""
+    sem = next(m for m in models if m.variant == SEMANTIC and m.seed == seed)
+    ctrl = next((m for m in models if m.variant == RANDOM and m.seed == seed), None)
+    pipe = DDMPipeline.from_pretrained(sem.ddm_dir, device=ctx.device)
+    mono = DDMPipeline.from_single(sem.monolith_dir, ctx.info, device=ctx.device)
+    plan = [("monolith", mono, "expert:0", sem.key), (f"ddm:{ctx.cfg.sample.strategy}", pipe, ctx.cfg.sample.strategy,
+                                                       sem.key)]  # fmt: skip
+    if seed == ctx.cfg.seed:
+        plan += [(f"ddm:{s}", pipe, s, sem.key) for s in ctx.cfg.sample.compare_strategies]
+    if ctrl is not None:
+        strategy = ctx.cfg.sample.strategy
+        plan.append((f"ddm:random_{strategy}", DDMPipeline.from_pretrained(ctrl.ddm_dir, device=ctx.device), strategy,
+                     ctrl.key))  # fmt: skip
+    videos = {}
+    for name, p, strategy, key in plan:
+        with timer(f"sample {name} s{seed}"):
+            t0 = time.perf_counter()
+            videos[name] = sample_cached(ctx, p, strategy, prompts, key + ("-mono" if name == "monolith" else ""))
+            say(f"sample {name} s{seed}: {len(prompts)} videos in {time.perf_counter() - t0:.1f} s")
+    return videos
+
+
+def evaluate_all(
+    ctx: Shared,
+    semantic: Variant,
+    models: list[Models],
+    out: Path,
+    sha: str,
+    command: str,
+    machine: dict,
+    timer: StageTimer,
+) -> None:
+    """Evaluation network, prompts, sampling, scores per training seed, aggregation, and every results file."""
+    cfg = ctx.cfg
+    featnet, checks = featnet_for(ctx, timer)
+    say(featnet_note(checks))
+    prompts = stratified_prompts(semantic.assignments, ctx.index, cfg.sample.num_prompts, cfg.seed)
+    reference = reference_clip_ids(ctx.index, cfg.eval.num_real, cfg.seed)
+    assert_disjoint(ctx.index, prompts, reference, semantic.assignments)
+    say(f"prompts: {len(prompts)} per cluster {prompts['cluster_id'].value_counts().sort_index().tolist()}; "
+        f"reference clips: {len(reference)}")  # fmt: skip
+    seeds = sorted({m.seed for m in models})
+    reports, samples, reps = [], {}, {}
+    real = load_clips(ctx.shards, ctx.index, prompts["clip_id"].tolist())
+    for seed in seeds:
+        videos = sample_seed(ctx, models, seed, prompts, timer)
+        samples[seed] = videos
+        with timer(f"evaluate s{seed}"):
+            report = compare_methods(
+                str(ctx.shards), ctx.index, ctx.attributes, semantic.assignments, videos, prompts, cfg.eval, featnet,
+                cfg.seed,
+            )  # fmt: skip
+        reports.append(report.assign(training_seed=seed))
+        with timer(f"replicates s{seed}"):
+            reps[seed] = distance_replicates(featnet, ctx, reference, {**videos, "real": real}, cfg)
+        partial = pd.concat(reports, ignore_index=True)
+        check_protocol(sha)
+        partial.to_csv(out / "eval_rows.csv", index=False)  # partial results after every seed
+        say(f"scores of training seed {seed} written to {out / 'eval_rows.csv'}")
+    rows = pd.concat(reports, ignore_index=True)
+    fd_names = metric_names(cfg)
+    summary = headline_summary(rows, reps, fd_names, cfg)
+    total = timer.total()
+    result = {
+        "protocol": str(PROTOCOL.relative_to(REPO)),
+        "protocol_sha256": sha,
+        "n_generated": {
+            m: int(n)
+            for m, n in rows[rows["metric"] == fd_names["fd"]].groupby("method")["n_generated"].first().items()
+            if m != "real"
+        },  # fmt: skip
+        "n_reference": len(reference),
+        "training_seeds": seeds,
+        "metric_names": fd_names,
+        "methods": summary["methods"],
+        "ratio_fd_inf": summary["ratio_fd_inf"],
+        "ratio_kid": summary["ratio_kid"],
+        "ratio_details": summary["ratio_details"],
+        "decision": summary["decision"],
+        "decision_text": summary["text"],
+        "featnet": checks,
+        "wall_minutes": round(total / 60, 1),
+        "command": command,
+        "machine": machine,
+    }
+    check_protocol(sha)
+    atomic_write(out / "headline.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1) + "\n"))
+    plot_samples(ctx, samples[seeds[0]], prompts, out / "samples.png")
+    write_summary(out, rows, result, models, timer, fd_names)
+    say("=" * 100 + "\n" + summary["text"] + f"\ntotal {total / 60:.1f} min; results in {out}\n" + "=" * 100)
+
+
+def assert_disjoint(
+    index: pd.DataFrame, prompts: pd.DataFrame, reference: list[str], assignments: pd.DataFrame
+) -> None:
+    """The four roles are disjoint by clip id, and no model or the feature net trained on a held-out clip."""
+    train_ids = set(training_rows(assignments)["clip_id"])
+    val_ids = set(rows_with_role(index, VALIDATION)["clip_id"])
+    sets = {"train": train_ids, "validation": val_ids, "reference": set(reference), "prompt": set(prompts["clip_id"])}
+    for a, b in itertools.combinations(sets, 2):
+        shared = sets[a] & sets[b]
+        if shared:
+            raise SystemExit(f"split broken: {len(shared)} clip(s) are both {a} and {b}, e.g. {sorted(shared)[:3]}")
+
+
+def metric_names(cfg: RunConfig) -> dict[str, str]:
+    """The report's metric names for this config (they carry the feature network)."""
+    base = "fvd_i3d" if cfg.eval.i3d_path else "fd_attrnet"
+    net = base.split("_", 1)[1]
+    return {"fd": base, "fd_inf": base.replace("_", "_inf_", 1), "kid": ("kvd_" if cfg.eval.i3d_path else "kid_") + net}
+
+
+def distance_replicates(featnet: AttrNet, ctx: Shared, reference: list[str], videos: dict, cfg: RunConfig) -> tuple:
+    """``score_sets`` on the all-prompt features exactly as ``compare_methods`` calls it, kept with its replicates.
+
+    Same features, seed and pairs (bootstrap indices depend only on the seed and N), so the numbers equal the
+    report's; the recentred replicates are what the protocol pools over training seeds.
+    """
+    module = AttrNetFeatures(featnet)
+    ref = _features(module, load_clips(ctx.shards, ctx.index, reference))
+    gen = {m: _features(module, v) for m, v in videos.items()}
+    pairs = [(BASELINE, m) for m in gen if m != BASELINE]
+    return score_sets(ref, gen, ratio_pairs=pairs, bootstrap=cfg.eval.bootstrap, seed=derive_seed(cfg.seed, "eval", -1))
+
+
+def _pool(intervals: list[Interval]) -> list[float]:
+    """[mean of the per-seed estimates, 2.5 and 97.5 percentiles of all seeds' recentred replicates together]."""
+    reps = np.concatenate([iv.replicates for iv in intervals])
+    if not np.isfinite(reps).all():
+        return [_r(np.mean([iv.mean for iv in intervals])), float("nan"), float("nan")]
+    low, high = np.percentile(reps, [2.5, 97.5])
+    return [_r(np.mean([iv.mean for iv in intervals])), _r(low), _r(high)]
+
+
+def headline_summary(rows: pd.DataFrame, reps: dict[int, tuple], names: dict[str, str], cfg: RunConfig) -> dict:
+    """Per-method numbers (pooled over the training seeds a method has), ratios and the decision rule."""
+    main = rows[rows["cluster"] == -1]
+    head = f"ddm:{cfg.sample.strategy}"
+    methods = {}
+    for method, sub in main.groupby("method", sort=False):
+        seeds = sorted(s for s, (results, _) in reps.items() if method in results)
+        entry = {"training_seeds": seeds}
+        for key in ("fd_inf", "kid", "fd"):
+            ivs = [getattr(reps[s][0][method], key) for s in seeds]
+            entry[key] = _pool(ivs)
+            entry[f"{key}_per_seed"] = [_r(iv.mean) for iv in ivs]
+        for key, metric in (("attr_acc", "attr_acc_attrnet"), ("object_found", "object_found_attrnet")):
+            m = sub[sub["metric"] == metric]
+            entry[key] = _r(m["mean"].mean()) if len(m) else None
+        attrs = sub[sub["metric"].str.startswith("attr_acc_attrnet.")]
+        entry["attr_acc_per_attribute"] = {
+            k.split(".", 1)[1]: _r(v) for k, v in attrs.groupby("metric")["mean"].mean().items()
+        }
+        methods[method] = entry
+    ratios, decision = {}, {}
+    for key in ("fd_inf", "kid"):
+        ivs = [reps[s][1][(BASELINE, head)][key] for s in sorted(reps)]
+        points = np.array([iv.mean for iv in ivs])
+        sd = float(points.std(ddof=1)) if len(points) > 1 else float("nan")
+        ratios[key] = _pool(ivs)
+        ratios[f"{key}_per_seed"] = {int(s): [_r(v) for v in iv.as_list()] for s, iv in zip(sorted(reps), ivs,
+                                                                                           strict=True)}  # fmt: skip
+        ratios[f"{key}_sd_seeds"] = _r(sd)
+        decision[key] = bool(ratios[key][1] > 1.0 and points.mean() - 2 * sd > 1.0)
+    lines = [f"protocol decision rule ({head} vs monolith, training seeds {sorted(reps)}):"]
+    for key in ("fd_inf", "kid"):
+        mean, low, high = ratios[key]
+        lines.append(
+            f"  {names[key]} ratio monolith/DDM {mean:.3f} [pooled 95 % {low:.3f}, {high:.3f}], sd over seeds "
+            f"{ratios[f'{key}_sd_seeds']:.3f}: gain {'claimed' if decision[key] else 'NOT claimed'}"
+        )
+    lines.append(f"  goal FD∞ ratio >= 2.0: {'met' if ratios['fd_inf'][0] >= 2.0 else 'not met'}")
+    return {"methods": methods, "ratio_fd_inf": ratios["fd_inf"], "ratio_kid": ratios["kid"],
+            "ratio_details": ratios, "decision": decision, "text": "\n".join(lines)}  # fmt: skip
+
+
+def _r(value: float) -> float:
+    return round(float(value), 6)
+
+
+def headline_markdown(result: dict, names: dict[str, str]) -> str:
+    """The README table: one row per method, pooled over training seeds where it has several."""
+    cols = ["method", "seeds", f"{names['fd_inf']} ↓", f"{names['kid']} ↓", f"{names['fd']} (N fixed) ↓",
+            "attr. acc. ↑", "object found ↑"]  # fmt: skip
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for method, e in result["methods"].items():
+        cells = [method, ",".join(map(str, e["training_seeds"]))]
+        for key in ("fd_inf", "kid", "fd"):
+            mean, low, high = e[key]
+            digits = 4 if key == "kid" else 1
+            cells.append(f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]")
+        cells += [f"{e['attr_acc']:.3f}" if e["attr_acc"] is not None else "-",
+                  f"{e['object_found']:.3f}" if e["object_found"] is not None else "-"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_samples(ctx: Shared, videos: dict[str, np.ndarray], prompts: pd.DataFrame, path: Path) -> None:
+    """Rows = real prompt clips and every method (training seed 0); columns = prompts, GRID_FRAMES frames each."""
+    rows = [("real (held-out prompt clips)", load_clips(ctx.shards, ctx.index, prompts["clip_id"].tolist()))]
+    rows += [(m, v) for m, v in videos.items()]
+    picks = list(prompts.groupby("cluster_id", sort=True).head(2).index)[:GRID_PROMPTS]
+    t, h, w = rows[0][1].shape[1:4]
+    frames = np.linspace(0, t - 1, GRID_FRAMES).round().astype(int)
+    gap, fw = 4, w + 1
+    cell_w = GRID_FRAMES * fw + gap
+    image = np.full((len(rows) * (h + gap), len(picks) * cell_w, 3), 255, dtype=np.uint8)
+    for r, (_, vids) in enumerate(rows):
+        for c, p in enumerate(picks):
+            for i, f in enumerate(frames):
+                x0 = c * cell_w + i * fw
+                image[r * (h + gap) : r * (h + gap) + h, x0 : x0 + w] = vids[p, f]
+    image = image.repeat(GRID_SCALE, 0).repeat(GRID_SCALE, 1)
+    fig = Figure(figsize=(image.shape[1] / 100 + 2.4, image.shape[0] / 100 + 1.2))
+    ax = fig.subplots()
+    ax.imshow(image, interpolation="nearest")
+    ax.set_yticks([(r * (h + gap) + h / 2) * GRID_SCALE for r in range(len(rows))], [n for n, _ in rows], fontsize=7)
+    ax.set_xticks(
+        [(c * cell_w + GRID_FRAMES * fw / 2) * GRID_SCALE for c in range(len(picks))],
+        ["\n".join(textwrap.wrap(prompts.at[p, "caption"], 34)) for p in picks],
+        fontsize=6,
+    )
+    ax.xaxis.tick_top()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """A GitHub markdown table (pandas' to_markdown needs tabulate, which the project does not ship)."""
+
+    def cell(v: object) -> str:
+        return ("nan" if np.isnan(v) else f"{v:.4g}") if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_summary(out: Path, rows: pd.DataFrame, result: dict, models: list[Models], timer: StageTimer,
+                  names: dict[str, str]) -> None:  # fmt: skip
+    """summary.md: the headline, per seed, per cluster, per attribute, trust checks, training and timings."""
+    main = rows[rows["cluster"] == -1]
+    metric_cols = [names["fd_inf"], names["kid"], names["fd"], f"ratio_{names['fd_inf']}", f"ratio_{names['kid']}",
+                   "attr_acc_attrnet", "object_found_attrnet", "motion_mad", "motion_flow"]  # fmt: skip
+    per_seed = main[main["metric"].isin(metric_cols)].assign(
+        value=lambda d: [f"{m:.4g} [{lo:.4g}, {hi:.4g}]" for m, lo, hi in zip(d["mean"], d["ci_low"], d["ci_high"],
+                                                                              strict=True)])  # fmt: skip
+    present = [c for c in metric_cols if c in set(main["metric"])]
+    per_seed = per_seed.pivot_table(
+        index=["training_seed", "method"], columns="metric", values="value", aggfunc="first", sort=False
+    )[present]
+    per_cluster = rows[(rows["cluster"] >= 0) & (rows["metric"] == names["fd_inf"])].pivot_table(
+        index=["training_seed", "method"], columns="cluster", values="mean", sort=False
+    )
+    per_attr = main[main["metric"].str.startswith("attr_acc_attrnet.")].pivot_table(
+        index=["training_seed", "method"], columns="metric", values="mean", sort=False
+    )
+    per_attr.columns = [c.split(".", 1)[1] for c in per_attr.columns]
+    train_rows = pd.DataFrame([r for m in models for r in m.train_rows]).drop_duplicates(["variant", "training_seed",
+                                                                                          "model"])  # fmt: skip
+    routers = pd.concat([m.router.assign(variant=m.variant, training_seed=m.seed) for m in models])
+    fj = result["featnet"]
+    sections = [
+        "# DDM vs monolith — headline under protocol version 3",
+        f"protocol: `{result['protocol']}` sha256 `{result['protocol_sha256']}`\n\ncommand: `{result['command']}`"
+        f"\n\nmachine: `{json.dumps(result['machine'])}`\n\ntotal wall time: {result['wall_minutes']} min",
+        "## Headline (pooled over training seeds where a method has several; 95 % paired bootstrap over prompts)\n\n"
+        + headline_markdown(result, names)
+        + "\n\n```\n"
+        + result["decision_text"]
+        + "\n```",
+        "## Every method and metric per training seed (estimate [95 % interval])\n\n"
+        + markdown(per_seed.reset_index()),
+        f"## {names['fd_inf']} per semantic cluster (prompts and reference of that cluster)\n\n"
+        + markdown(per_cluster.reset_index()),
+        "## Attribute accuracy per attribute (absent = wrong)\n\n" + markdown(per_attr.reset_index()),
+        "## Evaluation network checks (validation clips, fresh negatives)\n\n```\n"
+        + json.dumps(fj, indent=1)
+        + "\n```",
+        "## Training\n\n" + markdown(train_rows),
+        "## Router accuracy per t bucket\n\n" + markdown(routers),
+        "## Wall time per stage\n\n"
+        + markdown(pd.DataFrame([{"stage": k, "seconds": round(v, 1)} for k, v in timer.seconds.items()])),  # fmt: skip
+        "Files: headline.json, eval_rows.csv (every EvalReport row with its training seed), samples.png.",
+    ]
+    (out / "summary.md").write_text("\n\n".join(sections) + "\n")
+
+
+# --------------------------------------------------------------------------------------------- main
 
 
 def bench_config(path: str, smoke: bool, overrides: list[str]) -> RunConfig:
     cfg = with_overrides(load_config(path), overrides)
     return replace_in(cfg, **SMOKE) if smoke else cfg
-
-
-def metric_names(cfg: RunConfig) -> tuple[str, str]:
-    """(Fréchet metric, alignment metric) as ``evaluate_methods`` names them for this config."""
-    fd = "fvd_i3d" if cfg.eval.i3d_path else "fd_attrnet"
-    return fd, ("clip_sim" if cfg.eval.clip_path else "attr_acc_attrnet")
 
 
 def machine_info(device: str) -> dict:
@@ -205,446 +714,17 @@ def machine_info(device: str) -> dict:
     return info
 
 
-def protocol_lines(cfg: RunConfig, sweep: list[int]) -> list[str]:
-    fd, acc = metric_names(cfg)
-    k, s = cfg.cluster.num_clusters, cfg.sample
-    strategies = [s.strategy] + [x for x in s.compare_strategies if x != s.strategy]
-    return [
-        f"- data: built-in procedural dataset ({'themed' if cfg.data.themed_scenes else 'shared'} scenes), "
-        f"{cfg.data.num_clips} clips of {cfg.data.frames}x{cfg.data.height}x{cfg.data.width}, seed {cfg.seed}",
-        f"- compute: budget {k} x {cfg.expert.steps} steps x batch {cfg.expert.batch_size} = {budget_samples(cfg)} "
-        f"training samples per DDM (each of K experts gets budget / K); the monolith gets the whole budget on all "
-        f"clips as {'K x the steps' if cfg.expert.monolith_scaling == 'steps' else 'K x the batch'} "
-        f"(expert.monolith_scaling: {cfg.expert.monolith_scaling})",
-        f"- variants: semantic-K{k}, random-K{k} (random shards with the semantic sizes)"
-        + (f", semantic K in {sweep}" if sweep else ""),
-        f"- prompts: {s.prompts_per_cluster} per semantic cluster ({k * s.prompts_per_cluster} planned), the same "
-        "set and the same paired seeds for every method",
-        f"- methods: ddm:{', ddm:'.join(strategies)} (top_k {s.top_k}), "
-        + ("every single expert, " if s.single_experts else "")
-        + "monolith, real (the prompt clips themselves)",
-        f"- sampler: Euler {s.num_steps} steps, CFG {s.guidance_scale}, {cfg.eval.draws} draws per method",
-        f"- metrics: {fd} (N real = {cfg.eval.num_real} clips disjoint from the prompt clips; N generated = number "
-        f"of prompts), {acc}, motion_mad / motion_flow; mean ± sd over draws",
-        f"- ratio: {fd}(monolith) / {fd}(method); headline DDM = the configured strategy ddm:{s.strategy}, and the "
-        f"best of the router strategies {', '.join(ROUTED)}",
-        "- goal (issue 9): ratio >= 2.0 with the best routing strategy, and DDM accuracy >= monolith accuracy",
-    ]
-
-
-# ------------------------------------------------------------------------------------------ shared stages
-
-
-def prepare(cfg: RunConfig, work: Path, device: str, timer: StageTimer) -> Shared:
-    """Ingest, encode, train the evaluation network on real clips, embed for clustering: once for all variants."""
-    with timer("ingest"):
-        shards = work / "shards"
-        shutil.rmtree(shards, ignore_errors=True)
-        result = ingest(cfg.data, cfg.seed, shards)
-        say(f"ingest: {result.summary()}")
-    with timer("encode"):
-        encoded = work / "encoded"
-        shutil.rmtree(encoded, ignore_errors=True)
-        encode_dataset(shards, result.index, cfg.encode, encoded, device=device)
-        info = read_codec_info(encoded)
-        say(
-            f"encode: latents {info['latent_shape']}, text {info['text_encoder']['name']} dim "
-            f"{info['text_encoder']['dim']}"
-        )
-    featnet, note = None, "AttrNet not trained (no generating attributes)"
-    if len(result.attributes):
-        with timer("attrnet (evaluation network, real clips only)"):
-            videos = load_clips(shards, result.index, result.attributes["clip_id"].tolist())
-            featnet, accuracy = fit_attrnet(
-                videos, result.attributes, cfg.eval.featnet_steps, cfg.eval.featnet_holdout, cfg.seed
-            )
-            chance = chance_accuracy()
-            note = "AttrNet held-out accuracy (chance): " + ", ".join(
-                f"{k} {v:.2f} ({chance[k]:.2f})" for k, v in accuracy.items()
-            )
-            say(note)
-    with timer("embed"):
-        clip_ids = result.index["clip_id"].tolist()
-        pooled = load_encoded(encoded, clip_ids).pooled.numpy() if "text" in cfg.cluster.embedders else None
-        x = compute_embeddings(cfg.cluster, shards, result.index, pooled_text=pooled, device=device)
-    key = json.dumps([cfg.seed, dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.encode)], sort_keys=True)
-    data_key = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return Shared(cfg, work, device, shards, result.index, result.attributes, encoded, info, x, featnet, note, data_key)
-
-
-def semantic_variant(ctx: Shared, k: int, budget: int, timer: StageTimer) -> Variant:
-    """Cluster the embeddings into ``k`` (the pipeline's clustering) with ``budget / k`` samples per expert."""
-    cfg = variant_config(ctx.cfg, k, budget)
-    with timer(f"cluster K={k}"):
-        result = cluster_embeddings(ctx.embeddings, cfg.cluster, cfg.seed)
-        clip_ids = ctx.index["clip_id"].tolist()
-        attrs = ctx.attributes.set_index("clip_id").loc[clip_ids].reset_index() if len(ctx.attributes) else None
-        report = cluster_report(
-            ctx.embeddings,
-            result,
-            ctx.index["caption"].tolist(),
-            attrs,
-            cfg.seed,
-            cfg.cluster.silhouette_sample,
-            ctx.work / f"clusters-K{k}.png",
-        )
-    ami = ", ".join(f"{a} {v:.2f}" for a, v in report.ami.items())
-    note = (
-        f"clusters K={k}: sizes {report.sizes}, size ratio {report.size_ratio:.2f}, silhouette "
-        f"{report.silhouette:.3f}, AMI with attributes: {ami}"
-    )
-    say(note)
-    return Variant(f"semantic-K{k}", cfg, assignment_frame(clip_ids, result), result.centroids, [note])
-
-
-def random_variant(semantic: Variant, seed: int) -> Variant:
-    """The control: the semantic cluster sizes with the clips shuffled among clusters (no semantic structure)."""
-    labels = semantic.assignments["cluster_id"].to_numpy()
-    shuffled = labels[numpy_rng(seed, "bench-random-clusters").permutation(len(labels))]
-    # distance and fine_cluster have no meaning for random shards; the schema wants values, so: 0 and the shard.
-    frame = semantic.assignments.assign(cluster_id=shuffled, distance=0.0, fine_cluster=shuffled)
-    k = semantic.cfg.cluster.num_clusters
-    note = f"random shards K={k}: sizes {np.bincount(shuffled, minlength=k).tolist()} (semantic sizes, clips shuffled)"
-    say(note)
-    return Variant(f"random-K{k}", semantic.cfg, ClusterAssignment.validate(frame), None, [note])
-
-
-def budget_samples(cfg: RunConfig) -> int:
-    """Training samples of the configured DDM (and of the monolith)."""
-    return cfg.cluster.num_clusters * cfg.expert.steps * cfg.expert.batch_size
-
-
-def variant_config(cfg: RunConfig, k: int, budget: int) -> RunConfig:
-    """``cfg`` with K experts of ``budget / k`` training samples each, so the DDM's total equals the monolith's.
-
-    The split keeps what the monolith keeps: under ``monolith_scaling: steps`` every model has the configured
-    batch and experts get fewer steps; under ``batch`` every model has the configured steps and experts get a
-    smaller batch. Either way the monolith of every K is the same model.
-    """
-    split = "steps" if cfg.expert.monolith_scaling == "steps" else "batch_size"
-    kept = cfg.expert.batch_size if split == "steps" else cfg.expert.steps
-    if budget % (k * kept):
-        raise ValueError(
-            f"compute budget {budget} samples (cluster.num_clusters x expert.steps x expert.batch_size) does not "
-            f"split into K={k} experts of whole expert.{split} (pick the config so that every swept K divides it; "
-            "with K = 3: a multiple of 4 for K = 2 and 4)"
-        )
-    return replace_in(cfg, cluster={"num_clusters": k}, expert={split: budget // (k * kept)})
-
-
-# ------------------------------------------------------------------------------------------ per variant
-
-
-def train_spec(ctx: Shared, spec: ExpertSpec, assignments: pd.DataFrame) -> TrainResult:
-    """The pipeline's train step for one spec; a finished model with the same spec hash is reused as is."""
-    data = load_encoded(ctx.encoded, clip_ids_for(spec, assignments))
-    out = ctx.work / "train" / ctx.data_key / f"{spec.name}-{spec.spec_hash()}"
-    result = train(
-        TrainData(data.clip_ids, data.latents, data.tokens, data.mask),
-        spec.expert,
-        out,
-        spec.seed,
-        spec.name,
-        spec_hash=spec.spec_hash(),
-    )
-    state = "reused" if result.skipped else f"trained {result.steps} steps"
-    loss = result.log["loss"].tail(20).mean() if len(result.log) else float("nan")
-    say(f"{spec.name}: {state} on {spec.num_clips} clips, final loss {loss:.4f} -> {result.model_dir}")
-    return result
-
-
-def train_row(variant: str, spec: ExpertSpec, result: TrainResult) -> dict:
-    log_table = result.log
-    return {
-        "variant": variant,
-        "model": spec.name,
-        "clips": spec.num_clips,
-        "steps": spec.expert.steps,
-        "final_loss": float(log_table["loss"].tail(20).mean()) if len(log_table) else float("nan"),
-        "s_per_step": float(log_table["seconds"].median()) if len(log_table) else float("nan"),
-        "reused": result.skipped,
-    }
-
-
-def prompts_for(prompts: pd.DataFrame, assignments: pd.DataFrame) -> pd.DataFrame:
-    """The shared prompt set with each prompt clip's cluster under ``assignments`` (the oracle route)."""
-    labels = assignments.set_index("clip_id")["cluster_id"]
-    return prompts.assign(cluster_id=labels.loc[prompts["clip_id"]].to_numpy().astype("int64"))
-
-
-def run_variant(ctx: Shared, v: Variant, mono: ExpertSpec, timer: StageTimer) -> VariantResult:
-    cfg, k = v.cfg, v.cfg.cluster.num_clusters
-    specs = expert_specs(cfg, v.assignments)
-    own_mono = monolith_spec(cfg, v.assignments)
-    if own_mono.spec_hash() != mono.spec_hash():
-        raise ValueError(f"{v.name}: its monolith spec differs from the shared one ({own_mono} vs {mono})")
-    c, t, h, w = ctx.info["latent_shape"]
-    text = ctx.info["text_encoder"]
-    table = compute_table(specs, mono, c, (t, h, w), text["max_tokens"], text["dim"])
-    say(
-        f"compute matching, {v.name} (same network; monolith_scaling {cfg.expert.monolith_scaling}; FLOPs per "
-        "step from lib.train.compute):\n" + table.to_string(index=False, float_format=lambda x: f"{x:.3e}")
-    )
-
-    rows = []
-    with timer(f"train {v.name} experts"):
-        experts = {}
-        for spec in specs:
-            result = train_spec(ctx, spec, v.assignments)
-            experts[spec.cluster_id] = result.model_dir
-            rows.append(train_row(v.name, spec, result))
-    with timer("train monolith"):
-        mono_result = train_spec(ctx, mono, ctx.semantic)
-        rows.append(train_row(SHARED, mono, mono_result))
-    with timer(f"router {v.name}"):
-        data = load_encoded(ctx.encoded, v.assignments["clip_id"].tolist())
-        labels = torch.tensor(v.assignments["cluster_id"].to_numpy(), dtype=torch.int64)
-        router = train_router(
-            data.latents, data.pooled, labels, cfg.router, k, cfg.seed, ctx.work / "router" / v.name, device=ctx.device
-        )
-        say(
-            f"router {v.name} accuracy per t bucket (chance {1 / k:.2f}): "
-            + ", ".join(f"[{r.t_low:.1f},{r.t_high:.1f}) {r.accuracy:.2f}" for r in router.report.itertuples())
-        )
-    ddm_dir = assemble_ddm(ctx.work / "ddm" / v.name, experts, router.model_dir, ctx.info, v.centroids, cfg.encode)
-    with timer(f"sample {v.name}"):
-        pipe = DDMPipeline.from_pretrained(ddm_dir, device=ctx.device)
-        mono_pipe = DDMPipeline.from_single(mono_result.model_dir, ctx.info, device=ctx.device)
-        sampled = sample_methods(
-            pipe,
-            mono_pipe,
-            prompts_for(ctx.prompts, v.assignments),
-            cfg.sample,
-            ctx.cfg.eval.draws,
-            cfg.seed,
-            ctx.work / "samples" / v.name,
-        )
-        n = len(ctx.prompts) * ctx.cfg.eval.draws
-        say(
-            f"sample {v.name}: seconds per method ({n} videos each): "
-            + ", ".join(f"{m} {s:.1f}" for m, s in sampled.seconds.items())
-        )
-    with timer(f"evaluate {v.name}"):
-        report = compare_methods(
-            str(ctx.shards),
-            ctx.index,
-            ctx.attributes,
-            ctx.semantic,
-            sampled.videos,
-            ctx.prompts,
-            ctx.cfg.eval,
-            ctx.featnet,
-            ctx.cfg.seed,
-        )
-    shared = report["method"].isin(["monolith", "real"])
-    report.insert(0, "variant", np.where(shared, SHARED, v.name))
-    return VariantResult(v.name, k, report, sampled.videos, table, router.report, rows, v.notes)
-
-
-# --------------------------------------------------------------------------------------------- reports
-
-
-def markdown(df: pd.DataFrame) -> str:
-    """A GitHub markdown table (pandas' to_markdown needs tabulate, which the project does not ship)."""
-    cells = [[str(c) for c in df.columns]] + [[_cell(v) for v in row] for row in df.itertuples(index=False)]
-    lines = ["| " + " | ".join(r) + " |" for r in cells]
-    lines.insert(1, "|" + "|".join("---" for _ in df.columns) + "|")
-    return "\n".join(lines)
-
-
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return "nan" if np.isnan(value) else f"{value:.4g}"
-    return str(value)
-
-
-def _pm(mean: float, sd: float, digits: int = 3) -> str:
-    if np.isnan(mean):
-        return "-"
-    return f"{mean:.{digits}f}" if np.isnan(sd) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
-
-
-def headline_table(report: pd.DataFrame, fd: str, acc: str) -> pd.DataFrame:
-    """One row per (variant, method): the all-prompt FD, its ratio monolith/method, accuracy and motion."""
-    main = report[report["cluster"] == -1].set_index(["variant", "method", "metric"])
-
-    def get(variant: str, method: str, metric: str) -> tuple[float, float]:
-        key = (variant, method, metric)
-        return (float(main.at[key, "mean"]), float(main.at[key, "sd"])) if key in main.index else (np.nan, np.nan)
-
-    mono_fd, mono_sd = get(SHARED, "monolith", fd)
-    rows = []
-    for variant, method in dict.fromkeys(main.index.droplevel("metric")):
-        m, s = get(variant, method, fd)
-        ratio = mono_fd / m if m > 0 else np.nan
-        ratio_sd = ratio * np.sqrt((mono_sd / mono_fd) ** 2 + (s / m) ** 2) if m > 0 else np.nan  # NaN: 1 draw
-        a, a_sd = get(variant, method, acc)
-        mad, mad_sd = get(variant, method, "motion_mad")
-        rows.append(
-            {
-                "variant": variant,
-                "method": method,
-                f"{fd}_mean": m,
-                f"{fd}_sd": s,
-                "ratio_monolith_over_method": ratio,
-                "ratio_sd": ratio_sd,
-                f"{acc}_mean": a,
-                f"{acc}_sd": a_sd,
-                "motion_mad_mean": mad,
-                "motion_mad_sd": mad_sd,
-                "motion_flow_mean": get(variant, method, "motion_flow")[0],
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def headline_markdown(table: pd.DataFrame, fd: str, acc: str) -> str:
-    view = pd.DataFrame(
-        {
-            "variant": table["variant"],
-            "method": table["method"],
-            f"{fd} (mean ± sd)": [_pm(m, s, 2) for m, s in zip(table[f"{fd}_mean"], table[f"{fd}_sd"], strict=True)],
-            "ratio monolith/method": [
-                _pm(m, s, 2) for m, s in zip(table["ratio_monolith_over_method"], table["ratio_sd"], strict=True)
-            ],
-            f"{acc} (mean ± sd)": [_pm(m, s) for m, s in zip(table[f"{acc}_mean"], table[f"{acc}_sd"], strict=True)],
-            "motion_mad": [_pm(m, s, 4) for m, s in zip(table["motion_mad_mean"], table["motion_mad_sd"], strict=True)],
-            "motion_flow": [f"{v:.4f}" for v in table["motion_flow_mean"]],
-        }
-    )
-    return markdown(view)
-
-
-def goal_lines(table: pd.DataFrame, base: str, strategy: str, acc: str) -> list[str]:
-    """The issue's two goals, read off the semantic base variant (nothing here changes what was measured)."""
-    rows = table[table["variant"] == base].set_index("method")
-    mono = table[(table["variant"] == SHARED) & (table["method"] == "monolith")].iloc[0]
-    routed = [f"ddm:{s}" for s in ROUTED if f"ddm:{s}" in rows.index]
-    if not routed:
-        return ["no router-based DDM strategy was sampled: goals not evaluated"]
-    best = max(routed, key=lambda m: rows.at[m, "ratio_monolith_over_method"])
-    lines = []
-    for label, method in (("configured strategy", f"ddm:{strategy}"), ("best routing strategy", best)):
-        if method not in rows.index:
-            continue
-        r, a = rows.loc[method], rows.at[method, f"{acc}_mean"]
-        lines.append(
-            f"{base} {label} {method}: FD ratio monolith/DDM {r['ratio_monolith_over_method']:.2f} "
-            f"(goal >= 2.0: {'met' if r['ratio_monolith_over_method'] >= 2.0 else 'not met'}); {acc} {a:.3f} vs "
-            f"monolith {mono[f'{acc}_mean']:.3f} (goal DDM >= monolith: "
-            f"{'met' if a >= mono[f'{acc}_mean'] else 'not met'})"
-        )
-    return lines
-
-
-def plot_ratios(table: pd.DataFrame, path: Path, fd: str) -> None:
-    rows = table[table["method"] != "monolith"].reset_index(drop=True)
-    variants = list(dict.fromkeys(rows["variant"]))
-    colours = {v: f"C{i}" for i, v in enumerate(variants)}
-    fig = Figure(figsize=(max(6.0, 0.45 * len(rows) + 2), 4.2))
-    ax = fig.subplots()
-    ax.bar(
-        range(len(rows)),
-        rows["ratio_monolith_over_method"],
-        yerr=rows["ratio_sd"].fillna(0.0),
-        capsize=3,
-        color=[colours[v] for v in rows["variant"]],
-    )
-    ax.axhline(1.0, color="grey", lw=1, ls="--", label="parity with the monolith")
-    ax.axhline(2.0, color="red", lw=1, ls=":", label="goal 2.0")
-    ax.set_xticks(
-        range(len(rows)),
-        [f"{v}\n{m}" if v != SHARED else m for v, m in zip(rows["variant"], rows["method"], strict=True)],
-        rotation=60,
-        ha="right",
-        fontsize=7,
-    )
-    ax.set_ylabel(f"{fd}(monolith) / {fd}(method)")
-    for v in variants:
-        ax.bar([0], [0], color=colours[v], label=v)  # legend entries only (zero height)
-    ax.legend(fontsize=7, loc="upper left")
-    ax.set_title(
-        "Fréchet distance ratio monolith/method (> 1: better than the monolith), mean ± sd over draws", fontsize=9
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def plot_samples(rows: list[tuple[str, np.ndarray]], prompts: pd.DataFrame, path: Path) -> None:
-    """Rows = methods (draw 0), columns = a few prompts, each shown as GRID_FRAMES frames side by side."""
-    picks = list(prompts.groupby("cluster_id", sort=True).head(1).index)
-    picks += [i for i in prompts.index if i not in picks][: max(0, GRID_PROMPTS - len(picks))]
-    picks = picks[:GRID_PROMPTS]
-    t, h, w = rows[0][1].shape[1:4]
-    frames = np.linspace(0, t - 1, GRID_FRAMES).round().astype(int)
-    gap, fw = 4, w + 1  # gap between prompts; frames 1 px apart
-    cell_w = GRID_FRAMES * fw + gap
-    image = np.full((len(rows) * (h + gap), len(picks) * cell_w, 3), 255, dtype=np.uint8)
-    for r, (_, videos) in enumerate(rows):
-        for c, p in enumerate(picks):
-            for i, f in enumerate(frames):
-                x0 = c * cell_w + i * fw
-                image[r * (h + gap) : r * (h + gap) + h, x0 : x0 + w] = videos[p, f]
-    image = image.repeat(GRID_SCALE, 0).repeat(GRID_SCALE, 1)
-    fig = Figure(figsize=(image.shape[1] / 100 + 2.2, image.shape[0] / 100 + 1.0))
-    ax = fig.subplots()
-    ax.imshow(image, interpolation="nearest")
-    ax.set_yticks(
-        [(r * (h + gap) + h / 2) * GRID_SCALE for r in range(len(rows))], [name for name, _ in rows], fontsize=7
-    )
-    ax.set_xticks(
-        [(c * cell_w + GRID_FRAMES * fw / 2) * GRID_SCALE for c in range(len(picks))],
-        ["\n".join(textwrap.wrap(prompts.at[p, "caption"], 40)) for p in picks],
-        fontsize=6,
-    )
-    ax.xaxis.tick_top()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def sample_rows(ctx: Shared, results: list[VariantResult], strategy: str) -> list[tuple[str, np.ndarray]]:
-    """Grid rows: real, monolith, every method of the base variant, and the configured DDM of other variants."""
-    real = load_clips(ctx.shards, ctx.index, ctx.prompts["clip_id"].tolist())
-    base = results[0]
-    rows = [("real (prompt clips)", real), ("monolith", base.videos["monolith"][0])]
-    rows += [(f"{base.name} {m}", v[0]) for m, v in base.videos.items() if m != "monolith"]
-    rows += [
-        (f"{r.name} ddm:{strategy}", r.videos[f"ddm:{strategy}"][0])
-        for r in results[1:]
-        if f"ddm:{strategy}" in r.videos
-    ]
-    return rows
-
-
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
-# ------------------------------------------------------------------------------------------------ main
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/bench.yaml", help="run config (YAML)")
-    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results, or .../smoke)")
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/v3, or .../smoke)")
     parser.add_argument("--work", default=None, help="working folder for data and models (default cfg.output_dir)")
     parser.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="config overrides, e.g. data.themed_scenes=true",
+        "--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides, e.g. expert.steps=10"
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the script end to end in minutes")
-    parser.add_argument(
-        "--sweep-k",
-        nargs="*",
-        type=int,
-        default=None,
-        metavar="K",
-        help="also semantic DDMs with these K at the same budget (bare flag: 2 4)",
-    )
+    parser.add_argument("--training-seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S")
+    parser.add_argument("--phase", choices=("train", "all"), default="all", help="train: stop after training")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
@@ -657,123 +737,39 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     timer = StageTimer()
     cfg = bench_config(args.config, args.smoke, args.set)
-    base_k = cfg.cluster.num_clusters
-    requested = {2, 4} if args.sweep_k == [] else set(args.sweep_k or ())
-    sweep = sorted(requested - {base_k})
-    budget = budget_samples(cfg)
-    for k in sweep:
-        variant_config(cfg, k, budget)  # refuse a budget that a swept K cannot split, before any work
-    out = Path(args.out or ("benchmarks/results/smoke" if args.smoke else "benchmarks/results"))
+    out = Path(args.out or ("benchmarks/results/smoke" if args.smoke else "benchmarks/results/v3"))
     work = Path(args.work or cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", *sys.argv])
     machine = machine_info(args.device)
-    fd, acc = metric_names(cfg)
     if torch.get_num_threads() > 1 and os.getloadavg()[0] > BUSY_LOAD and args.device == "cpu":
         say(
             f"WARNING: load average {os.getloadavg()[0]:.1f} with {torch.get_num_threads()} torch threads: on a busy "
             "2-core machine multi-threaded torch slows down ~10x (measured); use --threads 1 or wait for an idle one"
         )
-
-    protocol = protocol_lines(cfg, sweep)
+    sha = record_protocol(out)
     say(
         "=" * 100
-        + "\nddm vs monolith benchmark"
-        + (" (SMOKE sizes: not a result)" if args.smoke else "")
-        + f"\ncommand: {command}\nmachine: {json.dumps(machine)}\nevaluation protocol (fixed before training):\n"
-        + "\n".join(protocol)
-        + "\n"
-        + "=" * 100
+        + f"\nddm vs monolith, protocol {PROTOCOL.name} sha256 {sha}"
+        + (" (SMOKE sizes)" if args.smoke else "")
     )
-    write(
-        out / "protocol.md",
-        "# Evaluation protocol (written before any model trained)\n\n"
-        + "\n".join(protocol)
-        + f"\n\nconfig: `{args.config}`{''.join(f' {a}' for a in args.set)}"
-        + f"{' with --smoke overrides' if args.smoke else ''}\n",
-    )
+    say(f"command: {command}\nmachine: {json.dumps(machine)}\n" + "=" * 100)
 
     ctx = prepare(cfg, work, args.device, timer)
-    semantic = semantic_variant(ctx, base_k, budget, timer)
+    semantic = semantic_variant(ctx, timer)
     ctx.semantic = semantic.assignments
-    ctx.prompts = stratified_prompts(semantic.assignments, ctx.index, cfg.sample.prompts_per_cluster, cfg.seed)
-    per_cluster = ctx.prompts["cluster_id"].value_counts().sort_index().tolist()
-    say(f"prompts: {len(ctx.prompts)} (per semantic cluster {per_cluster})")
-    mono = monolith_spec(semantic.cfg, semantic.assignments)
-    variants = [semantic, random_variant(semantic, cfg.seed)]
-    variants += [semantic_variant(ctx, k, budget, timer) for k in sweep]
-
-    results = []
-    for v in variants:
-        results.append(run_variant(ctx, v, mono, timer))
-    same_mono = all(
-        all(np.array_equal(a, b) for a, b in zip(r.videos["monolith"], results[0].videos["monolith"], strict=True))
-        for r in results[1:]
-    )
-    say(f"monolith re-sampled identically in every variant (paired seeds, deterministic sampler): {same_mono}")
-
-    with timer("reports and plots"):
-        report = pd.concat([r.report for r in results], ignore_index=True)
-        report = report.drop_duplicates(["variant", "method", "metric", "cluster"], keep="first")
-        report.to_csv(out / "eval_report.csv", index=False)
-        table = headline_table(report, fd, acc)
-        table.to_csv(out / "headline.csv", index=False)
-        head_md = headline_markdown(table, fd, acc)
-        write(out / "headline.md", head_md + "\n")
-        goals = goal_lines(table, semantic.name, cfg.sample.strategy, acc)
-        per_cluster = report[(report["metric"] == fd) & (report["cluster"] >= 0)].pivot_table(
-            index=["variant", "method"], columns="cluster", values="mean", sort=False
-        )
-        per_cluster.columns = [f"cluster {c}" for c in per_cluster.columns]
-        per_attr = report[report["metric"].str.startswith(f"{acc}.") & (report["cluster"] == -1)].pivot_table(
-            index=["variant", "method"], columns="metric", values="mean", sort=False
-        )
-        per_attr.columns = [c.split(".", 1)[1] for c in per_attr.columns]
-        plot_ratios(table, out / "fd_ratios.png", fd)
-        plot_samples(sample_rows(ctx, results, cfg.sample.strategy), ctx.prompts, out / "samples.png")
-    total = timer.total()
-
-    train_rows = pd.DataFrame([row for r in results for row in r.train_rows]).drop_duplicates(["variant", "model"])
-    sections = [
-        "# DDM vs monolith benchmark" + (" (SMOKE sizes: checks the script, not a result)" if args.smoke else ""),
-        f"command: `{command}`\n\nconfig: `{args.config}`\n\nmachine: `{json.dumps(machine)}`",
-        f"total wall time: {total / 60:.1f} min",
-        "## Evaluation protocol (fixed before training)\n\n" + "\n".join(protocol),
-        "## Headline (all prompts)\n\n" + head_md + "\n\n" + "\n".join(f"- {g}" for g in goals),
-        f"## {fd} per semantic cluster (smaller N per cluster: compare within a column only)\n\n"
-        + markdown(per_cluster.reset_index()),
-        f"## {acc} per attribute (all prompts)\n\n" + markdown(per_attr.reset_index()),
-        "## Trust indicators\n\n"
-        + "\n".join(
-            [f"- {ctx.featnet_note}", f"- monolith re-sampled identically in every variant: {same_mono}"]
-            + [f"- {n}" for r in results for n in r.notes]
-        ),
-        "## Compute matching\n\n" + "\n\n".join(f"{r.name}:\n\n" + markdown(r.compute) for r in results),
-        "## Training\n\n" + markdown(train_rows),
-        "## Router accuracy per t bucket (held-out clips)\n\n"
-        + "\n\n".join(f"{r.name} (chance {1 / r.k:.2f}):\n\n" + markdown(r.router) for r in results),
-        "## Wall time per stage\n\n"
-        + markdown(
-            pd.DataFrame(
-                [{"stage": k, "seconds": round(v, 1)} for k, v in timer.seconds.items()]
-                + [{"stage": "total", "seconds": round(total, 1)}]
-            )
-        ),
-        "Files: eval_report.csv (every EvalReport row, `variant` column; monolith and real rows once, as "
-        f"`{SHARED}`), headline.csv/.md, fd_ratios.png, samples.png, protocol.md.",
-    ]
-    write(out / "summary.md", "\n\n".join(sections) + "\n")
-    say(
-        "=" * 100
-        + "\n"
-        + head_md
-        + "\n"
-        + "\n".join(goals)
-        + f"\n{ctx.featnet_note}\n"
-        + f"total {total / 60:.1f} min; results in {out}\n"
-        + "=" * 100
-    )
+    control = random_variant(semantic, cfg.seed, cfg.cluster.num_clusters)
+    seeds = list(dict.fromkeys(args.training_seeds))
+    models: list[Models] = []
+    for seed in seeds:
+        models.append(train_models(ctx, semantic, seed, True, timer))
+        if seed == cfg.seed:
+            models.append(train_models(ctx, control, seed, False, timer))
+    if args.phase == "train":
+        say(f"--phase train: models for training seeds {seeds} are trained; {timer.total() / 60:.1f} min")
+        return
+    evaluate_all(ctx, semantic, models, out, sha, command, machine, timer)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,19 @@
 import pandera.pandas as pa
 from pandera.typing import Series
 
+from lib.data.split import ROLES
+
 
 class ClusterAssignment(pa.DataFrameModel):
     """The cluster of every clip. ``cluster_id`` picks the expert that trains on the clip and is the router's
-    target; ``fine_cluster`` is the first-stage centroid the clip was assigned through (two-stage clustering)."""
+    target; ``fine_cluster`` is the first-stage centroid the clip was assigned through (two-stage clustering).
+    Centroids are fitted on the ``train`` clips; held-out clips are assigned to them (lib.cluster.kmeans)."""
 
     clip_id: Series[str] = pa.Field(unique=True)
     cluster_id: Series[int] = pa.Field(ge=0)
     distance: Series[float] = pa.Field(ge=0)  # cosine distance (1 - cos) to the cluster centroid
     fine_cluster: Series[int] = pa.Field(ge=0)
+    role: Series[str] = pa.Field(isin=list(ROLES))  # the clip's role from the ClipIndex: only "train" trains
 
     class Config:
         strict = True

@@ -7,12 +7,13 @@ METHOD_PATTERN = r"^(ddm:[a-z0-9_]+|monolith|expert:\d+|real)$"
 
 
 class EvalReport(pa.DataFrameModel):
-    """Scores of each sampling method; numbers are only comparable within one metric, extractor and N.
+    """Scores of each sampling method on held-out prompts, one video per prompt.
 
-    ``metric`` names carry the extractor (``fd_attrnet``, ``fvd_i3d``, ``attr_acc_attrnet``, ``clip_sim``,
-    ``motion_mad`` ...): a proxy network never gets the name FVD or CLIP. ``mean``/``sd`` are over generated draws
-    (same prompts, different seeds); ``sd`` and ``ci95`` (t-interval half-width) are NaN for a single draw.
-    ``cluster`` is -1 for all prompts, else the prompts of one data cluster.
+    ``metric`` names carry the extractor (``fd_inf_attrnet``, ``kid_attrnet``, ``fd_attrnet``, ``fvd_i3d``,
+    ``attr_acc_attrnet``, ``clip_sim``, ``motion_mad`` ...): a proxy network never gets the name FVD or CLIP.
+    ``ratio_<distance>`` rows hold monolith / method. ``mean`` is the point estimate on all prompts and
+    [``ci_low``, ``ci_high``] its 95 % paired bootstrap interval over prompts (lib.evaluate.distances). Only the
+    fixed-N ``fd_*``/``fvd_*`` depend on N; ``cluster`` is -1 for all prompts, else the prompts of one cluster.
     """
 
     method: Series[str] = pa.Field(str_matches=METHOD_PATTERN)
@@ -21,10 +22,9 @@ class EvalReport(pa.DataFrameModel):
     cluster: Series[int] = pa.Field(ge=-1)
     n_real: Series[int] = pa.Field(ge=0)
     n_generated: Series[int] = pa.Field(ge=0)
-    draws: Series[int] = pa.Field(ge=1)
     mean: Series[float]
-    sd: Series[float] = pa.Field(nullable=True, ge=0.0)
-    ci95: Series[float] = pa.Field(nullable=True, ge=0.0)
+    ci_low: Series[float] = pa.Field(nullable=True)
+    ci_high: Series[float] = pa.Field(nullable=True)
 
     class Config:
         strict = True
@@ -33,3 +33,8 @@ class EvalReport(pa.DataFrameModel):
     def one_row_per_key(cls, df):
         """(method, metric, cluster) identifies a row."""
         return ~df.duplicated([cls.method, cls.metric, cls.cluster])
+
+    @pa.dataframe_check
+    def interval_is_ordered(cls, df):
+        """An interval, where there is one, has ci_low <= ci_high."""
+        return (df[cls.ci_low].isna() & df[cls.ci_high].isna()) | (df[cls.ci_low] <= df[cls.ci_high])

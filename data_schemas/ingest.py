@@ -3,6 +3,8 @@
 import pandera.pandas as pa
 from pandera.typing import Series
 
+from lib.data.split import ROLES
+
 QUARANTINE_REASONS = (
     "missing_file",  # the path/URI does not exist or cannot be opened
     "unreadable",  # the container or codec cannot be decoded (corrupt, truncated, not a video)
@@ -47,13 +49,17 @@ class QuarantineRecord(pa.DataFrameModel):
 
 
 class ClipIndex(pa.DataFrameModel):
-    """Where each kept clip lives: shard file and row inside it. Every later table keys on ``clip_id``."""
+    """Where each kept clip lives: shard file and row inside it. Every later table keys on ``clip_id``.
+
+    ``role`` (lib.data.split) says what the clip may be used for: only ``train`` clips are learned from;
+    ``validation``, ``reference`` and ``prompt`` clips are held out of every training stage."""
 
     clip_id: Series[str] = pa.Field(unique=True)
     shard: Series[str] = pa.Field(str_matches=r"^shard-\d{5}\.safetensors$")
     index: Series[int] = pa.Field(ge=0)
     caption: Series[str] = pa.Field(str_length={"min_value": 1})
     source: Series[str]
+    role: Series[str] = pa.Field(isin=list(ROLES))
 
     class Config:
         strict = True

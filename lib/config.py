@@ -47,6 +47,10 @@ class DataConfig:
     shard_size: int = 256  # clips per shard file
     max_bad_fraction: float = 0.1  # ingest fails when more than this fraction of manifest rows is quarantined
     max_source_pixels: int = 4096 * 4096  # frames larger than this are quarantined (decode bomb guard)
+    # held-out roles (lib.data.split): fractions of clips, by a hash of (seed, clip id); the rest trains
+    validation_fraction: float = 0.05  # feature-net accuracy, held-out losses, tuning sweeps
+    reference_fraction: float = 0.15  # real statistics of the distances
+    prompt_fraction: float = 0.15  # prompts to generate from; their clips are the ``real`` method
 
     def __post_init__(self) -> None:
         _one_of(self.source, ("builtin", "manifest"), "data.source")
@@ -56,6 +60,10 @@ class DataConfig:
         _check(self.fps > 0, "data.fps", f"must be > 0, got {self.fps}")
         _check(1 <= self.max_objects <= 2, "data.max_objects", f"must be 1 or 2, got {self.max_objects}")
         _check(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must lie in [0, 1]")
+        for name in ("validation_fraction", "reference_fraction", "prompt_fraction"):
+            _check(0.0 < getattr(self, name) < 1.0, f"data.{name}", f"must lie in (0, 1), got {getattr(self, name)}")
+        held = self.validation_fraction + self.reference_fraction + self.prompt_fraction
+        _check(held < 0.9, "data.prompt_fraction", f"held-out fractions sum to {held:.2f}; keep >= 0.1 for training")
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,7 @@ class SampleConfig:
     top_k: int = 2
     num_steps: int = 20
     guidance_scale: float = 4.0
-    prompts_per_cluster: int = 8
+    num_prompts: int = 0  # prompts from the held-out prompt role, clusters in proportion; 0: every prompt clip
     batch_size: int = 16  # prompts per sampler call
     eps_x0_clamp: float = 3.0  # eps experts: |x0_hat| bound in the eps -> v conversion (pixels lie in [-1, 1])
     eps_alpha_floor: float = 0.05  # eps experts: smallest 1 - t divided by when recovering x0_hat
@@ -193,7 +201,7 @@ class SampleConfig:
         _check(self.batch_size > 0, "sample.batch_size", "must be > 0")
         _check(self.top_k >= 1, "sample.top_k", "must be >= 1")
         _check(self.num_steps > 0, "sample.num_steps", "must be > 0")
-        _check(self.prompts_per_cluster > 0, "sample.prompts_per_cluster", "must be > 0")
+        _check(self.num_prompts >= 0, "sample.num_prompts", "must be >= 0 (0: every prompt-role clip)")
         _check(self.eps_x0_clamp > 0, "sample.eps_x0_clamp", "must be > 0")
         _check(0.0 < self.eps_alpha_floor <= 1.0, "sample.eps_alpha_floor", "must lie in (0, 1]")
 
@@ -203,16 +211,14 @@ class EvalConfig:
     i3d_path: str = ""  # local TorchScript I3D (Kinetics-400); empty: offline feature network, metric fd_attrnet
     clip_path: str = ""  # local CLIP folder; empty: prompt-attribute accuracy instead of CLIP similarity
     num_real: int = 256  # real clips in the Fréchet reference set (fixed N: never compare scores across N)
-    draws: int = 3  # generated sets per method, each with its own sampling seed: scores are mean ± sd over draws
     featnet_steps: int = 300
-    featnet_holdout: float = 0.2  # fraction of real clips kept out of AttrNet training to report its accuracy
+    bootstrap: int = 200  # paired bootstrap replicates over prompts for every interval (lib.evaluate.distances)
 
     def __post_init__(self) -> None:
-        for name in ("num_real", "draws"):
+        for name in ("num_real", "bootstrap"):
             _check(getattr(self, name) > 0, f"eval.{name}", f"must be > 0, got {getattr(self, name)}")
         # AttrNet's one-cycle schedule needs a warm-up of at least 2 steps (10 % of the steps)
         _check(self.featnet_steps >= 20, "eval.featnet_steps", f"must be >= 20, got {self.featnet_steps}")
-        _check(0.0 < self.featnet_holdout < 1.0, "eval.featnet_holdout", "must lie in (0, 1)")
 
 
 @dataclass(frozen=True)

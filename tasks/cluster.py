@@ -14,9 +14,10 @@ from safetensors.numpy import load_file, save_file
 from data_schemas.cluster import ClusterAssignment, ClusterSummary
 from data_schemas.ingest import ClipAttributes, ClipIndex
 from lib.cluster.embedders import compute_embeddings
-from lib.cluster.kmeans import cluster_embeddings
+from lib.cluster.kmeans import cluster_fit_on
 from lib.cluster.report import assignment_frame, cluster_report
 from lib.config import ClusterConfig
+from lib.data.split import TRAIN
 from lib.encode.store import load_encoded
 from lib.io import atomic_write
 from tasks.common import stage_dir, uri_of
@@ -43,7 +44,7 @@ def _read_embeddings(path: str) -> tuple[np.ndarray, list[str]]:
     return load_file(path)["embeddings"], clip_ids
 
 
-@task(cache=Cache(version="cluster-v1"), requests=Resources(cpu="2", mem="4Gi"), enable_deck=True)
+@task(cache=Cache(version="cluster-v2"), requests=Resources(cpu="2", mem="4Gi"), enable_deck=True)
 def cluster_clips(
     cfg: ClusterConfig,
     seed: int,
@@ -52,10 +53,12 @@ def cluster_clips(
     attributes: DataFrame[ClipAttributes],
     output_dir: str,
 ) -> tuple[DataFrame[ClusterAssignment], DataFrame[ClusterSummary], FlyteFile]:
-    """Cluster assignment, per-cluster summary and the centroids (safetensors); the report goes to a Deck."""
+    """Cluster assignment of every clip (centroids fitted on the train role), per-cluster summary and the centroids
+    (safetensors); the report goes to a Deck."""
     out = stage_dir(output_dir, "cluster", cfg, seed, uri_of(embeddings))
     x, clip_ids = _read_embeddings(embeddings.download())
-    result = cluster_embeddings(x, cfg, seed)
+    roles = index.set_index("clip_id").loc[clip_ids, "role"].to_numpy()
+    result = cluster_fit_on(x, roles == TRAIN, cfg, seed)
     captions = index.set_index("clip_id").loc[clip_ids, "caption"].tolist()
     attrs = attributes.set_index("clip_id").loc[clip_ids].reset_index() if len(attributes) else None
     report = cluster_report(x, result, captions, attrs, seed, cfg.silhouette_sample, out / "projection.png")
@@ -66,4 +69,4 @@ def cluster_clips(
     atomic_write(centroids, lambda tmp: save_file({"centroids": result.centroids}, str(tmp)))
     ami = ", ".join(f"{k} {v:.2f}" for k, v in report.ami.items())
     print(f"cluster: sizes {report.sizes}, silhouette {report.silhouette:.3f}, AMI {ami} -> {out}", flush=True)
-    return assignment_frame(clip_ids, result), report.summary_frame(), FlyteFile(str(centroids))
+    return assignment_frame(clip_ids, result, roles), report.summary_frame(), FlyteFile(str(centroids))

@@ -12,14 +12,15 @@ from data_schemas.ingest import ClipAttributes, ClipIndex
 from lib.config import EvalConfig
 from lib.data.shards import load_clips
 from lib.evaluate.compare import compare_methods
-from lib.evaluate.featnet import AttrNet, chance_accuracy, fit_attrnet
+from lib.data.split import TRAIN, VALIDATION, rows_with_role
+from lib.evaluate.featnet import AttrNet, featnet_note, fit_attrnet
 from lib.evaluate.report import report_html
 from lib.io import atomic_write
 from lib.sample.methods import load_sampled
 from tasks.common import stage_dir, uri_of
 
 
-@task(cache=Cache(version="featnet-v1"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+@task(cache=Cache(version="featnet-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
 def train_featnet(
     cfg: EvalConfig,
     seed: int,
@@ -28,25 +29,27 @@ def train_featnet(
     attributes: DataFrame[ClipAttributes],
     output_dir: str,
 ) -> tuple[FlyteDirectory, str]:
-    """AttrNet on the real clips only (it never sees generated videos); returns it and its held-out accuracy.
+    """AttrNet on train-role clips and negatives only (never a reference, prompt or generated video); returns it and
+    its accuracy and abstention on the held-out validation clips.
 
     With an I3D file configured (FVD proper) or without generating attributes (real videos) nothing is trained.
     """
-    out = stage_dir(output_dir, "featnet", cfg.featnet_steps, cfg.featnet_holdout, seed, uri_of(shards))
+    out = stage_dir(output_dir, "featnet", cfg.featnet_steps, seed, uri_of(shards))
     if cfg.i3d_path or attributes.empty:
         return FlyteDirectory(str(out)), "AttrNet not trained (I3D configured or no generating attributes)"
-    videos = load_clips(shards.download(), index, attributes["clip_id"].tolist())
-    model, accuracy = fit_attrnet(videos, attributes, cfg.featnet_steps, cfg.featnet_holdout, seed)
-    model.save_pretrained(out / "attrnet")
-    chance = chance_accuracy()
-    note = "AttrNet held-out accuracy (chance): " + ", ".join(
-        f"{k} {v:.2f} ({chance[k]:.2f})" for k, v in accuracy.items()
+    by_role = {role: attributes[attributes["clip_id"].isin(rows_with_role(index, role)["clip_id"])]
+               for role in (TRAIN, VALIDATION)}  # fmt: skip
+    videos = {role: load_clips(shards.download(), index, rows["clip_id"].tolist()) for role, rows in by_role.items()}
+    model, checks = fit_attrnet(
+        videos[TRAIN], by_role[TRAIN], videos[VALIDATION], by_role[VALIDATION], cfg.featnet_steps, seed
     )
+    model.save_pretrained(out / "attrnet")
+    note = featnet_note(checks)
     print(note, flush=True)
     return FlyteDirectory(str(out)), note
 
 
-@task(cache=Cache(version="evaluate-v1"), requests=Resources(cpu="2", mem="4Gi"), retries=1, enable_deck=True)
+@task(cache=Cache(version="evaluate-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1, enable_deck=True)
 def evaluate_task(
     cfg: EvalConfig,
     seed: int,

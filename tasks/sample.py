@@ -40,18 +40,17 @@ def assemble_ddm_task(
     return FlyteDirectory(str(out))
 
 
-@task(cache=Cache(version="prompts-v1"))
+@task(cache=Cache(version="prompts-v2"))
 def make_prompts(
     cfg: SampleConfig, seed: int, assignments: DataFrame[ClusterAssignment], index: DataFrame[ClipIndex]
 ) -> DataFrame[PromptSet]:
-    """The fixed, cluster-stratified prompt set every method is sampled on."""
-    return stratified_prompts(assignments, index, cfg.prompts_per_cluster, seed)
+    """The fixed prompt set every method is sampled on: held-out prompt-role clips, clusters in proportion."""
+    return stratified_prompts(assignments, index, cfg.num_prompts, seed)
 
 
-@task(cache=Cache(version="sample-v1"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+@task(cache=Cache(version="sample-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
 def sample_task(
     cfg: SampleConfig,
-    draws: int,
     seed: int,
     ddm: FlyteDirectory,
     monolith: FlyteDirectory,
@@ -59,11 +58,11 @@ def sample_task(
     prompts: DataFrame[PromptSet],
     output_dir: str,
 ) -> FlyteDirectory:
-    """Videos of the DDM (each strategy), each expert alone and the monolith, ``draws`` seeds each."""
-    out = stage_dir(output_dir, "samples", cfg, draws, seed, uri_of(ddm), uri_of(monolith), prompts.to_json())
+    """Videos of the DDM (each strategy), each expert alone and the monolith: one per prompt, paired noise."""
+    out = stage_dir(output_dir, "samples", cfg, seed, uri_of(ddm), uri_of(monolith), prompts.to_json())
     info = read_codec_info(encoded.download())
     pipe, mono = DDMPipeline.from_pretrained(ddm.download()), DDMPipeline.from_single(monolith.download(), info)
-    result = sample_methods(pipe, mono, prompts, cfg, draws, seed, out)
-    rates = {m: round(len(prompts) * draws / s, 2) for m, s in result.seconds.items()}
+    result = sample_methods(pipe, mono, prompts, cfg, seed, out)
+    rates = {m: round(len(prompts) / s, 2) for m, s in result.seconds.items()}
     print(f"sample: videos/s per method {json.dumps(rates)}; skipped {result.skipped or 'none'} -> {out}", flush=True)
     return FlyteDirectory(str(out))

@@ -45,8 +45,9 @@ def summarize(
     missing = json.loads((Path(ddm.path) / "ddm.json").read_text()).get("missing_experts", [])
     lines = [
         "=" * 100,
-        "ddm-flyte run summary (metric names carry their feature network: fd_attrnet is not FVD)",
-        headline(report).to_string(float_format=lambda v: f"{v:.4f}"),
+        "ddm-flyte run summary: held-out prompts, 95 % paired bootstrap intervals; metric names carry their feature "
+        "network (fd_inf_attrnet is not FVD); ratio_* = monolith / method",
+        headline(report).to_string(),
         featnet_note,
         f"experts missing (failed training, excluded from routing): {missing}" if missing else "all experts trained",
         "router accuracy by t bucket: "

@@ -37,14 +37,14 @@ from lib.io import persist
 from lib.train.checkpoint import MANIFEST
 from lib.train.distributed import workers_from_env
 from lib.train.router import train_router
-from lib.train.specs import ExpertSpec, clip_ids_for, compute_table, expert_specs, monolith_spec
+from lib.train.specs import ExpertSpec, clip_ids_for, compute_table, expert_specs, monolith_spec, training_rows
 from lib.train.trainer import ProgressCallback, TrainData, train
 from tasks.common import input_key, is_local, stage_dir, uri_of
 
 log = logging.getLogger(__name__)
 
 
-@task(cache=Cache(version="specs-v1"))
+@task(cache=Cache(version="specs-v2"))
 def make_specs(
     cfg: RunConfig, assignments: DataFrame[ClusterAssignment], encoded: FlyteDirectory
 ) -> tuple[list[ExpertSpec], ExpertSpec]:
@@ -203,7 +203,7 @@ def train_monolith(
     return node.with_overrides(**_overrides(cfg.resources))
 
 
-@task(cache=Cache(version="router-v1"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+@task(cache=Cache(version="router-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
 def train_router_task(
     cfg: RouterConfig,
     num_clusters: int,
@@ -212,10 +212,12 @@ def train_router_task(
     assignments: DataFrame[ClusterAssignment],
     output_dir: str,
 ) -> tuple[FlyteDirectory, DataFrame[RouterReport]]:
-    """Router p(cluster | x_t, t, text): needs only latents and labels, so it runs beside the experts."""
-    out = stage_dir(output_dir, "router", cfg, num_clusters, seed, uri_of(encoded), assignments["cluster_id"].tolist())
-    data = load_encoded(encoded.download(), assignments["clip_id"].tolist())
-    labels = torch.tensor(assignments["cluster_id"].to_numpy(), dtype=torch.int64)
+    """Router p(cluster | x_t, t, text) on the training clips: needs only latents and labels, so it runs beside the
+    experts."""
+    rows = training_rows(assignments)
+    out = stage_dir(output_dir, "router", cfg, num_clusters, seed, uri_of(encoded), rows["cluster_id"].tolist())
+    data = load_encoded(encoded.download(), rows["clip_id"].tolist())
+    labels = torch.tensor(rows["cluster_id"].to_numpy(), dtype=torch.int64)
     result = train_router(data.latents, data.pooled, labels, cfg, num_clusters, seed, out)
     print("router accuracy per t bucket:", json.dumps(result.report.round(3).to_dict("records")), flush=True)
     return FlyteDirectory(str(result.model_dir)), result.report

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import adjusted_mutual_info_score
 
 from data_schemas.cluster import ClusterAssignment, ClusterSummary
-from lib.cluster.kmeans import ClusterInputError, assign, cluster_embeddings
+from lib.cluster.kmeans import ClusterInputError, assign, cluster_embeddings, cluster_fit_on
 from lib.cluster.report import assignment_frame, balance, cluster_report
 from lib.config import ClusterConfig, ConfigError
 
@@ -182,17 +182,36 @@ def test_balance_numbers():
 def test_assignment_frame_schema():
     x, _ = blobs([10, 10])
     r = cluster_embeddings(x, ClusterConfig(num_clusters=2, fine_clusters=4), seed=0)
-    frame = assignment_frame([f"clip-{i}" for i in range(20)], r)
+    frame = assignment_frame([f"clip-{i}" for i in range(20)], r, ["train"] * 19 + ["prompt"])
     assert frame["cluster_id"].tolist() == r.labels.tolist()
+    assert frame["role"].tolist() == ["train"] * 19 + ["prompt"]
     assert frame["fine_cluster"].tolist() == r.fine_labels.tolist()
     with pytest.raises(pandera.errors.SchemaError, match="clip_id"):
-        assignment_frame(["same"] * 20, r)
+        assignment_frame(["same"] * 20, r, ["train"] * 20)
+    with pytest.raises(pandera.errors.SchemaError, match="role"):
+        assignment_frame([f"clip-{i}" for i in range(20)], r, ["test"] * 20)
     with pytest.raises(pandera.errors.SchemaError):
         ClusterAssignment.validate(frame.assign(distance=-frame["distance"] - 1))
     with pytest.raises((pandera.errors.SchemaError, pandera.errors.SchemaErrors), match="extra"):
         ClusterAssignment.validate(frame.assign(extra=1))
     with pytest.raises(ValueError, match="3 clip ids for 20 cluster labels"):
-        assignment_frame(["a", "b", "c"], r)
+        assignment_frame(["a", "b", "c"], r, ["train"] * 3)
+
+
+@pytest.mark.parametrize("method", ["two_stage", "balanced"])
+def test_clusters_are_fitted_on_train_rows_and_held_out_rows_are_assigned(method):
+    """Held-out clips get a cluster but do not move the centroids: the fit equals a fit on the train rows alone."""
+    x, truth = blobs([30, 30, 30])
+    fit = np.arange(90) % 3 != 0  # every third row is held out
+    cfg = ClusterConfig(num_clusters=3, fine_clusters=12, method=method)
+    r = cluster_fit_on(x, fit, cfg, seed=0)
+    alone = cluster_embeddings(x[fit], cfg, seed=0)
+    np.testing.assert_array_equal(r.centroids, alone.centroids)
+    np.testing.assert_array_equal(r.labels[fit], alone.labels)
+    assert r.labels.shape == (90,) and r.distances.shape == (90,) and (r.distances >= 0).all()
+    assert adjusted_mutual_info_score(truth[~fit], r.labels[~fit]) == pytest.approx(1.0)  # held-out rows land right
+    with pytest.raises(ClusterInputError, match="non-empty boolean mask"):
+        cluster_fit_on(x, np.zeros(90, bool), cfg, seed=0)
 
 
 def test_benchmark_smoke(capsys):

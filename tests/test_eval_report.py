@@ -1,3 +1,9 @@
+"""The EvalReport: N-independent distances with paired intervals, ratios, abstaining accuracy, comparability rules.
+
+A barely trained AttrNet (feature_dim 16, so that the FD∞ extrapolation's 4·D rows fit a small test) scores three
+methods on the same prompts: noise, the prompts' own clips (a perfect generator) and those clips again as ``real``.
+"""
+
 import numpy as np
 import pandas as pd
 import pandera.errors
@@ -8,9 +14,10 @@ from data_schemas.evaluate import EvalReport
 from lib.config import EvalConfig
 from lib.data.procedural import iter_builtin_clips
 from lib.data.video import write_gif
+from lib.evaluate.compare import headline
 from lib.evaluate.featnet import train_attrnet
 from lib.evaluate.frechet import FeatureError
-from lib.evaluate.report import _summary, evaluate_methods, fd_feature_spec, report_html
+from lib.evaluate.report import bootstrap_mean, evaluate_methods, fd_feature_spec, report_html
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -29,71 +36,84 @@ def _data(n, start=0):
 
 @pytest.fixture(scope="module")
 def setup():
-    real, real_attrs = _data(48)
-    net = train_attrnet(real, real_attrs, steps=4, batch_size=8, seed=0)
-    held, held_attrs = _data(12, start=48)
-    rng = np.random.default_rng(0)
-    generated = {
-        "ddm:topk": [rng.integers(0, 256, held.shape, dtype=np.uint8) for _ in range(3)],
-        "monolith": [held.copy(), held.copy(), held.copy()],  # a perfect generator: the prompts' real clips
-    }
-    return real, real_attrs, net, generated, held_attrs
+    reference, reference_attrs = _data(80)
+    net = train_attrnet(reference, reference_attrs, steps=4, batch_size=8, seed=0, feature_dim=16)
+    held, held_attrs = _data(72, start=80)
+    noise = np.random.default_rng(0).integers(0, 256, held.shape, dtype=np.uint8)
+    generated = {"ddm:topk": noise, "monolith": held.copy(), "real": held.copy()}
+    return reference, net, generated, held_attrs
 
 
-def test_report_rows_names_and_counts(setup):
-    real, real_attrs, net, generated, prompts_attrs = setup
-    cfg = EvalConfig(num_real=40)
-    clusters = np.arange(48) % 2
+def test_report_rows_names_intervals_and_ratios(setup):
+    reference, net, generated, prompts_attrs = setup
+    cfg = EvalConfig(bootstrap=40)
     report = evaluate_methods(
-        real, real_attrs, generated, prompts_attrs, cfg, featnet=net, real_clusters=clusters,
-        prompt_clusters=np.arange(12) % 2,
+        reference, generated, prompts_attrs, cfg, featnet=net, reference_clusters=np.arange(80) % 2,
+        prompt_clusters=np.arange(72) % 2,
     )  # fmt: skip
     EvalReport.validate(report)
     # Without I3D/CLIP paths no proxy may be called FVD or CLIP.
     assert not any(m.startswith("fvd") or "clip" in m for m in report[EvalReport.metric])
-    assert {"fd_attrnet", "attr_acc_attrnet", "attr_acc_attrnet.color", "motion_mad", "motion_flow"} <= set(
-        report[EvalReport.metric]
-    )
-    fd = report[(report.metric == "fd_attrnet") & (report.cluster == -1)].set_index("method")
-    assert fd.loc["monolith", "n_real"] == 40 and fd.loc["monolith", "n_generated"] == 12
-    assert fd.loc["ddm:topk", "draws"] == 3 and fd.loc["monolith", "sd"] == pytest.approx(0.0, abs=1e-9)
-    assert fd.loc["ddm:topk", "mean"] > fd.loc["monolith", "mean"]  # noise is further from real than real clips
-    assert fd.extractor.str.startswith("attrnet-").all()
-    per_cluster = report[(report.metric == "fd_attrnet") & (report.cluster >= 0)]
-    assert sorted(set(per_cluster.cluster)) == [0, 1] and (per_cluster.n_real == 20).all()
-    acc = report[(report.metric == "attr_acc_attrnet.background") & (report.cluster == -1)].set_index("method")
-    assert 0.0 <= acc.loc["ddm:topk", "mean"] <= 1.0
-    real_motion = report[(report.method == "real") & (report.metric == "motion_mad") & (report.cluster == -1)]
-    assert len(real_motion) == 1 and real_motion.n_real.iloc[0] == 40 and np.isnan(real_motion.sd.iloc[0])
-    mono = report[(report.method == "monolith") & (report.metric == "motion_mad") & (report.cluster == -1)]
-    assert mono["mean"].iloc[0] > 0.0
+    names = {"fd_attrnet", "fd_inf_attrnet", "kid_attrnet", "ratio_fd_inf_attrnet", "ratio_kid_attrnet",
+             "attr_acc_attrnet", "attr_acc_attrnet.color", "object_found_attrnet", "motion_mad",
+             "motion_flow"}  # fmt: skip
+    assert names <= set(report[EvalReport.metric])
+    main = report[report.cluster == -1].set_index(["method", "metric"])
+    assert main.loc[("monolith", "kid_attrnet"), "n_real"] == 80
+    assert main.loc[("monolith", "kid_attrnet"), "n_generated"] == 72
+    for method in generated:  # every distance has an interval around its estimate
+        for metric in ("fd_attrnet", "fd_inf_attrnet", "kid_attrnet"):
+            row = main.loc[(method, metric)]
+            assert row.ci_low <= row["mean"] <= row.ci_high
+    # a perfect generator is scored exactly like the real clips (same videos, same paired bootstrap)
+    for metric in ("fd_attrnet", "kid_attrnet", "attr_acc_attrnet"):
+        assert main.loc[("monolith", metric)].tolist()[-3:] == main.loc[("real", metric)].tolist()[-3:]
+    assert main.loc[("ddm:topk", "kid_attrnet"), "mean"] > main.loc[("monolith", "kid_attrnet"), "ci_high"]
+    ratio = main.loc[("ddm:topk", "ratio_kid_attrnet")]  # monolith / noise: far below 1
+    assert ratio["mean"] < 1 and ratio.ci_high < 1
+    assert ("monolith", "ratio_kid_attrnet") not in main.index  # no ratio of the baseline with itself
+    per_cluster = report[(report.metric == "kid_attrnet") & (report.cluster >= 0)]
+    assert sorted(set(per_cluster.cluster)) == [0, 1] and (per_cluster.n_real == 40).all()
+    found = main.loc[("monolith", "object_found_attrnet"), "mean"]
+    assert found >= main.loc[("monolith", "attr_acc_attrnet.color"), "mean"]  # either prompt object counts
+
+
+def test_headline_prints_estimates_with_intervals(setup):
+    reference, net, generated, prompts_attrs = setup
+    report = evaluate_methods(reference, generated, prompts_attrs, EvalConfig(bootstrap=20), featnet=net)
+    table = headline(report)
+    assert list(table.index) == sorted(generated) or set(table.index) == set(generated)
+    assert table.columns[0] == "fd_inf_attrnet" and "kid_attrnet" in table.columns
+    assert all("[" in cell and "]" in cell for cell in table["kid_attrnet"])
+    assert table.loc["monolith", "ratio_kid_attrnet"] == ""  # the baseline has no ratio with itself
 
 
 def test_comparability_rules_are_enforced(setup):
-    real, real_attrs, net, generated, prompts_attrs = setup
-    cfg = EvalConfig(num_real=40)
-    uneven = {**generated, "expert:0": [generated["monolith"][0][:6]]}
-    with pytest.raises(ValueError, match="differ in size"):
-        evaluate_methods(real, real_attrs, uneven, prompts_attrs, cfg, featnet=net)
-    with pytest.raises(ValueError, match="12 generated videos per draw but 5 prompts"):
-        evaluate_methods(real, real_attrs, generated, prompts_attrs.iloc[:5], cfg, featnet=net)
+    reference, net, generated, prompts_attrs = setup
+    cfg = EvalConfig(bootstrap=10)
+    uneven = {**generated, "expert:0": generated["monolith"][:6]}
+    with pytest.raises(ValueError, match="different numbers of videos"):
+        evaluate_methods(reference, uneven, prompts_attrs, cfg, featnet=net)
+    with pytest.raises(ValueError, match="72 generated videos per method but 5 prompts"):
+        evaluate_methods(reference, generated, prompts_attrs.iloc[:5], cfg, featnet=net)
     prov = fd_feature_spec(cfg, net).provenance(40, 12, 4, 16, 16)
     assert prov["extractor"].startswith("attrnet-") and prov["n_real"] == 40 and prov["source_resolution"] == "16x16"
     with pytest.raises(FeatureError, match="eval.i3d_path"):
-        evaluate_methods(real, real_attrs, generated, prompts_attrs, cfg, featnet=None)
+        evaluate_methods(reference, generated, prompts_attrs, cfg, featnet=None)
     with pytest.raises(ValueError, match="not found"):
-        evaluate_methods(real, real_attrs, generated, prompts_attrs, EvalConfig(i3d_path="/no/i3d.pt"), featnet=net)
+        evaluate_methods(reference, generated, prompts_attrs, EvalConfig(i3d_path="/no/i3d.pt"), featnet=net)
 
 
-def test_summary_interval_and_schema_rejects_bad_rows():
-    mean, sd, ci = _summary([1.0, 2.0, 3.0])
-    assert (mean, sd) == (2.0, 1.0) and ci == pytest.approx(4.302653 / np.sqrt(3), rel=1e-5)
-    row = {
-        "method": "ddm:topk", "metric": "fd_attrnet", "extractor": "attrnet-x", "cluster": -1, "n_real": 4,
-        "n_generated": 4, "draws": 1, "mean": 1.0, "sd": float("nan"), "ci95": float("nan"),
-    }  # fmt: skip
+def test_bootstrap_mean_interval_and_schema_rejects_bad_rows():
+    values = np.r_[np.zeros(50), np.ones(50)]
+    mean, low, high = bootstrap_mean(values, 400, seed=0)
+    assert mean == 0.5 and 0.38 < low < 0.45 and 0.55 < high < 0.62  # ≈ 0.5 ± 1.96 · 0.05
+    assert bootstrap_mean(values, 400, seed=0) == (mean, low, high)
+    row = {"method": "ddm:topk", "metric": "kid_attrnet", "extractor": "attrnet-x", "cluster": -1, "n_real": 4,
+           "n_generated": 4, "mean": 1.0, "ci_low": 0.5, "ci_high": 1.5}  # fmt: skip
     EvalReport.validate(pd.DataFrame([row]))
-    for bad in ({"method": "best-model"}, {"metric": "FVD"}, {"cluster": -2}, {"sd": -1.0}):
+    EvalReport.validate(pd.DataFrame([{**row, "ci_low": float("nan"), "ci_high": float("nan")}]))
+    for bad in ({"method": "best-model"}, {"metric": "FVD"}, {"cluster": -2}, {"ci_low": 2.0}):
         with pytest.raises(pandera.errors.SchemaError):
             EvalReport.validate(pd.DataFrame([{**row, **bad}]))
     with pytest.raises(pandera.errors.SchemaError):
@@ -103,13 +123,13 @@ def test_summary_interval_and_schema_rejects_bad_rows():
 
 
 def test_report_html_has_table_chart_and_animations(setup, tmp_path):
-    real, real_attrs, net, generated, prompts_attrs = setup
-    report = evaluate_methods(real, real_attrs, generated, prompts_attrs, EvalConfig(num_real=40), featnet=net)
+    reference, net, generated, prompts_attrs = setup
+    report = evaluate_methods(reference, generated, prompts_attrs, EvalConfig(bootstrap=10), featnet=net)
     gifs = {
-        m: [str(write_gif(tmp_path / f"{m.replace(':', '_')}_{i}.gif", d[0][i])) for i in range(2)]
-        for m, d in generated.items()
+        m: [str(write_gif(tmp_path / f"{m.replace(':', '_')}_{i}.gif", v[i])) for i in range(2)]
+        for m, v in generated.items()
     }
     page = report_html(report, gifs)
-    assert page.count("data:image/gif;base64,") == 4 and page.count("data:image/png;base64,") == 1
-    assert "<table" in page and "fd_attrnet" in page and "ddm:topk" in page
+    assert page.count("data:image/gif;base64,") == 6 and page.count("data:image/png;base64,") == 1
+    assert "<table" in page and "kid_attrnet" in page and "ddm:topk" in page and "paired bootstrap" in page
     assert (tmp_path / "monolith_0.gif").read_bytes()[:6] == b"GIF89a"

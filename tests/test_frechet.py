@@ -10,7 +10,6 @@ from lib.evaluate.frechet import (
     FeatureError,
     FrechetVideoDistance,
     fd_from_stats,
-    fd_over_draws,
     frechet_distance,
     load_stats,
     save_stats,
@@ -127,22 +126,6 @@ def test_float64_accumulation_survives_feature_means_in_the_thousands():
 
     (m1, c1), (m2, c2) = stats32(real), stats32(fake)
     assert abs(frechet_distance(m1, c1, m2, c2) - truth) / truth > 0.1
-
-
-def test_fd_over_draws_reports_spread_and_refuses_mixed_n():
-    real = _gauss(7, n=200)
-    draws = [_gauss(8 + i, n=100) for i in range(3)]
-    ext = LookupFeatures(np.concatenate([real, *draws]).astype(np.float32))
-    vids = [_index_videos(range(200 + 100 * i, 300 + 100 * i)) for i in range(3)]
-    res = fd_over_draws(ext, _index_videos(range(200)), vids, name="fd_test")
-    singles = [_fd(real.astype(np.float32), d.astype(np.float32)) for d in draws]
-    assert res.values == pytest.approx(singles, rel=1e-9)
-    assert (res.n_real, res.n_gen) == (200, 100)
-    assert res.mean == pytest.approx(np.mean(singles)) and res.sd == pytest.approx(np.std(singles, ddof=1))
-    with pytest.raises(FeatureError, match="different sizes"):
-        fd_over_draws(ext, _index_videos(range(200)), [vids[0], vids[1][:50]])
-    with pytest.raises(FeatureError, match="uint8"):
-        fd_over_draws(ext, np.zeros((4, 2, 2, 2, 3), np.float32), vids)
 
 
 class TinyI3D(nn.Module):

@@ -25,7 +25,7 @@ from lib.data.procedural import iter_builtin_clips
 from lib.encode.codec import PixelCodec
 from lib.encode.text import TextEncoder
 from lib.sample.pipeline import MANIFEST, DDMLoadError, DDMPipeline, assemble_ddm, save_videos
-from lib.sample.prompts import stratified_prompts
+from lib.sample.prompts import proportional_counts, stratified_prompts
 from lib.train.router import train_router
 from lib.train.trainer import TrainCallback, TrainData, train
 
@@ -220,30 +220,55 @@ def test_save_videos_writes_gif_and_mp4(tmp_path):
         save_videos(videos, tmp_path, "x", formats=("webm",))
 
 
-def test_stratified_prompts_are_stratified_and_deterministic():
-    assignments = pd.DataFrame(
-        {"clip_id": [f"c{i:03d}" for i in range(23)], "cluster_id": [0] * 10 + [1] * 10 + [2] * 3}
-    )
-    index = pd.DataFrame({"clip_id": [f"c{i:03d}" for i in range(23)], "caption": [f"caption {i}" for i in range(23)]})
-    table = stratified_prompts(assignments, index, per_cluster=4, seed=0)
+def test_prompts_come_from_the_prompt_role_in_cluster_proportion():
+    ids = [f"c{i:03d}" for i in range(60)]
+    roles = ["train"] * 20 + ["prompt"] * 30 + ["validation"] * 10
+    clusters = [i % 3 for i in range(20)] + [0] * 15 + [1] * 10 + [2] * 5 + [i % 2 for i in range(10)]
+    assignments = pd.DataFrame({"clip_id": ids, "cluster_id": clusters, "role": roles})
+    index = pd.DataFrame({"clip_id": ids, "caption": [f"caption {i}" for i in range(60)]})
+    table = stratified_prompts(assignments, index, num_prompts=12, seed=0)
     PromptSet.validate(table)
-    assert table["prompt_id"].tolist() == list(range(11))
-    assert table.groupby("cluster_id").size().to_dict() == {0: 4, 1: 4, 2: 3}  # cluster 2 has only 3 clips
+    assert table["prompt_id"].tolist() == list(range(12))
+    assert set(table["clip_id"]) <= set(ids[20:50])  # prompt-role clips only
+    assert table.groupby("cluster_id").size().to_dict() == {0: 6, 1: 4, 2: 2}  # 15:10:5 of the role
     truth = assignments.set_index("clip_id")["cluster_id"]
     assert (table["cluster_id"].to_numpy() == truth[table["clip_id"]].to_numpy()).all()
     assert (table["caption"] == "caption " + table["clip_id"].str[1:].astype(int).astype(str)).all()
-    shuffled = stratified_prompts(assignments.sample(frac=1, random_state=1), index[::-1], per_cluster=4, seed=0)
+    shuffled = stratified_prompts(assignments.sample(frac=1, random_state=1), index[::-1], num_prompts=12, seed=0)
     pd.testing.assert_frame_equal(shuffled, table)
-    assert not stratified_prompts(assignments, index, per_cluster=4, seed=1).equals(table)
-    more = stratified_prompts(assignments, index, per_cluster=6, seed=0)
-    for k in (0, 1):  # a larger set extends each cluster's list
-        assert more[more.cluster_id == k].clip_id.tolist()[:4] == table[table.cluster_id == k].clip_id.tolist()
-    held = stratified_prompts(assignments, index, per_cluster=4, seed=0, holdout={"c000", "c001", "c015"})
-    assert sorted(held["clip_id"]) == ["c000", "c001", "c015"]
+    assert not stratified_prompts(assignments, index, num_prompts=12, seed=1).equals(table)
+    assert len(stratified_prompts(assignments, index, num_prompts=0, seed=0)) == 30  # 0: the whole role
+    val = stratified_prompts(assignments, index, num_prompts=0, seed=0, role="validation")
+    assert sorted(val["clip_id"]) == ids[50:]
+    with pytest.raises(ValueError, match="only 30 clips have role 'prompt'"):
+        stratified_prompts(assignments, index, num_prompts=31, seed=0)
+    with pytest.raises(ValueError, match="held-out role"):
+        stratified_prompts(assignments, index, num_prompts=5, seed=0, role="train")
     with pytest.raises(ValueError, match="no caption"):
-        stratified_prompts(assignments, index.iloc[1:], per_cluster=2, seed=0)
+        stratified_prompts(assignments, index.iloc[21:], num_prompts=2, seed=0)
     with pytest.raises(ValueError, match="lacks column"):
-        stratified_prompts(assignments.rename(columns={"cluster_id": "k"}), index, per_cluster=2, seed=0)
+        stratified_prompts(assignments.drop(columns="role"), index, num_prompts=2, seed=0)
+
+
+def test_proportional_counts_sum_and_bounds():
+    assert proportional_counts(np.array([15, 10, 5]), 12).tolist() == [6, 4, 2]
+    assert proportional_counts(np.array([1, 1, 1]), 2).sum() == 2
+    assert proportional_counts(np.array([3, 0, 1]), 10).tolist() == [3, 0, 1]  # never more than a group has
+
+
+def test_eps_conversion_settings_reach_the_sampler(pipe, prompts, monkeypatch):
+    """sample.eps_x0_clamp / eps_alpha_floor are passed to every sampler call, not only into cache keys."""
+    import lib.sample.pipeline as pipeline
+
+    seen, real = [], pipeline.sample_ddm
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["clamp"], kwargs["alpha_floor"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "sample_ddm", spy)
+    pipe(prompts[:3], strategy="topk", num_steps=1, batch_size=2, eps_x0_clamp=1.5, eps_alpha_floor=0.2)
+    assert seen == [(1.5, 0.2), (1.5, 0.2)]
 
 
 def test_unconditional_input_is_the_trainers_caption_dropout(pipe, prompts, monkeypatch):

@@ -117,7 +117,8 @@ def _gpu_cfg():
 
 def _assignments():
     return pd.DataFrame(
-        {"clip_id": list("abcd"), "cluster_id": [0, 1, 0, 1], "distance": [0.1] * 4, "fine_cluster": [0, 1, 2, 3]}
+        {"clip_id": list("abcd"), "cluster_id": [0, 1, 0, 1], "distance": [0.1] * 4, "fine_cluster": [0, 1, 2, 3],
+         "role": ["train"] * 4}
     )
 
 

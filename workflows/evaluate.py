@@ -29,7 +29,6 @@ def evaluate_stage(
     prompts = make_prompts(cfg=cfg.sample, seed=cfg.seed, assignments=assignments, index=index)
     samples = sample_task(
         cfg=cfg.sample,
-        draws=cfg["eval"].draws,  # cfg.eval would hit Promise.eval
         seed=cfg.seed,
         ddm=ddm,
         monolith=monolith,

@@ -298,3 +298,39 @@ def cluster_embeddings(x: np.ndarray, cfg: ClusterConfig, seed: int) -> ClusterR
         fine_to_cluster=fine_to_cluster,
         method=cfg.method,
     )
+
+
+def cluster_fit_on(x: np.ndarray, fit_rows: np.ndarray, cfg: ClusterConfig, seed: int) -> ClusterResult:
+    """Fit the clustering on ``fit_rows`` only (the training clips) and assign every row of ``x`` to it.
+
+    Why: held-out clips (validation, reference, prompt) need a cluster — prompts are stratified by it, the oracle
+    route and per-cluster scores use it — but they must not shape the clusters the experts train on. A held-out
+    row takes the cluster of its nearest fine centroid, as a training row does (``balanced``: its nearest final
+    centroid, since balancing moves single rows away from their fine centroid's cluster).
+
+    Args:
+        x: float32 [N, D] embeddings of every clip.
+        fit_rows: bool [N], the rows the centroids are fitted on.
+    """
+    fit_rows = np.asarray(fit_rows, dtype=bool)
+    if fit_rows.shape != (len(x),) or not fit_rows.any():
+        raise ClusterInputError(f"cluster: need a non-empty boolean mask of {len(x)} rows to fit on")
+    fitted = cluster_embeddings(np.asarray(x)[fit_rows], cfg, seed)
+    xn = validate_embeddings(x)
+    fine_labels, _ = _nearest(xn, fitted.fine_centroids)
+    if cfg.method == "balanced":
+        labels, _ = _nearest(xn, fitted.centroids)
+        labels[fit_rows] = fitted.labels
+    else:
+        labels = fitted.fine_to_cluster[fine_labels]
+    fine_labels[fit_rows] = fitted.fine_labels
+    distances = np.maximum(1.0 - np.einsum("nd,nd->n", xn, fitted.centroids[labels]), 0.0).astype(np.float32)
+    return ClusterResult(
+        labels=labels.astype(np.int64),
+        distances=distances,
+        centroids=fitted.centroids,
+        fine_centroids=fitted.fine_centroids,
+        fine_labels=fine_labels.astype(np.int64),
+        fine_to_cluster=fitted.fine_to_cluster,
+        method=cfg.method,
+    )

@@ -103,16 +103,17 @@ class ClusterReport:
         )
 
 
-def assignment_frame(clip_ids: list[str], result: ClusterResult) -> pd.DataFrame:
-    """The ClusterAssignment table of a clustering, rows in the order of ``clip_ids``."""
-    if len(clip_ids) != len(result.labels):
-        raise ValueError(f"{len(clip_ids)} clip ids for {len(result.labels)} cluster labels")
+def assignment_frame(clip_ids: list[str], result: ClusterResult, roles: list[str] | np.ndarray) -> pd.DataFrame:
+    """The ClusterAssignment table of a clustering, rows in the order of ``clip_ids`` (``roles`` aligned)."""
+    if len(clip_ids) != len(result.labels) or len(roles) != len(clip_ids):
+        raise ValueError(f"{len(clip_ids)} clip ids for {len(result.labels)} cluster labels and {len(roles)} roles")
     frame = pd.DataFrame(
         {
             ClusterAssignment.clip_id: list(clip_ids),
             ClusterAssignment.cluster_id: result.labels.astype(np.int64),
             ClusterAssignment.distance: result.distances.astype(np.float64),
             ClusterAssignment.fine_cluster: result.fine_labels.astype(np.int64),
+            ClusterAssignment.role: list(roles),
         }
     )
     return ClusterAssignment.validate(frame)

@@ -18,10 +18,11 @@ from pathlib import Path
 import fsspec
 import pandas as pd
 
-from data_schemas.ingest import ClipAttributes, QuarantineRecord, VideoManifest
+from data_schemas.ingest import ClipAttributes, ClipIndex, QuarantineRecord, VideoManifest
 from lib.config import DataConfig
 from lib.data.procedural import iter_builtin_clips
 from lib.data.shards import ShardWriter
+from lib.data.split import assign_roles, role_counts
 from lib.data.video import VideoDecodeError, decode_clip
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class IngestResult:
         if reasons:
             text += " (" + ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items())) + ")"
         rate = len(self.index) / self.seconds if self.seconds > 0 else float("inf")
-        return f"{text}; {self.seconds:.1f} s, {rate:.0f} clips/s"
+        roles = ", ".join(f"{r} {n}" for r, n in role_counts(self.index).items())
+        return f"{text}; roles: {roles}; {self.seconds:.1f} s, {rate:.0f} clips/s"
 
 
 def ingest_builtin(cfg: DataConfig, seed: int, out_dir: str | Path) -> IngestResult:
@@ -182,7 +184,10 @@ def check_bad_fraction(quarantine: pd.DataFrame, total: int, threshold: float, w
 
 
 def ingest(cfg: DataConfig, seed: int, out_dir: str | Path) -> IngestResult:
-    """Ingest from whichever source the config names."""
-    if cfg.source == "builtin":
-        return ingest_builtin(cfg, seed, out_dir)
-    return ingest_manifest(cfg, out_dir)
+    """Ingest from whichever source the config names, and give every kept clip its role (lib.data.split)."""
+    result = ingest_builtin(cfg, seed, out_dir) if cfg.source == "builtin" else ingest_manifest(cfg, out_dir)
+    roles = assign_roles(
+        result.index["clip_id"].tolist(), seed, cfg.validation_fraction, cfg.reference_fraction, cfg.prompt_fraction
+    )
+    result.index = ClipIndex.validate(result.index.assign(role=roles))
+    return result

@@ -17,8 +17,8 @@ Why float64 everywhere: the covariance is recovered as ``(Σ x xᵀ − n μ μ�
 Why real statistics are stored: the reference set is fixed for a run, so its mean/covariance are computed once,
 saved (safetensors, float64) and loaded back for every method and every generated draw.
 
-FD is biased by the sample count (DESIGN §7): only compare numbers that share N, extractor and resize rule, and
-report the spread over several generated draws (``fd_over_draws``).
+FD is biased by the sample count (DESIGN §7): only compare numbers that share N, extractor and resize rule;
+``lib.evaluate.distances`` gives the N-independent FD∞ and KID with bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -211,50 +211,3 @@ class FrechetVideoDistance:
 
     def reset_generated(self) -> None:
         self.metric.reset()  # reset_real_features=False keeps the real accumulators
-
-
-@dataclass(frozen=True)
-class DrawsResult:
-    """FD of several generated draws against one real set."""
-
-    mean: float
-    sd: float  # sample sd over draws (ddof=1); nan for a single draw
-    n_real: int
-    n_gen: int
-    values: tuple[float, ...]
-
-
-def fd_over_draws(
-    extractor: nn.Module,
-    real_videos: np.ndarray | torch.Tensor,
-    generated_draws: list[np.ndarray | torch.Tensor],
-    name: str = "fd",
-    batch_size: int = 64,
-) -> DrawsResult:
-    """FD of each generated draw against the same real set; all draws must have the same N (FD depends on N).
-
-    Args:
-        extractor: feature module (see ``FrechetVideoDistance``).
-        real_videos: uint8 [N_real, T, H, W, 3].
-        generated_draws: list of uint8 [N_gen, T, H, W, 3], e.g. the same prompts sampled with different seeds.
-
-    Returns:
-        DrawsResult: mean and sd over draws, N_real, N_gen and the per-draw values.
-    """
-    if not generated_draws:
-        raise FeatureError(f"{name}: no generated draws")
-    sizes = {int(d.shape[0]) for d in generated_draws}
-    if len(sizes) != 1:
-        raise FeatureError(f"{name}: generated draws have different sizes {sorted(sizes)}; FD compares only at one N")
-    fvd = FrechetVideoDistance(extractor, name, batch_size)
-    fvd.update(real_videos, real=True)
-    values = []
-    for draw in generated_draws:
-        fvd.reset_generated()
-        fvd.update(draw, real=False)
-        values.append(fvd.compute())
-    arr = np.asarray(values, dtype=np.float64)
-    sd = float(arr.std(ddof=1)) if len(arr) > 1 else float("nan")
-    n_real = int(fvd.metric.real_features_num_samples)
-    log.info("%s: %.4f ± %.4f over %d draws (N_real=%d, N_gen=%d)", name, arr.mean(), sd, len(arr), n_real, sizes.pop())
-    return DrawsResult(float(arr.mean()), sd, n_real, int(generated_draws[0].shape[0]), tuple(values))

@@ -1,16 +1,17 @@
 """Scores of every sampling method in one EvalReport table, and its HTML rendering for a Flyte Deck.
 
-Rules that keep the numbers meaningful (DESIGN §7):
-- one real reference set (``eval.num_real`` clips) and one generated N for every method: draws of different sizes
-  are refused, because the Fréchet distance depends on N;
-- mean ± sd and a 95 % t-interval over generated draws (same prompts, different seeds);
+Rules that keep the numbers meaningful:
+- the reference set is held-out ``reference`` clips and the prompts are held-out ``prompt`` clips
+  (lib.data.split); the ``real`` method is the prompt clips themselves, so it sits near FD∞ ≈ 0 and KID ≈ 0;
+- one video per prompt for every method, row i = prompt i, so every interval and ratio is a *paired* bootstrap
+  over prompts (lib.evaluate.distances);
+- distances that do not depend on N (``fd_inf_<net>``, ``kid_<net>``) next to the fixed-N ``fd_<net>`` that papers
+  report (compare that one only at equal N); ``ratio_<distance>`` rows give monolith / method;
 - metric names carry the extractor: ``fvd_i3d`` only with the user's I3D file, otherwise ``fd_attrnet``;
-  ``clip_sim`` only with a CLIP folder, otherwise ``attr_acc_attrnet`` (prompt-attribute accuracy).
+  ``clip_sim`` only with a CLIP folder; prompt-attribute accuracy ``attr_acc_attrnet`` (an "absent" answer of the
+  feature net counts as wrong) and ``object_found_attrnet`` with the offline AttrNet;
 - ``cluster`` -1 scores all prompts; with cluster labels every cluster also gets its own rows (its prompts against
-  the real clips of that cluster). Per-cluster FDs use a smaller N, so compare them only with each other.
-
-The "real" method is the reference itself: its motion statistics are reported so generated motion can be read
-against them. To get an FD floor, pass held-out real clips (with their attributes as prompts) as a method "real".
+  the reference clips of that cluster).
 """
 
 from __future__ import annotations
@@ -24,22 +25,26 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 from pandera.typing import DataFrame
-from scipy import stats
 from torch import nn
 
 from data_schemas.evaluate import EvalReport
 from lib.config import EvalConfig
 from lib.evaluate.clip_score import ClipSimilarity
-from lib.evaluate.featnet import AttrNet, AttrNetFeatures, attribute_accuracy, attrnet_id
-from lib.evaluate.frechet import FeatureError, FrechetVideoDistance, as_video_batch
+from lib.evaluate.distances import score_sets
+from lib.evaluate.featnet import HEADLINE_ATTRIBUTES, AttrNet, AttrNetFeatures, attribute_hits, attrnet_id
+from lib.evaluate.frechet import FeatureError, as_video_batch
 from lib.evaluate.i3d import I3DFeatures
 from lib.evaluate.motion import mean_abs_frame_diff, normal_flow_magnitude
+from lib.seeding import derive_seed, numpy_rng
 
 log = logging.getLogger(__name__)
 
 ALL_CLUSTERS = -1
+BASELINE = "monolith"  # ratios are baseline / method
+MIN_SET = 4  # fewest videos on either side for a distance row
 
 
 @dataclass
@@ -77,17 +82,24 @@ def fd_feature_spec(cfg: EvalConfig, featnet: AttrNet | None) -> FeatureSpec:
     return FeatureSpec(AttrNetFeatures(featnet), "fd_attrnet", attrnet_id(featnet))
 
 
-def _summary(values: list[float]) -> tuple[float, float, float]:
-    """Mean, sample sd and 95 % t-interval half-width; sd and ci95 are NaN for one value."""
-    arr = np.asarray(values, dtype=np.float64)
-    if len(arr) < 2:
-        return float(arr.mean()), float("nan"), float("nan")
-    sd = float(arr.std(ddof=1))
-    return float(arr.mean()), sd, float(stats.t.ppf(0.975, len(arr) - 1) * sd / np.sqrt(len(arr)))
+def _features(module: nn.Module, videos: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Float64 features [N, D] of uint8 videos, in batches (the extractor decides layout and scaling)."""
+    clips = as_video_batch(videos)
+    with torch.no_grad():
+        parts = [module(clips[i : i + batch_size]).double().cpu().numpy() for i in range(0, len(clips), batch_size)]
+    return np.concatenate(parts)
 
 
-def _row(method: str, metric: str, extractor: str, cluster: int, n_real: int, n_gen: int, values: list[float]):
-    mean, sd, ci95 = _summary(values)
+def bootstrap_mean(values: np.ndarray, replicates: int, seed: int) -> tuple[float, float, float]:
+    """Mean of per-prompt values and its 95 % percentile bootstrap interval over prompts."""
+    values = np.asarray(values, dtype=np.float64)
+    idx = numpy_rng(seed, "bootstrap-mean").integers(0, len(values), (replicates, len(values)))
+    reps = values[idx].mean(axis=1)
+    return float(values.mean()), float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))
+
+
+def _row(method: str, metric: str, extractor: str, cluster: int, n_real: int, n_gen: int, mean: float,
+         low: float = float("nan"), high: float = float("nan")) -> dict[str, object]:  # fmt: skip
     return {
         "method": method,
         "metric": metric,
@@ -95,131 +107,141 @@ def _row(method: str, metric: str, extractor: str, cluster: int, n_real: int, n_
         "cluster": cluster,
         "n_real": n_real,
         "n_generated": n_gen,
-        "draws": len(values),
         "mean": mean,
-        "sd": sd,
-        "ci95": ci95,
+        "ci_low": low,
+        "ci_high": high,
     }
 
 
-def _check_generated(generated: dict[str, list], n_prompts: int | None) -> int:
-    """All draws of all methods must be uint8 videos with one N (and one per prompt when prompts are given)."""
+def _check_generated(generated: dict[str, np.ndarray], n_prompts: int | None) -> int:
+    """All methods must hold uint8 videos, one per prompt, in prompt order."""
     if not generated:
         raise ValueError("evaluate: no generated videos (the dict of methods is empty)")
     sizes = {}
-    for method, draws in generated.items():
-        if not draws:
-            raise ValueError(f"evaluate: method {method!r} has no draws")
-        for i, draw in enumerate(draws):
-            try:
-                sizes[(method, i)] = int(as_video_batch(draw).shape[0])
-            except FeatureError as exc:
-                raise ValueError(f"evaluate: {method!r} draw {i}: {exc}") from None
+    for method, videos in generated.items():
+        try:
+            sizes[method] = int(as_video_batch(videos).shape[0])
+        except FeatureError as exc:
+            raise ValueError(f"evaluate: {method!r}: {exc}") from None
     distinct = sorted(set(sizes.values()))
     if len(distinct) != 1:
-        raise ValueError(f"evaluate: generated draws differ in size {distinct}; scores are only comparable at one N")
+        raise ValueError(f"evaluate: methods have different numbers of videos {sizes}; one video per prompt each")
     if n_prompts is not None and distinct[0] != n_prompts:
-        raise ValueError(f"evaluate: {distinct[0]} generated videos per draw but {n_prompts} prompts")
+        raise ValueError(f"evaluate: {distinct[0]} generated videos per method but {n_prompts} prompts")
     return distinct[0]
 
 
+def _distance_rows(
+    spec: FeatureSpec, ref: np.ndarray, gen: dict[str, np.ndarray], cluster: int, cfg: EvalConfig, seed: int
+) -> list[dict[str, object]]:
+    names = {"fd": spec.metric, "fd_inf": spec.metric.replace("fd_", "fd_inf_", 1).replace("fvd_", "fvd_inf_", 1),
+             "kid": spec.metric.replace("fd_", "kid_", 1).replace("fvd_", "kvd_", 1)}  # fmt: skip
+    pairs = [(BASELINE, m) for m in gen if m != BASELINE] if BASELINE in gen else []
+    results, ratios = score_sets(ref, gen, bootstrap=cfg.bootstrap, seed=derive_seed(seed, "eval", cluster),
+                                 ratio_pairs=pairs)  # fmt: skip
+    rows = []
+    n_gen = len(next(iter(gen.values())))
+    for method, res in results.items():
+        for key, name in names.items():
+            iv = getattr(res, key)
+            if np.isfinite(iv.mean):  # FD∞ needs 4·D rows per set; score_sets logs why it is missing
+                rows.append(_row(method, name, spec.extractor_id, cluster, len(ref), n_gen, iv.mean, iv.low, iv.high))
+    for (_, method), by_metric in ratios.items():
+        for key, name in names.items():
+            iv = by_metric[key]
+            if np.isfinite(iv.mean):  # undefined where the method's own interval reaches 0 (e.g. the real clips)
+                rows.append(_row(method, f"ratio_{name}", spec.extractor_id, cluster, len(ref), n_gen, iv.mean,
+                                 iv.low, iv.high))  # fmt: skip
+    return rows
+
+
 def evaluate_methods(
-    real_videos: np.ndarray,
-    real_attrs: pd.DataFrame,
-    generated: dict[str, list[np.ndarray]],
+    reference_videos: np.ndarray,
+    generated: dict[str, np.ndarray],
     prompts_attrs: pd.DataFrame,
     cfg: EvalConfig,
     featnet: AttrNet | None = None,
     prompts: list[str] | None = None,
-    real_clusters: np.ndarray | None = None,
+    reference_clusters: np.ndarray | None = None,
     prompt_clusters: np.ndarray | None = None,
     clip: ClipSimilarity | None = None,
+    seed: int = 0,
 ) -> DataFrame[EvalReport]:
-    """Score every method on Fréchet distance, text-video alignment and motion.
+    """Score every method on N-independent distances, text-video alignment and motion, with paired intervals.
 
     Args:
-        real_videos: reference clips uint8 [N, T, H, W, 3]; the first ``cfg.num_real`` are used.
-        real_attrs: their ClipAttributes rows (may be empty for real data without attributes).
-        generated: method name (``ddm:topk``, ``monolith``, ``expert:0`` ...) -> draws, each uint8
-            [P, T, H, W, 3] for the same P prompts in the same order.
+        reference_videos: held-out reference clips uint8 [N, T, H, W, 3] (all of them are used).
+        generated: method name (``ddm:topk``, ``monolith``, ``expert:0``, ``real`` ...) -> uint8 [P, T, H, W, 3],
+            row i answering prompt i; ``real`` should be the prompt clips themselves.
         prompts_attrs: P rows of the prompts' generating attributes (empty: no attribute accuracy).
-        cfg: the ``eval`` config section (I3D / CLIP paths, N real).
-        featnet: the run's AttrNet (Fréchet features without I3D, and attribute accuracy).
+        cfg: the ``eval`` config section (I3D / CLIP paths, bootstrap replicates).
+        featnet: the run's AttrNet (distance features without I3D, and attribute accuracy).
         prompts: the P captions (needed for ``clip_sim``).
-        real_clusters: cluster label per real clip [N] (per-cluster Fréchet rows).
+        reference_clusters: cluster label per reference clip [N] (per-cluster rows).
         prompt_clusters: cluster label per prompt [P] (per-cluster rows).
         clip: an already loaded CLIP scorer; built from ``cfg.clip_path`` when None and the path is set.
+        seed: bootstrap seed.
 
     Returns:
-        EvalReport rows for every (method, metric, cluster).
+        EvalReport rows for every (method, metric, cluster); ratios monolith / method when a monolith is scored.
     """
     n_prompts = len(prompts_attrs) if len(prompts_attrs) else (len(prompts) if prompts is not None else None)
     p = _check_generated(generated, n_prompts)
-    real = as_video_batch(real_videos)[: cfg.num_real]
-    n_real = real.shape[0]
-    if n_real < cfg.num_real:
-        log.warning(
-            "evaluate: only %d real clips for eval.num_real=%d; n_real in the report says so", n_real, cfg.num_real
-        )
+    ref_videos = as_video_batch(reference_videos)
     spec = fd_feature_spec(cfg, featnet)
     if clip is None and cfg.clip_path:
         clip = ClipSimilarity(cfg.clip_path)
     if clip is not None and (prompts is None or len(prompts) != p):
-        raise ValueError(
-            f"evaluate: clip_sim needs one prompt per generated video ({p}), got {prompts and len(prompts)}"
-        )
-    use_attrs = featnet is not None and len(prompts_attrs) > 0
-    real_lab = None if real_clusters is None else np.asarray(real_clusters)[:n_real]
-    groups = [(ALL_CLUSTERS, np.arange(p), np.arange(n_real))]
+        got = None if prompts is None else len(prompts)
+        raise ValueError(f"evaluate: clip_sim needs one prompt per generated video ({p}), got {got}")
+    ref_feats = _features(spec.module, ref_videos)
+    gen_feats = {m: _features(spec.module, v) for m, v in generated.items()}
+    hits = {}
+    if featnet is not None and len(prompts_attrs) > 0:
+        hits = {m: attribute_hits(featnet, v, prompts_attrs) for m, v in generated.items()}
+    sims = {m: clip.scores(v, prompts) for m, v in generated.items()} if clip is not None else {}
+    motion = {m: {"motion_mad": mean_abs_frame_diff(v), "motion_flow": normal_flow_magnitude(v)}
+              for m, v in generated.items()}  # fmt: skip
+
+    groups = [(ALL_CLUSTERS, np.arange(p), np.arange(len(ref_videos)))]
     if prompt_clusters is not None:
         prompt_lab = np.asarray(prompt_clusters)
         if len(prompt_lab) != p:
             raise ValueError(f"evaluate: {len(prompt_lab)} prompt cluster labels for {p} prompts")
+        ref_lab = np.asarray(reference_clusters) if reference_clusters is not None else None
         for c in sorted(set(prompt_lab.tolist())):
-            real_idx = np.flatnonzero(real_lab == c) if real_lab is not None else np.arange(0)
-            groups.append((int(c), np.flatnonzero(prompt_lab == c), real_idx))
+            ref_idx = np.flatnonzero(ref_lab == c) if ref_lab is not None else np.arange(0)
+            groups.append((int(c), np.flatnonzero(prompt_lab == c), ref_idx))
 
     rows = []
-    for cluster, gen_idx, real_idx in groups:
-        if len(real_idx) >= 2 and len(gen_idx) >= 2:
-            fd = FrechetVideoDistance(spec.module, spec.metric)
-            fd.update(real[real_idx], real=True)
-            for method, draws in generated.items():
-                values = []
-                for draw in draws:
-                    fd.reset_generated()
-                    fd.update(as_video_batch(draw)[gen_idx], real=False)
-                    values.append(fd.compute())
-                rows.append(_row(method, spec.metric, spec.extractor_id, cluster, len(real_idx), len(gen_idx), values))
+    for cluster, gen_idx, ref_idx in groups:
+        if len(ref_idx) >= MIN_SET and len(gen_idx) >= MIN_SET:
+            gen = {m: f[gen_idx] for m, f in gen_feats.items()}
+            rows += _distance_rows(spec, ref_feats[ref_idx], gen, cluster, cfg, seed)
         else:
-            log.warning(
-                "cluster %d: %d real / %d prompts, too few for %s", cluster, len(real_idx), len(gen_idx), spec.metric
-            )
-        for method, draws in generated.items():
-            batches = [as_video_batch(d)[gen_idx] for d in draws]
-            if use_attrs:
-                target = prompts_attrs.iloc[gen_idx].reset_index(drop=True)
-                accs = [attribute_accuracy(featnet, b, target) for b in batches]
-                fid = attrnet_id(featnet)
-                for key in accs[0]:
-                    name = "attr_acc_attrnet" if key == "mean" else f"attr_acc_attrnet.{key}"
-                    rows.append(_row(method, name, fid, cluster, 0, len(gen_idx), [a[key] for a in accs]))
-            if clip is not None:
-                texts = [prompts[i] for i in gen_idx]
-                sims = [float(clip.scores(b, texts).mean()) for b in batches]
-                rows.append(_row(method, "clip_sim", clip.extractor_id, cluster, 0, len(gen_idx), sims))
-            for name, fn in (("motion_mad", mean_abs_frame_diff), ("motion_flow", normal_flow_magnitude)):
-                rows.append(
-                    _row(method, name, "pixels", cluster, 0, len(gen_idx), [float(fn(b).mean()) for b in batches])
-                )
-        if len(real_idx) >= 1 and "real" not in generated:
-            for name, fn in (("motion_mad", mean_abs_frame_diff), ("motion_flow", normal_flow_magnitude)):
-                rows.append(_row("real", name, "pixels", cluster, len(real_idx), 0, [float(fn(real[real_idx]).mean())]))
+            log.warning("cluster %d: %d reference / %d prompts, too few for distances", cluster, len(ref_idx),
+                        len(gen_idx))  # fmt: skip
+        bseed = derive_seed(seed, "eval-means", cluster)
+        for method in generated:
+            per_video = {}
+            if hits:
+                h = hits[method].iloc[gen_idx]
+                per_video["attr_acc_attrnet"] = h[list(HEADLINE_ATTRIBUTES)].mean(axis=1).to_numpy()
+                per_video |= {f"attr_acc_attrnet.{k}": h[k].to_numpy() for k in featnet.vocab}
+                per_video["object_found_attrnet"] = h["object_found"].to_numpy()
+            if sims:
+                per_video["clip_sim"] = np.asarray(sims[method])[gen_idx]
+            per_video |= {name: values[gen_idx] for name, values in motion[method].items()}
+            for name, values in per_video.items():
+                extractor = {"clip_sim": clip.extractor_id if clip else "", "motion_mad": "pixels",
+                             "motion_flow": "pixels"}.get(name, attrnet_id(featnet) if featnet else "")  # fmt: skip
+                mean, low, high = bootstrap_mean(values.astype(np.float64), cfg.bootstrap, bseed)
+                rows.append(_row(method, name, extractor, cluster, 0, len(gen_idx), mean, low, high))
     return EvalReport.validate(pd.DataFrame(rows, columns=list(EvalReport.to_schema().columns)))
 
 
 def _bar_chart_png(report: pd.DataFrame) -> bytes:
-    """One panel per headline metric (all prompts), bars per method with sd error bars."""
+    """One panel per headline metric (all prompts), bars per method with their 95 % bootstrap intervals."""
     main = report[
         (report[EvalReport.cluster] == ALL_CLUSTERS) & ~report[EvalReport.metric].str.contains(".", regex=False)
     ]
@@ -228,7 +250,8 @@ def _bar_chart_png(report: pd.DataFrame) -> bytes:
     axes = fig.subplots(1, max(len(metrics), 1), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=False):
         sub = main[main[EvalReport.metric] == metric]
-        ax.bar(sub[EvalReport.method], sub[EvalReport.mean], yerr=sub[EvalReport.sd].fillna(0.0), capsize=3)
+        err = np.stack([sub[EvalReport.mean] - sub[EvalReport.ci_low], sub[EvalReport.ci_high] - sub[EvalReport.mean]])
+        ax.bar(sub[EvalReport.method], sub[EvalReport.mean], yerr=np.nan_to_num(np.clip(err, 0, None)), capsize=3)
         ax.set_title(metric, fontsize=9)
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
     fig.tight_layout()
@@ -243,8 +266,10 @@ def report_html(report_df: pd.DataFrame, sample_gifs: dict[str, list[str]]) -> s
     png = base64.b64encode(_bar_chart_png(report)).decode()
     parts = [
         "<h3>Evaluation</h3>",
-        "<p>Metric names carry their feature network: <code>fd_attrnet</code> and <code>attr_acc_attrnet</code> "
-        "are offline proxies, not FVD or CLIP. Compare numbers only at equal n_real / n_generated.</p>",
+        "<p>Metric names carry their feature network: <code>*_attrnet</code> metrics are offline proxies, not FVD "
+        "or CLIP. <code>fd_inf</code> and <code>kid</code> do not depend on N; the fixed-N <code>fd</code> compares "
+        "only at equal n_generated. Intervals: 95 % paired bootstrap over held-out prompts; "
+        "<code>ratio_*</code> = monolith / method.</p>",
         report.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–"),
         f'<img alt="metrics" src="data:image/png;base64,{png}"/>',
         "<h4>Samples</h4><table>",

@@ -1,9 +1,10 @@
 """Sample every method the evaluation compares, on the same prompts with the same seeds (paired comparisons).
 
 Methods: ``ddm:<strategy>`` for the configured strategy and the comparison strategies, ``monolith``, and
-``expert:<k>`` (each expert alone on every prompt). Draw d of every method starts from the same noise per prompt
-(seed ``derive_seed(seed, "sample-draw", d)``, keyed by prompt id), so differences between methods come from
-the models, not from the noise.
+``expert:<k>`` (each expert alone on every prompt). Every method starts prompt i from the same noise (seed
+``derive_seed(seed, "sample-draw", 0)``, keyed by prompt id), so differences between methods come from the models,
+not from the noise. One video per prompt: the evaluation's uncertainty comes from many held-out prompts (a paired
+bootstrap over them), not from re-drawing the same few prompts.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ GIFS_PER_METHOD = 6
 
 @dataclass
 class SampledMethods:
-    videos: dict[str, list[np.ndarray]]  # method -> draws, each uint8 [P, T, H, W, 3]
-    seconds: dict[str, float]  # method -> sampling time over all draws
+    videos: dict[str, np.ndarray]  # method -> uint8 [P, T, H, W, 3], row i = prompt i
+    seconds: dict[str, float]  # method -> sampling time
     skipped: dict[str, str]  # method -> why it was not sampled (e.g. its expert failed)
 
 
@@ -56,18 +57,16 @@ def sample_methods(
     monolith: DDMPipeline,
     prompts: pd.DataFrame,
     cfg: SampleConfig,
-    draws: int,
     seed: int,
     out_dir: str | Path,
 ) -> SampledMethods:
-    """Sample all methods for ``draws`` seeds; writes ``videos.safetensors`` and GIFs of draw 0 to ``out_dir``.
+    """Sample all methods, one video per prompt; writes ``videos.safetensors`` and a few GIFs to ``out_dir``.
 
     Args:
         ddm: the decentralized model (experts + router).
         monolith: the matched-compute baseline as a single-model pipeline.
         prompts: table with prompt_id, caption, cluster_id (``stratified_prompts``).
         cfg: sampling settings.
-        draws: generated sets per method.
         seed: run seed.
         out_dir: output folder.
     """
@@ -77,34 +76,33 @@ def sample_methods(
     oracle = prompts["cluster_id"].tolist()
     plan, skipped = method_list(cfg, ddm)
     runs = [(name, ddm, strategy) for name, strategy in plan] + [("monolith", monolith, "expert:0")]
-    videos: dict[str, list[np.ndarray]] = {}
+    videos: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     for name, pipe, strategy in runs:
         t0 = time.perf_counter()
-        videos[name] = [
-            pipe(
-                captions, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, strategy=strategy,
-                top_k=cfg.top_k, seed=derive_seed(seed, "sample-draw", d), oracle_clusters=oracle,
-                batch_size=cfg.batch_size, prompt_keys=keys,
-            )
-            for d in range(draws)
-        ]  # fmt: skip
+        videos[name] = pipe(
+            captions, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, strategy=strategy,
+            top_k=cfg.top_k, seed=sampling_seed(seed), oracle_clusters=oracle, batch_size=cfg.batch_size,
+            prompt_keys=keys, eps_x0_clamp=cfg.eps_x0_clamp, eps_alpha_floor=cfg.eps_alpha_floor,
+        )  # fmt: skip
         seconds[name] = time.perf_counter() - t0
-        log.info("sampled %s: %d x %d videos in %.1f s", name, draws, len(captions), seconds[name])
-        save_videos(videos[name][0][:GIFS_PER_METHOD], out_dir / "gifs", name.replace(":", "-"), formats=("gif",))
-    tensors = {f"{name}/draw{d}": np.ascontiguousarray(v) for name, draws_ in videos.items() for d, v in
-               enumerate(draws_)}  # fmt: skip
+        log.info("sampled %s: %d videos in %.1f s", name, len(captions), seconds[name])
+        save_videos(videos[name][:GIFS_PER_METHOD], out_dir / "gifs", name.replace(":", "-"), formats=("gif",))
+    tensors = {name: np.ascontiguousarray(v) for name, v in videos.items()}
     meta = {"prompts": json.dumps(prompts.to_dict("list")), "skipped": json.dumps(skipped)}
     atomic_write(out_dir / VIDEOS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return SampledMethods(videos, seconds, skipped)
 
 
-def load_sampled(folder: str | Path) -> tuple[dict[str, list[np.ndarray]], pd.DataFrame, dict[str, str]]:
-    """Videos per method and draw, the prompt table and the skipped methods, as written by ``sample_methods``."""
+def sampling_seed(seed: int) -> int:
+    """The noise seed every method shares (prompt i's noise is keyed by its prompt id under it)."""
+    return derive_seed(seed, "sample-draw", 0)
+
+
+def load_sampled(folder: str | Path) -> tuple[dict[str, np.ndarray], pd.DataFrame, dict[str, str]]:
+    """Videos per method, the prompt table and the skipped methods, as written by ``sample_methods``."""
     path = Path(folder) / VIDEOS_FILE
-    videos: dict[str, list[np.ndarray]] = {}
     with safe_open(str(path), framework="numpy") as f:
         meta = f.metadata()
-        for key in sorted(f.keys(), key=lambda k: (k.rsplit("/draw", 1)[0], int(k.rsplit("/draw", 1)[1]))):
-            videos.setdefault(key.rsplit("/draw", 1)[0], []).append(f.get_tensor(key))
+        videos = {key: f.get_tensor(key) for key in sorted(f.keys())}
     return videos, pd.DataFrame(json.loads(meta["prompts"])), json.loads(meta["skipped"])

@@ -44,7 +44,15 @@ from lib.encode.text import TextEncoder
 from lib.io import atomic_write
 from lib.models.factory import TRAINING_INFO, expert_forward, load_expert, weights_sha256
 from lib.models.router import RouterModel
-from lib.sample.ddm import ExpertHandle, SampleResult, SamplerStats, parse_strategy, sample_ddm
+from lib.sample.ddm import (
+    DEFAULT_ALPHA_FLOOR,
+    DEFAULT_X0_CLAMP,
+    ExpertHandle,
+    SampleResult,
+    SamplerStats,
+    parse_strategy,
+    sample_ddm,
+)
 from lib.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -421,6 +429,8 @@ class DDMPipeline:
         oracle_clusters: Sequence[int] | None = None,
         batch_size: int = 16,
         prompt_keys: Sequence[int | str] | None = None,
+        eps_x0_clamp: float = DEFAULT_X0_CLAMP,
+        eps_alpha_floor: float = DEFAULT_ALPHA_FLOOR,
     ) -> PipelineOutput:
         """Sample one video per prompt and keep the routing weights.
 
@@ -438,6 +448,8 @@ class DDMPipeline:
             oracle_clusters: true cluster per prompt, for ``oracle``.
             batch_size: prompts per sampler call (does not change any prompt's noise).
             prompt_keys: noise key per prompt (default: its index), e.g. stable prompt ids of a prompt set.
+            eps_x0_clamp: ε-experts only: |x̂0| bound of the ε -> v conversion (``sample.eps_x0_clamp``).
+            eps_alpha_floor: ε-experts only: smallest 1 - t divided by in that conversion (``sample.eps_alpha_floor``).
 
         Returns:
             PipelineOutput.
@@ -467,6 +479,7 @@ class DDMPipeline:
                     cond=(tokens, mask), uncond=(torch.zeros_like(tokens), torch.zeros_like(mask)),
                     pooled=emb.pooled[sl].to(self.device), strategy=strategy, top_k=top_k, num_steps=num_steps,
                     guidance_scale=guidance_scale, oracle_clusters=None if oracle is None else oracle[sl],
+                    clamp=eps_x0_clamp, alpha_floor=eps_alpha_floor,
                 )
             )  # fmt: skip
         x0 = torch.cat([r.x0.cpu() for r in results])

@@ -1,20 +1,25 @@
-"""The fixed, cluster-stratified prompt set that sampling and evaluation share.
+"""The fixed prompt set that sampling and evaluation share: held-out clips, stratified by cluster in proportion.
 
-Why stratified: a DDM is only as good as its weakest expert, and an unstratified draw under-samples small clusters
-(the Paris 2.0 evaluation uses cluster-stratified held-out prompts). Each prompt keeps the clip it came from, so the
-clip's cluster is the oracle route and its generating attributes score the video.
+Why held out: prompts are the captions of ``prompt``-role clips (lib.data.split), which no model trained on, and
+those clips are the ``real`` method: a generator is asked for videos it never saw.
 
-Determinism: clusters draw independently (one generator per cluster, ``derive_seed(seed, "prompts", cluster)``)
-from a seeded permutation of their clip ids in sorted order, so the set does not depend on row order, and raising
-``per_cluster`` only appends prompts to each cluster's list.
+Why proportional stratification: the generated set is compared with a reference set drawn from the data's own
+distribution, so the prompts must follow the same cluster proportions; a draw with equal counts per cluster would
+move every method (and the real clips) away from the reference by construction. Allocating by largest remainder
+keeps every cluster's share within one prompt of its exact value, which a plain random draw does not guarantee.
+
+Determinism: clusters draw independently (one generator per cluster, ``numpy_rng(seed, "prompts", cluster)``) from
+a seeded permutation of their clip ids in sorted order, so the set does not depend on row order.
 """
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pandas as pd
 
+from lib.data.split import PROMPT, ROLES, rows_with_role
 from lib.seeding import numpy_rng
 
 log = logging.getLogger(__name__)
@@ -31,50 +36,59 @@ def _require(table: pd.DataFrame, columns: set[str], what: str) -> None:
         raise ValueError(f"stratified_prompts: {what} repeats clip_id(s) {dupes[:5]}")
 
 
+def proportional_counts(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` over groups in proportion to ``sizes`` (largest remainder; never more than a group has)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    total = min(int(total), int(sizes.sum()))
+    exact = sizes * total / max(int(sizes.sum()), 1)
+    counts = np.floor(exact).astype(np.int64)
+    for i in np.argsort(-(exact - counts), kind="stable")[: total - int(counts.sum())]:
+        counts[i] += 1
+    return np.minimum(counts, sizes)
+
+
 def stratified_prompts(
-    assignments: pd.DataFrame,
-    index: pd.DataFrame,
-    per_cluster: int,
-    seed: int,
-    holdout: set[str] | None = None,
+    assignments: pd.DataFrame, index: pd.DataFrame, num_prompts: int, seed: int, role: str = PROMPT
 ) -> pd.DataFrame:
-    """Pick ``per_cluster`` clips per cluster (all of them when a cluster is smaller) and take their captions.
+    """Pick ``num_prompts`` clips of one role (0: all of them), clusters in proportion to their share of the role.
 
     Args:
-        assignments: cluster of every clip (columns clip_id, cluster_id), e.g. a ClusterAssignment table.
+        assignments: ClusterAssignment rows (clip_id, cluster_id, role).
         index: caption of every clip (columns clip_id, caption), e.g. the ClipIndex.
-        per_cluster: prompts wanted per cluster.
+        num_prompts: prompts wanted; 0 takes every clip of the role. More than the role holds is an error.
         seed: selection seed.
-        holdout: when given, only these clip ids are eligible (prompts from clips held out of training).
+        role: which held-out role the prompts come from (``prompt`` for test scores, ``validation`` for tuning).
 
     Returns:
         DataFrame with columns prompt_id (0..M-1), clip_id, caption, cluster_id; clusters in ascending order.
     """
-    if per_cluster < 1:
-        raise ValueError(f"stratified_prompts: per_cluster must be >= 1, got {per_cluster}")
-    _require(assignments, {"clip_id", "cluster_id"}, "assignments")
+    if num_prompts < 0:
+        raise ValueError(f"stratified_prompts: num_prompts must be >= 0, got {num_prompts}")
+    if role not in ROLES or role == "train":
+        raise ValueError(f"stratified_prompts: prompts come from a held-out role, not {role!r}")
+    _require(assignments, {"clip_id", "cluster_id", "role"}, "assignments")
     _require(index, {"clip_id", "caption"}, "index")
-    clusters = assignments[["clip_id", "cluster_id"]].astype({"clip_id": str, "cluster_id": "int64"})
-    captions = index[["clip_id", "caption"]].astype({"clip_id": str})
-    table = clusters.merge(captions, on="clip_id", how="left")
+    pool = rows_with_role(assignments, role)[["clip_id", "cluster_id"]].astype({"clip_id": str, "cluster_id": "int64"})
+    table = pool.merge(index[["clip_id", "caption"]].astype({"clip_id": str}), on="clip_id", how="left")
     uncaptioned = table.loc[table["caption"].isna(), "clip_id"].tolist()
     if uncaptioned:
+        raise ValueError(f"stratified_prompts: {len(uncaptioned)} clip(s) have no caption, e.g. {uncaptioned[:5]}")
+    if table.empty:
+        raise ValueError(f"stratified_prompts: no clip has role {role!r} (see data.*_fraction)")
+    wanted = num_prompts or len(table)
+    if wanted > len(table):
         raise ValueError(
-            f"stratified_prompts: {len(uncaptioned)} assigned clip(s) have no caption, e.g. {uncaptioned[:5]}"
+            f"stratified_prompts: {wanted} prompts asked but only {len(table)} clips have role {role!r}; raise "
+            f"data.num_clips or data.{role}_fraction, or lower the prompt count"
         )
-    if holdout is not None:
-        table = table[table["clip_id"].isin(set(map(str, holdout)))]
-
+    clusters = sorted(table["cluster_id"].unique())
+    counts = proportional_counts(np.array([(table["cluster_id"] == c).sum() for c in clusters]), wanted)
     parts = []
-    for cluster_id in sorted(clusters["cluster_id"].unique()):
+    for cluster_id, count in zip(clusters, counts, strict=True):
         rows = table[table["cluster_id"] == cluster_id].sort_values("clip_id", kind="stable")
-        if len(rows) < per_cluster:
-            log.warning("cluster %d: only %d eligible clip(s) for %d prompts", cluster_id, len(rows), per_cluster)
-        order = numpy_rng(seed, "prompts", int(cluster_id)).permutation(len(rows))[:per_cluster]
-        parts.append(rows.iloc[order])
+        parts.append(rows.iloc[numpy_rng(seed, "prompts", int(cluster_id)).permutation(len(rows))[:count]])
     chosen = pd.concat(parts, ignore_index=True)
-    if chosen.empty:
-        raise ValueError("stratified_prompts: no eligible clip in any cluster (is the holdout set disjoint?)")
     chosen.insert(0, "prompt_id", range(len(chosen)))
     chosen["caption"] = chosen["caption"].astype(str)
+    log.info("prompts: %d from role %s, per cluster %s", len(chosen), role, counts.tolist())
     return chosen.astype({"prompt_id": "int64"})[PROMPT_COLUMNS]

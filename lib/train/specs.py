@@ -6,6 +6,9 @@ times one expert's samples, spent as ``expert.monolith_scaling`` says: ``steps``
 or ``batch`` (the same steps at K x the batch: the experts' K GPUs as one data-parallel job, same wall-clock).
 Either way the training FLOPs of the decentralized model and the monolith are identical (FLOPs are linear in the
 batch); ``compute_table`` prints the accounting.
+
+Only clips whose role is ``train`` (lib.data.split) are ever trained on: every function here takes the full
+ClusterAssignment table and drops the held-out roles itself, so no caller can leak an evaluation clip into training.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 import pandas as pd
 
 from lib.config import ExpertConfig, RunConfig
+from lib.data.split import TRAIN, rows_with_role
 from lib.seeding import derive_seed
 from lib.train.compute import flops_per_step
 
@@ -37,9 +41,15 @@ class ExpertSpec:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def training_rows(assignments: pd.DataFrame) -> pd.DataFrame:
+    """The assignment rows models may learn from (role ``train``)."""
+    return rows_with_role(assignments, TRAIN)
+
+
 def clip_ids_for(spec: ExpertSpec, assignments: pd.DataFrame) -> list[str]:
-    """The clips a spec trains on, in a stable order."""
-    rows = assignments if spec.cluster_id == MONOLITH else assignments[assignments["cluster_id"] == spec.cluster_id]
+    """The training clips of a spec, in a stable order."""
+    rows = training_rows(assignments)
+    rows = rows if spec.cluster_id == MONOLITH else rows[rows["cluster_id"] == spec.cluster_id]
     return sorted(rows["clip_id"].astype(str))
 
 
@@ -61,6 +71,7 @@ def _spec(cfg: RunConfig, name: str, cluster_id: int, expert: ExpertConfig, clip
 def expert_specs(cfg: RunConfig, assignments: pd.DataFrame) -> list[ExpertSpec]:
     """One spec per cluster 0..K-1; an empty cluster is an error (its expert could never be trained)."""
     k = cfg.cluster.num_clusters
+    assignments = training_rows(assignments)
     specs = []
     for cluster_id in range(k):
         ids = sorted(assignments.loc[assignments["cluster_id"] == cluster_id, "clip_id"].astype(str))
@@ -78,7 +89,7 @@ def monolith_config(expert: ExpertConfig, k: int) -> ExpertConfig:
 
 
 def monolith_spec(cfg: RunConfig, assignments: pd.DataFrame) -> ExpertSpec:
-    ids = sorted(assignments["clip_id"].astype(str))
+    ids = sorted(training_rows(assignments)["clip_id"].astype(str))
     return _spec(cfg, "monolith", MONOLITH, monolith_config(cfg.expert, cfg.cluster.num_clusters), ids)
 
 
