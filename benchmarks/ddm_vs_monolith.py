@@ -482,7 +482,8 @@ def evaluate_all(
         "machine": machine,
     }
     check_protocol(sha)
-    atomic_write(out / "headline.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1) + "\n"))
+    text = json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n"
+    atomic_write(out / "headline.json", lambda tmp: Path(tmp).write_text(text))
     plot_samples(ctx, samples[seeds[0]], prompts, out / "samples.png")
     write_summary(out, rows, result, models, timer, fd_names)
     say("=" * 100 + "\n" + summary["text"] + f"\ntotal {total / 60:.1f} min; results in {out}\n" + "=" * 100)
@@ -570,6 +571,17 @@ def headline_summary(rows: pd.DataFrame, reps: dict[int, tuple], names: dict[str
     lines.append(f"  goal FD∞ ratio >= 2.0: {'met' if ratios['fd_inf'][0] >= 2.0 else 'not met'}")
     return {"methods": methods, "ratio_fd_inf": ratios["fd_inf"], "ratio_kid": ratios["kid"],
             "ratio_details": ratios, "decision": decision, "text": "\n".join(lines)}  # fmt: skip
+
+
+def json_safe(value: object) -> object:
+    """NaN (a metric the data cannot give, e.g. FD∞ below 4·D videos) becomes null: headline.json stays strict JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _r(value: float) -> float:

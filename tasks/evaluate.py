@@ -11,8 +11,8 @@ from data_schemas.evaluate import EvalReport
 from data_schemas.ingest import ClipAttributes, ClipIndex
 from lib.config import EvalConfig
 from lib.data.shards import load_clips
-from lib.evaluate.compare import compare_methods
 from lib.data.split import TRAIN, VALIDATION, rows_with_role
+from lib.evaluate.compare import compare_methods
 from lib.evaluate.featnet import AttrNet, featnet_note, fit_attrnet
 from lib.evaluate.report import report_html
 from lib.io import atomic_write

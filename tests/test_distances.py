@@ -162,8 +162,8 @@ def test_errors_reference_and_ratio_pairs():
 
 def test_sets_too_small_for_fd_inf_still_get_fd_and_kid(caplog):
     """Below 4·D rows the extrapolation is refused: FD∞ (and its ratios) are NaN with a warning naming the rule."""
-    results, ratios = score_sets(_gauss(0, 60), {"a": _gauss(1, 50), "b": _gauss(2, 50, shift=1.0)}, ratio_pairs=[("a", "b")],
-                                 bootstrap=20, seed=0)  # fmt: skip
+    generated = {"a": _gauss(1, 50), "b": _gauss(2, 50, shift=1.0)}
+    results, ratios = score_sets(_gauss(0, 60), generated, ratio_pairs=[("a", "b")], bootstrap=20, seed=0)
     assert "FD∞ needs at least 64 rows at D=16" in caplog.text
     for res in results.values():
         assert np.isnan(res.fd_inf.as_list()).all()

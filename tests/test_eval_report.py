@@ -133,3 +133,29 @@ def test_report_html_has_table_chart_and_animations(setup, tmp_path):
     assert page.count("data:image/gif;base64,") == 6 and page.count("data:image/png;base64,") == 1
     assert "<table" in page and "kid_attrnet" in page and "ddm:topk" in page and "paired bootstrap" in page
     assert (tmp_path / "monolith_0.gif").read_bytes()[:6] == b"GIF89a"
+
+
+def test_compare_methods_scores_held_out_prompts_against_held_out_reference(tmp_path):
+    """The protocol: prompts from the prompt role, reference from the reference role, the prompt clips as ``real``."""
+    from lib.config import DataConfig
+    from lib.data.ingest import ingest
+    from lib.data.split import SplitError
+    from lib.evaluate.compare import compare_methods
+    from lib.sample.prompts import stratified_prompts
+
+    data = ingest(DataConfig(num_clips=240, frames=4, height=16, width=16, reference_fraction=0.3, prompt_fraction=0.3),
+                  seed=0, out_dir=tmp_path)  # fmt: skip
+    index, attrs = data.index, data.attributes
+    assignments = index[["clip_id", "role"]].assign(cluster_id=np.arange(len(index)) % 2, distance=0.0, fine_cluster=0)
+    prompts = stratified_prompts(assignments, index, num_prompts=40, seed=0)
+    net = train_attrnet(np.zeros((8, 4, 16, 16, 3), np.uint8), attrs.iloc[:8], steps=2, batch_size=4, feature_dim=8)
+    noise = np.random.default_rng(1).integers(0, 256, (40, 4, 16, 16, 3), dtype=np.uint8)
+    report = compare_methods(str(tmp_path), index, attrs, assignments, {"ddm:topk": noise}, prompts,
+                             EvalConfig(num_real=50, bootstrap=10), net, seed=0)  # fmt: skip
+    kid = report[(report.metric == "kid_attrnet") & (report.cluster == -1)].set_index("method")
+    assert set(kid.index) == {"ddm:topk", "real"} and (kid.n_real == 50).all() and (kid.n_generated == 40).all()
+    assert kid.loc["real", "mean"] < kid.loc["ddm:topk", "mean"]
+    train_prompt = prompts.assign(clip_id=index.loc[index.role == "train", "clip_id"].iloc[:40].to_numpy())
+    with pytest.raises(SplitError, match="role\\(s\\) \\['train'\\]"):
+        compare_methods(str(tmp_path), index, attrs, assignments, {"ddm:topk": noise}, train_prompt,
+                        EvalConfig(num_real=50, bootstrap=10), net, seed=0)  # fmt: skip

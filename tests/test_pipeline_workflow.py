@@ -25,7 +25,16 @@ PYFLYTE = str(Path(sys.executable).parent / "pyflyte")
 
 def _cfg(out: Path, **changes) -> RunConfig:
     base = {
-        "data": {"num_clips": 72, "frames": 4, "height": 16, "width": 16, "shard_size": 64},
+        "data": {
+            "num_clips": 96,
+            "frames": 4,
+            "height": 16,
+            "width": 16,
+            "shard_size": 64,
+            "validation_fraction": 0.1,
+            "reference_fraction": 0.2,
+            "prompt_fraction": 0.2,
+        },  # fmt: skip
         "cluster": {"num_clusters": 2, "fine_clusters": 8, "silhouette_sample": 72},
         "expert": {
             "steps": 4,
@@ -39,8 +48,8 @@ def _cfg(out: Path, **changes) -> RunConfig:
             "warmup_steps": 1,
         },
         "router": {"steps": 4, "batch_size": 8},
-        "sample": {"prompts_per_cluster": 3, "num_steps": 3, "compare_strategies": ["top1"], "single_experts": True},
-        "eval": {"num_real": 24, "draws": 2, "featnet_steps": 20},
+        "sample": {"num_prompts": 12, "num_steps": 3, "compare_strategies": ["top1"], "single_experts": True},
+        "eval": {"num_real": 24, "bootstrap": 20, "featnet_steps": 20},
     }
     for section, values in changes.items():
         base[section] = {**base.get(section, {}), **values}
@@ -141,11 +150,10 @@ def test_same_seed_gives_identical_models_and_videos_and_another_seed_differs(tm
     assert "ddm/centroids.safetensors" in prints["a"]
     assert prints["a"] == prints["b"], "same config + seed on CPU must give the same clusters and weights"
     assert videos["a"].keys() == videos["b"].keys()
-    for method, draws in videos["a"].items():
-        for d, (x, y) in enumerate(zip(draws, videos["b"][method], strict=True)):
-            diff = np.abs(x.astype(int) - y.astype(int))
-            # Observed once under load: a 1-level difference in a few pixels (float summation order in sampling).
-            assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (method, d, int(diff.max()), float((diff > 0).mean()))
+    for method, x in videos["a"].items():
+        diff = np.abs(x.astype(int) - videos["b"][method].astype(int))
+        # Observed once under load: a 1-level difference in a few pixels (float summation order in sampling).
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (method, int(diff.max()), float((diff > 0).mean()))
     differing = {k for k in prints["a"] if prints["a"][k] != prints["c"].get(k)}
     assert {"ddm/centroids.safetensors", "monolith/diffusion_pytorch_model.safetensors"} <= differing
-    assert any(not np.array_equal(x, y) for x, y in zip(videos["a"]["monolith"], videos["c"]["monolith"], strict=True))
+    assert not np.array_equal(videos["a"]["monolith"], videos["c"]["monolith"])

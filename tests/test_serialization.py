@@ -62,11 +62,11 @@ def _tasks(package):
 def test_package_holds_every_task_with_cache_versions_and_retries(package):
     tasks = _tasks(package)
     expected_cache = {
-        "tasks.ingest.ingest_clips": "ingest-v1",
+        "tasks.ingest.ingest_clips": "ingest-v2",
         "tasks.encode.encode_clips": "encode-v1",
         "tasks.cluster.embed_clips": "embed-v1",
-        "tasks.cluster.cluster_clips": "cluster-v1",
-        "tasks.train.train_router_task": "router-v1",
+        "tasks.cluster.cluster_clips": "cluster-v2",
+        "tasks.train.train_router_task": "router-v2",
     }
     for name, version in expected_cache.items():
         meta = tasks[name].metadata
@@ -117,8 +117,13 @@ def _gpu_cfg():
 
 def _assignments():
     return pd.DataFrame(
-        {"clip_id": list("abcd"), "cluster_id": [0, 1, 0, 1], "distance": [0.1] * 4, "fine_cluster": [0, 1, 2, 3],
-         "role": ["train"] * 4}
+        {
+            "clip_id": list("abcd"),
+            "cluster_id": [0, 1, 0, 1],
+            "distance": [0.1] * 4,
+            "fine_cluster": [0, 1, 2, 3],
+            "role": ["train"] * 4,
+        }
     )
 
 

@@ -14,7 +14,7 @@ def test_round_trip_across_shards(tmp_path):
     for i in range(7):
         w.add(f"c{i}", _video(i), f"caption {i}")
     index = w.close()
-    ClipIndex.validate(index)
+    ClipIndex.validate(index.assign(role="train"))  # roles are added by ingest (lib.data.split)
     assert sorted(p.name for p in tmp_path.glob("shard-*")) == [f"shard-0000{i}.safetensors" for i in range(3)]
     assert read_index(tmp_path).equals(index)
     got = load_clips(tmp_path, index, ["c6", "c0", "c4"])

@@ -35,7 +35,9 @@ def _cfg(tmp_path, **resources):
 
 
 def _assignments(n=10, k=2):
-    return pd.DataFrame({"clip_id": [f"c{i}" for i in range(n)], "cluster_id": [i % k for i in range(n)]})
+    return pd.DataFrame(
+        {"clip_id": [f"c{i}" for i in range(n)], "cluster_id": [i % k for i in range(n)], "role": "train"}
+    )
 
 
 def test_specs_match_compute_and_change_with_the_data():
