@@ -1,0 +1,76 @@
+"""The headline benchmark's guards: the protocol file is pinned before training, the roles stay disjoint, the
+pooled interval is the protocol's, and headline.json stays strict JSON."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lib.evaluate.distances import Interval
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("headline_bench", ROOT / "benchmarks" / "ddm_vs_monolith.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_protocol_sha_is_recorded_and_a_changed_protocol_is_refused(bench, tmp_path, monkeypatch):
+    protocol = tmp_path / "protocol.md"
+    protocol.write_text("version A\n")
+    monkeypatch.setattr(bench, "PROTOCOL", protocol)
+    sha = bench.record_protocol(tmp_path / "out")
+    assert (tmp_path / "out" / "protocol_sha256.txt").read_text().strip() == sha
+    assert bench.record_protocol(tmp_path / "out") == sha  # same protocol: the folder is reusable
+    bench.check_protocol(sha)
+    protocol.write_text("version B\n")
+    with pytest.raises(SystemExit, match="changed during the run"):
+        bench.check_protocol(sha)
+    with pytest.raises(SystemExit, match="new --out folder"):
+        bench.record_protocol(tmp_path / "out")
+
+
+def test_the_committed_protocol_names_the_rules_the_script_applies(bench):
+    text = (ROOT / "benchmarks" / "protocol.md").read_text()
+    for phrase in ("N = 1024", "Training seeds 0, 1, 2", "Decision rule", "paired bootstrap", "`ddm:topk`"):
+        assert phrase in text
+
+
+def test_roles_must_be_disjoint(bench):
+    index = pd.DataFrame({"clip_id": list("abcdefgh"), "role": ["train"] * 4 + ["validation", "reference", "prompt",
+                                                                                  "prompt"]})  # fmt: skip
+    assignments = index.assign(cluster_id=0)
+    prompts = pd.DataFrame({"clip_id": ["g", "h"]})
+    bench.assert_disjoint(index, prompts, ["f"], assignments)
+    with pytest.raises(SystemExit, match="both train and prompt"):
+        bench.assert_disjoint(index, pd.DataFrame({"clip_id": ["a", "h"]}), ["f"], assignments)
+    with pytest.raises(SystemExit, match="both reference and prompt"):
+        bench.assert_disjoint(index, prompts, ["g"], assignments)
+
+
+def test_pooled_interval_is_the_percentiles_of_all_seeds_replicates(bench):
+    a = Interval(1.0, 0.9, 1.1, np.linspace(0.9, 1.1, 101))
+    b = Interval(2.0, 1.9, 2.1, np.linspace(1.9, 2.1, 101))
+    mean, low, high = bench._pool([a, b])
+    assert mean == 1.5
+    assert low == pytest.approx(np.percentile(np.r_[a.replicates, b.replicates], 2.5))
+    assert high == pytest.approx(np.percentile(np.r_[a.replicates, b.replicates], 97.5))
+    assert low < 1.0 < 2.0 < high  # wider than either seed: training-seed spread is part of it
+    nan = Interval(float("nan"), float("nan"), float("nan"), np.full(5, np.nan))
+    assert np.isnan(bench._pool([nan])[1])
+
+
+def test_headline_json_has_no_nan(bench):
+    data = bench.json_safe({"fd_inf": [float("nan"), 1.0], "nested": {"x": float("inf")}, "n": 3})
+    assert data == {"fd_inf": [None, 1.0], "nested": {"x": None}, "n": 3}
+    json.dumps(data, allow_nan=False)
