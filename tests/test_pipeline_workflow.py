@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from lib.config import RunConfig, config_to_dict, replace_in
@@ -85,10 +86,13 @@ def test_pipeline_cold_cached_and_downstream_reruns(tmp_path):
     out = tmp_path / "out"
     cfg = _cfg(out)
     cold = _run(tmp_path, cfg)
-    assert "ddm-flyte run summary" in cold and "fd_attrnet" in cold and "ddm:topk" in cold and "monolith" in cold
+    assert "ddm-flyte run summary" in cold and "kid_attrnet" in cold and "ddm:topk" in cold and "monolith" in cold
+    assert re.search(r"ratio_kid_attrnet.*\n(.*\n)*ddm:topk +\S+ \[\S+, \S+\]", cold)  # estimates print with intervals
     assert _trained(cold) == {"expert-00", "expert-01", "monolith"}
-    assert "ingest:" in cold and "cluster:" in cold
+    assert "ingest:" in cold and "cluster:" in cold and "roles: train" in cold
     results = out / "results"
+    report = pd.read_parquet(results / "eval_report.parquet")
+    assert {"real", "monolith", "ddm:topk"} <= set(report["method"]) and "fd_inf_attrnet" not in set(report["metric"])
     ddm = DDMPipeline.from_pretrained(results / "ddm")
     assert ddm.num_experts == 2 and not ddm.missing_experts
     assert (results / "eval_report.parquet").is_file() and list((results / "samples" / "gifs").glob("*.gif"))
