@@ -395,8 +395,11 @@ def sample_cached(ctx: Shared, pipe: DDMPipeline, strategy: str, prompts: pd.Dat
     return videos
 
 
-def sample_seed(ctx: Shared, models: list[Models], seed: int, prompts: pd.DataFrame, timer: StageTimer) -> dict:
-    """The methods of one training seed (protocol: monolith + ddm:topk always; ddm:top1 and the control at seed 0)."""
+def sample_seed(
+    ctx: Shared, models: list[Models], seed: int, prompts: pd.DataFrame, timer: StageTimer, only: list[str] | None
+) -> dict:
+    """The methods of one training seed (protocol: monolith + ddm:topk always; ddm:top1 and the control at seed 0);
+    ``only`` restricts them (``--methods``), and the results say which protocol methods were left out."""
     sem = next(m for m in models if m.variant == SEMANTIC and m.seed == seed)
     ctrl = next((m for m in models if m.variant == RANDOM and m.seed == seed), None)
     pipe = DDMPipeline.from_pretrained(sem.ddm_dir, device=ctx.device)
@@ -411,6 +414,8 @@ def sample_seed(ctx: Shared, models: list[Models], seed: int, prompts: pd.DataFr
                      ctrl.key))  # fmt: skip
     videos = {}
     for name, p, strategy, key in plan:
+        if only is not None and name not in only:
+            continue
         with timer(f"sample {name} s{seed}"):
             t0 = time.perf_counter()
             videos[name] = sample_cached(ctx, p, strategy, prompts, key + ("-mono" if name == "monolith" else ""))
@@ -427,6 +432,7 @@ def evaluate_all(
     command: str,
     machine: dict,
     timer: StageTimer,
+    only: list[str] | None = None,
 ) -> None:
     """Evaluation network, prompts, sampling, scores per training seed, aggregation, and every results file."""
     cfg = ctx.cfg
@@ -441,7 +447,7 @@ def evaluate_all(
     reports, samples, reps = [], {}, {}
     real = load_clips(ctx.shards, ctx.index, prompts["clip_id"].tolist())
     for seed in seeds:
-        videos = sample_seed(ctx, models, seed, prompts, timer)
+        videos = sample_seed(ctx, models, seed, prompts, timer, only)
         samples[seed] = videos
         with timer(f"evaluate s{seed}"):
             report = compare_methods(
@@ -469,6 +475,7 @@ def evaluate_all(
         },  # fmt: skip
         "n_reference": len(reference),
         "training_seeds": seeds,
+        "methods_not_run": methods_not_run(rows, seeds, cfg),
         "metric_names": fd_names,
         "methods": summary["methods"],
         "ratio_fd_inf": summary["ratio_fd_inf"],
@@ -487,6 +494,17 @@ def evaluate_all(
     plot_samples(ctx, samples[seeds[0]], prompts, out / "samples.png")
     write_summary(out, rows, result, models, timer, fd_names)
     say("=" * 100 + "\n" + summary["text"] + f"\ntotal {total / 60:.1f} min; results in {out}\n" + "=" * 100)
+
+
+def methods_not_run(rows: pd.DataFrame, seeds: list[int], cfg: RunConfig) -> list[str]:
+    """The protocol's (method, training seed) pairs without scores: a partial run says what it left out."""
+    head = f"ddm:{cfg.sample.strategy}"
+    planned = [(m, s) for s in (0, 1, 2) for m in ("monolith", head)]
+    planned += [(f"ddm:{x}", cfg.seed) for x in cfg.sample.compare_strategies] + [
+        (f"ddm:random_{cfg.sample.strategy}", cfg.seed)
+    ]
+    have = set(zip(rows["method"], rows["training_seed"], strict=True))
+    return [f"{m} (training seed {s})" for m, s in planned if (m, s) not in have]
 
 
 def assert_disjoint(
@@ -737,6 +755,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the script end to end in minutes")
     parser.add_argument("--training-seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S")
     parser.add_argument("--phase", choices=("train", "all"), default="all", help="train: stop after training")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        metavar="METHOD",
+        help="score only these of the protocol's methods (e.g. monolith ddm:topk); results list the rest as not run",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
@@ -781,7 +806,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.phase == "train":
         say(f"--phase train: models for training seeds {seeds} are trained; {timer.total() / 60:.1f} min")
         return
-    evaluate_all(ctx, semantic, models, out, sha, command, machine, timer)
+    evaluate_all(ctx, semantic, models, out, sha, command, machine, timer, args.methods)
 
 
 if __name__ == "__main__":
