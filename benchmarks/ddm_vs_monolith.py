@@ -536,7 +536,7 @@ def distance_replicates(featnet: AttrNet, ctx: Shared, reference: list[str], vid
     module = AttrNetFeatures(featnet)
     ref = _features(module, load_clips(ctx.shards, ctx.index, reference))
     gen = {m: _features(module, v) for m, v in videos.items()}
-    pairs = [(BASELINE, m) for m in gen if m != BASELINE]
+    pairs = [(BASELINE, m) for m in gen if m != BASELINE] if BASELINE in gen else []
     return score_sets(ref, gen, ratio_pairs=pairs, bootstrap=cfg.eval.bootstrap, seed=derive_seed(cfg.seed, "eval", -1))
 
 
