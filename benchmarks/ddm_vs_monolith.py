@@ -70,7 +70,7 @@ from lib.evaluate.distances import Interval, score_sets  # noqa: E402
 from lib.evaluate.featnet import AttrNet, AttrNetFeatures, featnet_note, fit_attrnet  # noqa: E402
 from lib.evaluate.report import BASELINE, _features  # noqa: E402
 from lib.io import atomic_write  # noqa: E402
-from lib.sample.methods import sampling_seed  # noqa: E402
+from lib.sample.methods import sample_prompts  # noqa: E402
 from lib.sample.pipeline import DDMPipeline, assemble_ddm  # noqa: E402
 from lib.sample.prompts import stratified_prompts  # noqa: E402
 from lib.seeding import derive_seed, numpy_rng  # noqa: E402
@@ -384,12 +384,7 @@ def sample_cached(ctx: Shared, pipe: DDMPipeline, strategy: str, prompts: pd.Dat
     path = ctx.work / "samples" / f"{hashlib.sha256(json.dumps(src).encode()).hexdigest()[:20]}.safetensors"
     if path.is_file():
         return load_file(str(path))["videos"]
-    videos = pipe(
-        prompts["caption"].tolist(), num_steps=s.num_steps, guidance_scale=s.guidance_scale, strategy=strategy,
-        top_k=s.top_k, seed=sampling_seed(ctx.cfg.seed), oracle_clusters=prompts["cluster_id"].tolist(),
-        batch_size=s.batch_size, prompt_keys=prompts["prompt_id"].tolist(), eps_x0_clamp=s.eps_x0_clamp,
-        eps_alpha_floor=s.eps_alpha_floor,
-    )  # fmt: skip
+    videos = sample_prompts(pipe, prompts, s, ctx.cfg.seed, strategy)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: save_file({"videos": np.ascontiguousarray(videos)}, str(tmp)))
     return videos

@@ -71,22 +71,15 @@ def sample_methods(
         out_dir: output folder.
     """
     out_dir = Path(out_dir)
-    captions = prompts["caption"].tolist()
-    keys = prompts["prompt_id"].tolist()
-    oracle = prompts["cluster_id"].tolist()
     plan, skipped = method_list(cfg, ddm)
     runs = [(name, ddm, strategy) for name, strategy in plan] + [("monolith", monolith, "expert:0")]
     videos: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     for name, pipe, strategy in runs:
         t0 = time.perf_counter()
-        videos[name] = pipe(
-            captions, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, strategy=strategy,
-            top_k=cfg.top_k, seed=sampling_seed(seed), oracle_clusters=oracle, batch_size=cfg.batch_size,
-            prompt_keys=keys, eps_x0_clamp=cfg.eps_x0_clamp, eps_alpha_floor=cfg.eps_alpha_floor,
-        )  # fmt: skip
+        videos[name] = sample_prompts(pipe, prompts, cfg, seed, strategy)
         seconds[name] = time.perf_counter() - t0
-        log.info("sampled %s: %d videos in %.1f s", name, len(captions), seconds[name])
+        log.info("sampled %s: %d videos in %.1f s", name, len(prompts), seconds[name])
         save_videos(videos[name][:GIFS_PER_METHOD], out_dir / "gifs", name.replace(":", "-"), formats=("gif",))
     tensors = {name: np.ascontiguousarray(v) for name, v in videos.items()}
     meta = {"prompts": json.dumps(prompts.to_dict("list")), "skipped": json.dumps(skipped)}
@@ -97,6 +90,16 @@ def sample_methods(
 def sampling_seed(seed: int) -> int:
     """The noise seed every method shares (prompt i's noise is keyed by its prompt id under it)."""
     return derive_seed(seed, "sample-draw", 0)
+
+
+def sample_prompts(pipe: DDMPipeline, prompts: pd.DataFrame, cfg: SampleConfig, seed: int, strategy: str) -> np.ndarray:
+    """One video per prompt with the run's sampler settings and the shared noise: uint8 [P, T, H, W, 3]."""
+    return pipe(
+        prompts["caption"].tolist(), num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, strategy=strategy,
+        top_k=cfg.top_k, seed=sampling_seed(seed), oracle_clusters=prompts["cluster_id"].tolist(),
+        batch_size=cfg.batch_size, prompt_keys=prompts["prompt_id"].tolist(), eps_x0_clamp=cfg.eps_x0_clamp,
+        eps_alpha_floor=cfg.eps_alpha_floor,
+    )  # fmt: skip
 
 
 def load_sampled(folder: str | Path) -> tuple[dict[str, np.ndarray], pd.DataFrame, dict[str, str]]:
