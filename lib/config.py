@@ -70,15 +70,42 @@ class DataConfig:
 class EncodeConfig:
     text_encoder: str = "minilm"  # "minilm" (bundled all-MiniLM-L6-v2) or a local folder of a CLIP/T5 text tower
     max_tokens: int = 16  # caption tokens kept for cross-attention
-    codec: str = "pixel"  # "pixel" (identity) or "vae" (diffusers VAE from vae_path)
+    codec: str = "pixel"  # "pixel" (identity), "vae" (diffusers VAE from vae_path) or "learned" (trained: codec.*)
     vae_path: str = ""  # local folder of a diffusers AutoencoderKL / video VAE
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        _one_of(self.codec, ("pixel", "vae"), "encode.codec")
+        _one_of(self.codec, ("pixel", "vae", "learned"), "encode.codec")
         _check(self.codec != "vae" or bool(self.vae_path), "encode.vae_path", "required when codec=vae")
         _check(self.max_tokens > 0, "encode.max_tokens", "must be > 0")
         _check(self.batch_size > 0, "encode.batch_size", "must be > 0")
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """The per-frame AutoencoderKL the pipeline trains on the train clips when ``encode.codec: learned``."""
+
+    latent_channels: int = 4
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])  # 2^(n-1) down: 32x32 -> 8x8
+    layers_per_block: int = 1
+    norm_num_groups: int = 32
+    kl_weight: float = 1e-5  # per latent element, against the per-pixel L1 reconstruction loss
+    steps: int = 1500
+    batch_size: int = 32  # frames per step
+    lr: float = 2e-3
+    warmup_steps: int = 50
+
+    def __post_init__(self) -> None:
+        _check(self.latent_channels > 0, "codec.latent_channels", "must be > 0")
+        _check(len(self.block_out_channels) >= 1, "codec.block_out_channels", "needs at least one block")
+        for c in self.block_out_channels:
+            _check(c > 0 and c % self.norm_num_groups == 0, "codec.block_out_channels",
+                   f"{c} must be a positive multiple of codec.norm_num_groups ({self.norm_num_groups})")  # fmt: skip
+        for name in ("layers_per_block", "steps", "batch_size", "norm_num_groups"):
+            _check(getattr(self, name) > 0, f"codec.{name}", f"must be > 0, got {getattr(self, name)}")
+        _check(self.kl_weight >= 0, "codec.kl_weight", "must be >= 0")
+        _check(self.lr > 0, "codec.lr", "must be > 0")
+        _check(self.warmup_steps >= 0, "codec.warmup_steps", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -261,6 +288,7 @@ class RunConfig:
     output_dir: str = "outputs"  # local folder or fsspec URI where results are persisted
     data: DataConfig = field(default_factory=DataConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
@@ -335,6 +363,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 _SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "encode": EncodeConfig,
+    "codec": CodecConfig,
     "cluster": ClusterConfig,
     "expert": ExpertConfig,
     "router": RouterConfig,

@@ -1,4 +1,4 @@
-"""Encode task: latents + text embeddings, computed once and cached."""
+"""Codec and encode tasks: the pipeline's own latent codec (when asked for), then latents + text embeddings."""
 
 from flytekit import Cache, Resources, task
 from flytekit.types.directory import FlyteDirectory
@@ -6,15 +6,32 @@ from pandera.typing import DataFrame
 
 from data_schemas.encode import EncodedIndex
 from data_schemas.ingest import ClipIndex
-from lib.config import EncodeConfig
+from lib.config import CodecConfig, EncodeConfig
+from lib.encode.learned import VAE_DIR
+from lib.encode.prepare import fit_codec
 from lib.encode.store import encode_dataset
 from tasks.common import stage_dir, uri_of
 
 
-@task(cache=Cache(version="encode-v1"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+@task(cache=Cache(version="codec-v1"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+def train_codec(
+    encode: EncodeConfig, cfg: CodecConfig, seed: int, shards: FlyteDirectory, index: DataFrame[ClipIndex],
+    output_dir: str,
+) -> FlyteDirectory:  # fmt: skip
+    """With ``encode.codec: learned``, an AutoencoderKL trained on the train clips (held-out PSNR in its report);
+    otherwise an empty folder: ``pixel`` needs nothing and ``vae`` names its own folder."""
+    out = stage_dir(output_dir, "codec", encode.codec, cfg, seed, uri_of(shards))
+    if encode.codec == "learned":
+        _, report = fit_codec(cfg, seed, shards.download(), index, out)
+        print(report.summary(), flush=True)
+    return FlyteDirectory(str(out))
+
+
+@task(cache=Cache(version="encode-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
 def encode_clips(
-    cfg: EncodeConfig, shards: FlyteDirectory, index: DataFrame[ClipIndex], output_dir: str
+    cfg: EncodeConfig, shards: FlyteDirectory, index: DataFrame[ClipIndex], codec: FlyteDirectory, output_dir: str
 ) -> tuple[FlyteDirectory, DataFrame[EncodedIndex]]:
-    out = stage_dir(output_dir, "encode", cfg, uri_of(shards))
-    encoded_index = encode_dataset(shards.download(), index, cfg, out)
+    out = stage_dir(output_dir, "encode", cfg, uri_of(shards), uri_of(codec))
+    learned = f"{codec.download()}/{VAE_DIR}" if cfg.codec == "learned" else None
+    encoded_index = encode_dataset(shards.download(), index, cfg, out, learned_codec=learned)
     return FlyteDirectory(str(out)), encoded_index

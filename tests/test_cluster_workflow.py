@@ -6,7 +6,7 @@ from safetensors.numpy import load_file
 from data_schemas.cluster import ClusterAssignment
 from lib.config import RunConfig, replace_in
 from tasks.cluster import cluster_clips, embed_clips
-from tasks.encode import encode_clips
+from tasks.encode import encode_clips, train_codec
 from tasks.ingest import ingest_clips
 from workflows.cluster import cluster_wf
 
@@ -23,7 +23,13 @@ def _cfg(tmp_path, **cluster):
 def test_tasks_chain_and_outputs_live_in_output_dir(tmp_path):
     cfg = _cfg(tmp_path, embedders=["visual_stats", "text"])
     shards, index, _, attributes = ingest_clips(cfg=cfg.data, seed=cfg.seed, output_dir=cfg.output_dir)
-    encoded, encoded_index = encode_clips(cfg=cfg.encode, shards=shards, index=index, output_dir=cfg.output_dir)
+    codec = train_codec(
+        encode=cfg.encode, cfg=cfg.codec, seed=cfg.seed, shards=shards, index=index, output_dir=cfg.output_dir
+    )
+    assert not any(Path(codec.path).iterdir()), "the pixel codec trains nothing"
+    encoded, encoded_index = encode_clips(
+        cfg=cfg.encode, shards=shards, index=index, codec=codec, output_dir=cfg.output_dir
+    )
     assert list(encoded_index["clip_id"]) == list(index["clip_id"])
     emb = embed_clips(cfg=cfg.cluster, shards=shards, encoded=encoded, index=index, output_dir=cfg.output_dir)
     x = load_file(emb.path)["embeddings"]

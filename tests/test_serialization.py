@@ -63,7 +63,8 @@ def test_package_holds_every_task_with_cache_versions_and_retries(package):
     tasks = _tasks(package)
     expected_cache = {
         "tasks.ingest.ingest_clips": "ingest-v2",
-        "tasks.encode.encode_clips": "encode-v1",
+        "tasks.encode.train_codec": "codec-v1",
+        "tasks.encode.encode_clips": "encode-v2",
         "tasks.cluster.embed_clips": "embed-v1",
         "tasks.cluster.cluster_clips": "cluster-v2",
         "tasks.train.train_router_task": "router-v2",

@@ -237,3 +237,19 @@ def test_eps_objective_trains(data: TrainData, tmp_path: Path):
 def test_cuda_picks_a_micro_batch_and_trains_in_bf16(data: TrainData, tmp_path: Path):
     result = train(data, replace(TINY, steps=4), tmp_path, seed=0, name="gpu", callbacks=[])
     assert result.model_dir is not None and result.log[TrainingLog.loss].notna().all()
+
+
+def test_heldout_loss_of_a_zero_predictor_is_the_target_energy():
+    """A model that outputs 0 scores mean((eps - x0)^2) = 1 + mean(x0^2) at every t, whatever the grid."""
+    from lib.models.factory import build_expert
+    from lib.train.heldout import heldout_loss
+
+    data = tiny_train_data(16)
+    model = build_expert(TINY, data.in_channels, data.text_dim, data.sample_shape, seed=0)
+    torch.nn.init.zeros_(model.proj_out.weight)
+    torch.nn.init.zeros_(model.proj_out.bias)
+    loss = heldout_loss(model, data.latents, data.tokens, data.mask, "flow", seed=0)
+    expected = 1.0 + float((data.latents**2).mean())
+    assert loss == pytest.approx(expected, rel=0.03)
+    again = heldout_loss(model, data.latents, data.tokens, data.mask, "flow", seed=0)
+    assert again == loss  # same seed, same noise: comparable across models

@@ -1,4 +1,7 @@
-"""Ingest -> encode -> embed -> cluster: ``pyflyte run workflows/cluster.py cluster_wf --cfg configs/tiny.yaml``."""
+"""Ingest -> codec -> encode -> embed -> cluster.
+
+``pyflyte run workflows/cluster.py cluster_wf --cfg configs/tiny.yaml``
+"""
 
 from flytekit import workflow
 from flytekit.types.directory import FlyteDirectory
@@ -9,7 +12,7 @@ from data_schemas.cluster import ClusterAssignment, ClusterSummary
 from data_schemas.ingest import ClipAttributes, ClipIndex
 from lib.config import RunConfig
 from tasks.cluster import cluster_clips, embed_clips
-from tasks.encode import encode_clips
+from tasks.encode import encode_clips, train_codec
 from tasks.ingest import ingest_clips
 
 
@@ -27,7 +30,10 @@ def cluster_stage(
 ]:
     """Clip shards, index, attributes, encoded latents/text, each clip's cluster, a per-cluster summary, centroids."""
     shards, index, _, attributes = ingest_clips(cfg=cfg.data, seed=cfg.seed, output_dir=cfg.output_dir)
-    encoded, _ = encode_clips(cfg=cfg.encode, shards=shards, index=index, output_dir=cfg.output_dir)
+    codec = train_codec(
+        encode=cfg.encode, cfg=cfg.codec, seed=cfg.seed, shards=shards, index=index, output_dir=cfg.output_dir
+    )
+    encoded, _ = encode_clips(cfg=cfg.encode, shards=shards, index=index, codec=codec, output_dir=cfg.output_dir)
     embeddings = embed_clips(cfg=cfg.cluster, shards=shards, encoded=encoded, index=index, output_dir=cfg.output_dir)
     assignments, summary, centroids = cluster_clips(
         cfg=cfg.cluster,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,8 @@ from safetensors.torch import load_file, save_file
 from data_schemas.encode import EncodedIndex
 from lib.config import EncodeConfig
 from lib.data.shards import iter_shards
-from lib.encode.codec import codec_from_config
+from lib.encode.codec import codec_from_config, load_vae_codec
+from lib.encode.learned import REPORT_FILE
 from lib.encode.text import TextEncoder
 from lib.io import atomic_write
 
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 ENCODED_INDEX = "encoded_index.parquet"
 CODEC_FILE = "codec.json"
+LEARNED_VAE_DIR = "vae"  # a learned codec's VAE, inside the encoded folder (and inside a DDM folder)
 
 
 def encoded_shard_name(number: int) -> str:
@@ -58,6 +61,7 @@ def encode_dataset(
     cfg: EncodeConfig,
     out_dir: str | Path,
     device: str | torch.device = "cpu",
+    learned_codec: str | Path | None = None,
 ) -> pd.DataFrame:
     """Encode every clip of ``clip_index`` (videos with the codec, captions with the text encoder).
 
@@ -70,6 +74,9 @@ def encode_dataset(
         cfg: codec, text encoder, token length and batch size.
         out_dir: folder to write (created if needed).
         device: where the codec and text encoder run.
+        learned_codec: with ``cfg.codec == "learned"``, the VAE folder ``lib.encode.prepare.fit_codec`` trained. It
+            is copied into ``out_dir/vae`` and ``codec.json`` names it relative to ``out_dir``, so the encoded folder
+            carries its own decoder wherever it is downloaded (a Flyte blob, another machine).
 
     Returns:
         The EncodedIndex table (also written to ``out_dir/encoded_index.parquet``).
@@ -82,7 +89,16 @@ def encode_dataset(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    codec = codec_from_config(cfg, device)
+    if cfg.codec == "learned":
+        if learned_codec is None:
+            raise ValueError("encode_dataset: encode.codec=learned needs the trained codec folder (learned_codec)")
+        shutil.rmtree(out_dir / LEARNED_VAE_DIR, ignore_errors=True)
+        shutil.copytree(learned_codec, out_dir / LEARNED_VAE_DIR)
+        codec = load_vae_codec(out_dir / LEARNED_VAE_DIR, device)
+        report = Path(learned_codec).parent / REPORT_FILE
+        learned = json.loads(report.read_text()) if report.is_file() else {}
+    else:
+        codec, learned = codec_from_config(cfg, device), None
     text = TextEncoder.from_config(cfg, device)
     load_seconds = time.perf_counter() - t0
 
@@ -110,6 +126,7 @@ def encode_dataset(
     index = EncodedIndex.validate(index)
     info = {
         **codec.info(),
+        **({"vae_path": LEARNED_VAE_DIR, "learned": learned} if learned is not None else {}),
         "latent_shape": list(latent_shape),
         "video_shape": list(video_shape),  # T, H, W, C of the source clips
         "text_encoder": {
@@ -142,11 +159,15 @@ def read_encoded_index(encoded_dir: str | Path) -> pd.DataFrame:
 
 
 def read_codec_info(encoded_dir: str | Path) -> dict[str, Any]:
-    """The ``codec.json`` written by ``encode_dataset``: how to decode the cached latents."""
+    """The ``codec.json`` written by ``encode_dataset``: how to decode the cached latents (a learned codec's
+    ``vae_path`` is resolved against ``encoded_dir``, where the folder lives)."""
     path = Path(encoded_dir) / CODEC_FILE
     if not path.is_file():
         raise ValueError(f"{encoded_dir}: no {CODEC_FILE}; run the encode stage first")
-    return json.loads(path.read_text())
+    info = json.loads(path.read_text())
+    if "learned" in info:
+        info["vae_path"] = str((Path(encoded_dir) / info["vae_path"]).resolve())
+    return info
 
 
 def load_encoded(encoded_dir: str | Path, clip_ids: list[str] | None = None) -> EncodedData:

@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from lib.config import EncodeConfig
 from lib.data.video import write_gif, write_mp4
 from lib.encode.codec import LatentCodec, PixelCodec, load_vae_codec
+from lib.encode.store import LEARNED_VAE_DIR
 from lib.encode.text import TextEncoder
 from lib.io import atomic_write
 from lib.models.factory import TRAINING_INFO, expert_forward, load_expert, weights_sha256
@@ -142,7 +143,7 @@ def _codec_and_text(encoded_info: dict[str, Any], encode_cfg: EncodeConfig) -> t
     mismatch = [
         f"{field}: codec.json {ours!r} vs encode config {theirs!r}"
         for field, ours, theirs in (
-            ("codec", encoded_info["name"], encode_cfg.codec),
+            ("codec", encoded_info["name"], "vae" if encode_cfg.codec == "learned" else encode_cfg.codec),
             ("text_encoder", text.get("name"), encode_cfg.text_encoder),
             ("max_tokens", text.get("max_tokens"), encode_cfg.max_tokens),
         )
@@ -158,6 +159,8 @@ def _codec_and_text(encoded_info: dict[str, Any], encode_cfg: EncodeConfig) -> t
         "vae_path": encoded_info.get("vae_path", encode_cfg.vae_path) if encoded_info["name"] == "vae" else "",
         "vae_class": encoded_info.get("vae_class", ""),
     }
+    if "learned" in encoded_info:
+        codec["learned"] = encoded_info["learned"]
     return codec, text
 
 
@@ -205,6 +208,9 @@ def assemble_ddm(
             shutil.copytree(src, tmp / entry["path"])
             _check_sha(tmp / entry["path"], entry["weights_sha256"])  # the copy, not only the source
             entries.append(entry)
+        if "learned" in codec:  # the pipeline's own codec is part of the model: the folder carries it
+            shutil.copytree(codec["vae_path"], tmp / LEARNED_VAE_DIR)
+            codec = {**codec, "vae_path": LEARNED_VAE_DIR}
         router = None
         if router_dir is not None:
             router = _router_entry(Path(router_dir), k, codec, text)
@@ -347,7 +353,9 @@ class DDMPipeline:
         )
         if encoder.dim != text["dim"]:
             raise DDMLoadError(f"{folder}: text encoder {text['name']} gives dim {encoder.dim}, manifest says {text}")
-        codec = manifest["codec"]
+        codec = dict(manifest["codec"])
+        if "learned" in codec:
+            codec["vae_path"] = str(folder / codec["vae_path"])
         log.info("loaded DDM %s: %d experts (missing %s)", folder, len(experts), manifest["missing_experts"])
         return cls(experts, objectives, router, encoder, _load_codec(codec, device), codec["latent_shape"],
                    str(folder), centroids, device)  # fmt: skip

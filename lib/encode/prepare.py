@@ -1,0 +1,38 @@
+"""The codec the pipeline trains for itself (``encode.codec: learned``): on which clips, and under which identity."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from lib.config import CodecConfig
+from lib.data.shards import load_clips
+from lib.data.split import TRAIN, VALIDATION, rows_with_role
+from lib.encode.learned import CodecReport, train_codec
+
+
+def codec_key(cfg: CodecConfig, seed: int, index: pd.DataFrame) -> str:
+    """Identity of a learned codec: its config, the seed and the exact train clips (a new split means a new codec;
+    moving clips between held-out roles does not)."""
+    train_ids = sorted(rows_with_role(index, TRAIN)["clip_id"].astype(str))
+    src = [dataclasses.asdict(cfg), seed, train_ids]
+    return hashlib.sha256(json.dumps(src).encode()).hexdigest()[:16]
+
+
+def fit_codec(
+    cfg: CodecConfig, seed: int, shards: str | Path, index: pd.DataFrame, out_dir: str | Path
+) -> tuple[Path, CodecReport]:
+    """Train the AutoencoderKL on the train-role clips; its PSNR is measured on the validation-role clips.
+
+    Held-out clips never shape the codec, so the reference and prompt clips the evaluation uses stay unseen by
+    every learned part of the pipeline. Returns (VAE folder, report); a finished ``out_dir`` is reused.
+    """
+    train_ids = rows_with_role(index, TRAIN)["clip_id"].tolist()
+    heldout_ids = rows_with_role(index, VALIDATION)["clip_id"].tolist()
+    if not train_ids or not heldout_ids:
+        raise ValueError("encode.codec=learned needs train and validation clips (see data.validation_fraction)")
+    return train_codec(load_clips(shards, index, train_ids), load_clips(shards, index, heldout_ids), cfg, seed, out_dir)
