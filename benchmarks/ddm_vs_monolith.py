@@ -22,7 +22,8 @@ Usage::
     python benchmarks/ddm_vs_monolith.py --phase train --training-seeds 1 2 --threads 1   # train only
     python benchmarks/ddm_vs_monolith.py --smoke --threads 1   # tiny sizes, end to end in a few minutes
 
-Outputs under ``--out``: protocol_sha256.txt, headline.json (machine-readable), summary.md (every table),
+Outputs under ``--out``: protocol_sha256.txt, headline.json (machine-readable), quality.json (do the generators draw
+what they are asked: per-attribute accuracy per method), summary.md (every table),
 eval_rows.csv (every metric of every method and seed), samples.png, distances.png.
 """
 
@@ -64,6 +65,7 @@ from lib.config import RunConfig, load_config, replace_in, with_overrides  # noq
 from lib.data.ingest import ingest  # noqa: E402
 from lib.data.shards import load_clips  # noqa: E402
 from lib.data.split import TRAIN, VALIDATION, rows_with_role  # noqa: E402
+from lib.encode.prepare import codec_key, fit_codec  # noqa: E402
 from lib.encode.store import encode_dataset, load_encoded, read_codec_info  # noqa: E402
 from lib.evaluate.compare import compare_methods, reference_clip_ids  # noqa: E402
 from lib.evaluate.distances import Interval, score_sets  # noqa: E402
@@ -207,16 +209,25 @@ def prepare(cfg: RunConfig, work: Path, device: str, timer: StageTimer) -> Share
         shutil.rmtree(shards, ignore_errors=True)
         result = ingest(cfg.data, cfg.seed, shards)
         say(f"ingest: {result.summary()}")
+    learned = None
+    if cfg.encode.codec == "learned":
+        with timer("codec (train clips)"):
+            folder = work / "codecs" / codec_key(cfg.codec, cfg.seed, result.index)
+            learned, report = fit_codec(cfg.codec, cfg.seed, shards, result.index, folder)
+            say(report.summary())
     with timer("encode"):
         encoded = work / "encoded"
         shutil.rmtree(encoded, ignore_errors=True)
-        encode_dataset(shards, result.index, cfg.encode, encoded, device=device)
+        encode_dataset(shards, result.index, cfg.encode, encoded, device=device, learned_codec=learned)
         info = read_codec_info(encoded)
     with timer("embed"):
         clip_ids = result.index["clip_id"].tolist()
         pooled = load_encoded(encoded, clip_ids).pooled.numpy() if "text" in cfg.cluster.embedders else None
         x = compute_embeddings(cfg.cluster, shards, result.index, pooled_text=pooled, device=device)
-    key = json.dumps([cfg.seed, dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.encode)], sort_keys=True)
+    parts = [cfg.seed, dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.encode)]
+    if learned is not None:  # models trained on another codec's latents are never reused
+        parts.append(dataclasses.asdict(cfg.codec))
+    key = json.dumps(parts, sort_keys=True)
     data_key = hashlib.sha256(key.encode()).hexdigest()[:12]
     return Shared(cfg, work, device, shards, result.index, result.attributes, encoded, info, x, data_key)
 
@@ -486,9 +497,36 @@ def evaluate_all(
     check_protocol(sha)
     text = json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n"
     atomic_write(out / "headline.json", lambda tmp: Path(tmp).write_text(text))
+    quality = json.dumps(quality_record(rows, cfg.sample.strategy, ctx.info), indent=1, allow_nan=False) + "\n"
+    atomic_write(out / "quality.json", lambda tmp: Path(tmp).write_text(quality))
     plot_samples(ctx, samples[seeds[0]], prompts, out / "samples.png")
     write_summary(out, rows, result, models, timer, fd_names)
     say("=" * 100 + "\n" + summary["text"] + f"\ntotal {total / 60:.1f} min; results in {out}\n" + "=" * 100)
+
+
+def quality_record(rows: pd.DataFrame, strategy: str, codec_info: dict) -> dict:
+    """quality.json (issue 15): do the generators draw what the prompts ask? Per method (the monolith, the DDM's
+    default strategy, the real prompt clips), AttrNet's per-attribute accuracy on the held-out prompts (an absent
+    object counts as wrong), averaged over training seeds, and the share of videos with an object of the prompt's
+    colour."""
+    main = rows[rows["cluster"] == -1]
+    methods = {}
+    for method in ("monolith", f"ddm:{strategy}", "real"):
+        mine = main[main["method"] == method]
+        if mine.empty:
+            continue
+        value = {m: float(v) for m, v in mine.groupby("metric")["mean"].mean().items()}
+        entry = {a: round(value[f"attr_acc_attrnet.{a}"], 4) for a in ATTRS}
+        entry["mean"] = round(float(np.mean([entry[a] for a in ATTRS])), 4)
+        entry["object_found"] = round(value["object_found_attrnet"], 4)
+        entry["prompts"] = int(mine["n_generated"].max())
+        entry["training_seeds"] = sorted(int(x) for x in mine["training_seed"].unique())
+        methods[method] = entry
+    learned = codec_info.get("learned")
+    codec = {"name": "learned" if learned else codec_info["name"]}
+    if learned:
+        codec.update(psnr_heldout_db=round(learned["psnr_heldout"], 2), train_seconds=round(learned["seconds"], 1))
+    return {"scorer": "attrnet (trained on train clips, abstains on junk)", "methods": methods, "codec": codec}
 
 
 def methods_not_run(rows: pd.DataFrame, seeds: list[int], cfg: RunConfig) -> list[str]:

@@ -74,3 +74,25 @@ def test_headline_json_has_no_nan(bench):
     data = bench.json_safe({"fd_inf": [float("nan"), 1.0], "nested": {"x": float("inf")}, "n": 3})
     assert data == {"fd_inf": [None, 1.0], "nested": {"x": None}, "n": 3}
     json.dumps(data, allow_nan=False)
+
+
+def test_quality_json_averages_seeds_per_attribute_and_names_the_codec(bench):
+    rows = []
+    for seed, shape in ((0, 0.5), (1, 0.7)):
+        for method in ("monolith", "ddm:topk", "ddm:top1", "real"):
+            values = {"color": 0.9, "shape": shape, "background": 1.0, "motion": 0.6}
+            rows += [{"method": method, "metric": f"attr_acc_attrnet.{a}", "mean": v, "cluster": -1,
+                      "n_generated": 96, "training_seed": seed} for a, v in values.items()]  # fmt: skip
+            rows.append({"method": method, "metric": "object_found_attrnet", "mean": 0.95, "cluster": -1,
+                         "n_generated": 96, "training_seed": seed})  # fmt: skip
+            rows.append({"method": method, "metric": "attr_acc_attrnet.shape", "mean": 0.0, "cluster": 2,
+                         "n_generated": 30, "training_seed": seed})  # per-cluster rows are not the headline
+    learned = {"name": "vae", "learned": {"psnr_heldout": 31.234, "seconds": 600.04}}
+    record = bench.quality_record(pd.DataFrame(rows), "topk", learned)
+    assert set(record["methods"]) == {"monolith", "ddm:topk", "real"}  # the default strategy only
+    mono = record["methods"]["monolith"]
+    assert mono["shape"] == pytest.approx(0.6) and mono["mean"] == pytest.approx((0.9 + 0.6 + 1.0 + 0.6) / 4)
+    assert mono["object_found"] == 0.95 and mono["prompts"] == 96 and mono["training_seeds"] == [0, 1]
+    assert record["codec"] == {"name": "learned", "psnr_heldout_db": 31.23, "train_seconds": 600.0}
+    assert bench.quality_record(pd.DataFrame(rows), "topk", {"name": "pixel"})["codec"] == {"name": "pixel"}
+    json.dumps(record, allow_nan=False)
