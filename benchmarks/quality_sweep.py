@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
             time.perf_counter() - t0 if not result.skipped else float(registry.get(args.variant, {}).get("train_s", 0))
         )
         model_dir = result.model_dir
+        registry = json.loads(models.read_text()) if models.is_file() else {}  # re-read: runs go side by side
         registry[args.variant] = {"model_dir": str(model_dir), "encoded": str(encoded), "train_s": train_s}
         atomic_write(models, lambda tmp: Path(tmp).write_text(json.dumps(registry, indent=1)))
 
