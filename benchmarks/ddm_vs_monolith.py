@@ -88,6 +88,7 @@ from lib.train.specs import (  # noqa: E402
 from lib.train.trainer import TrainData, TrainResult, train  # noqa: E402
 
 PROTOCOL = REPO / "benchmarks" / "protocol.md"
+RESULTS = REPO / "benchmarks" / "results"  # headline.json / quality.json here are the latest versioned run's
 SEMANTIC, RANDOM = "semantic", "random"
 ATTRS = ("color", "shape", "background", "motion")  # the headline attributes (their mean: attr_acc)
 DISTANCES = ("fd_inf", "kid", "fd")
@@ -499,6 +500,9 @@ def evaluate_all(
     atomic_write(out / "headline.json", lambda tmp: Path(tmp).write_text(text))
     quality = json.dumps(quality_record(rows, cfg.sample.strategy, ctx.info), indent=1, allow_nan=False) + "\n"
     atomic_write(out / "quality.json", lambda tmp: Path(tmp).write_text(quality))
+    if out.resolve().parent == RESULTS.resolve():  # a versioned results folder: it is the current headline
+        for name in ("headline.json", "quality.json"):
+            shutil.copyfile(out / name, RESULTS / name)
     plot_samples(ctx, samples[seeds[0]], prompts, out / "samples.png")
     write_summary(out, rows, result, models, timer, fd_names)
     say("=" * 100 + "\n" + summary["text"] + f"\ntotal {total / 60:.1f} min; results in {out}\n" + "=" * 100)
