@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -5,6 +6,7 @@ from safetensors.numpy import load_file
 
 from data_schemas.cluster import ClusterAssignment
 from lib.config import RunConfig, replace_in
+from lib.encode.store import read_codec_info
 from tasks.cluster import cluster_clips, embed_clips
 from tasks.encode import encode_clips, train_codec
 from tasks.ingest import ingest_clips
@@ -52,3 +54,22 @@ def test_cluster_workflow_is_deterministic(tmp_path):
     b = cluster_wf(cfg=_cfg(tmp_path / "b"))
     pd.testing.assert_frame_equal(a, b)
     assert a["size"].sum() == 60
+
+
+def test_learned_codec_task_feeds_encode_and_is_carried_by_the_encoded_folder(tmp_path):
+    cfg = replace_in(
+        _cfg(tmp_path),
+        data={"num_clips": 60, "frames": 4, "height": 16, "width": 16, "shard_size": 32, "validation_fraction": 0.2},
+        encode={"codec": "learned"},
+        codec={"block_out_channels": [8, 16], "norm_num_groups": 8, "steps": 3, "batch_size": 4, "warmup_steps": 1},
+    )
+    shards, index, _, _ = ingest_clips(cfg=cfg.data, seed=cfg.seed, output_dir=cfg.output_dir)
+    codec = train_codec(
+        encode=cfg.encode, cfg=cfg.codec, seed=cfg.seed, shards=shards, index=index, output_dir=cfg.output_dir
+    )
+    report = json.loads((Path(codec.path) / "codec_report.json").read_text())
+    assert report["steps"] == 3 and report["frames_seen"] == 12
+    encoded, _ = encode_clips(cfg=cfg.encode, shards=shards, index=index, codec=codec, output_dir=cfg.output_dir)
+    info = read_codec_info(encoded.path)
+    assert info["name"] == "vae" and info["learned"] == report
+    assert info["latent_shape"] == [4, 4, 8, 8] and Path(info["vae_path"]).is_relative_to(Path(encoded.path).resolve())

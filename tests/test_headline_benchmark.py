@@ -85,8 +85,16 @@ def test_quality_json_averages_seeds_per_attribute_and_names_the_codec(bench):
                       "n_generated": 96, "training_seed": seed} for a, v in values.items()]  # fmt: skip
             rows.append({"method": method, "metric": "object_found_attrnet", "mean": 0.95, "cluster": -1,
                          "n_generated": 96, "training_seed": seed})  # fmt: skip
-            rows.append({"method": method, "metric": "attr_acc_attrnet.shape", "mean": 0.0, "cluster": 2,
-                         "n_generated": 30, "training_seed": seed})  # per-cluster rows are not the headline
+            rows.append(
+                {
+                    "method": method,
+                    "metric": "attr_acc_attrnet.shape",
+                    "mean": 0.0,
+                    "cluster": 2,
+                    "n_generated": 30,
+                    "training_seed": seed,
+                }
+            )  # per-cluster rows are not the headline
     learned = {"name": "vae", "learned": {"psnr_heldout": 31.234, "seconds": 600.04}}
     record = bench.quality_record(pd.DataFrame(rows), "topk", learned)
     assert set(record["methods"]) == {"monolith", "ddm:topk", "real"}  # the default strategy only
