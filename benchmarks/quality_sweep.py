@@ -14,7 +14,8 @@ on train clips, abstains on junk): per-attribute accuracy (absent object = wrong
     python benchmarks/quality_sweep.py --variant lr2e-3 --set expert.lr=0.002 --threads 1
     python benchmarks/quality_sweep.py --variant cfg2 --sample-only base --set sample.guidance_scale=2
 
-``--sample-only V`` re-samples the model trained by variant V (sampler sweeps cost no training).
+``--sample-only V`` re-samples the model trained by variant V (sampler sweeps cost no training). With a learned codec,
+``codec_round_trip.png`` shows 8 validation clips' first and last frames, real | reconstructed, side by side.
 """
 
 from __future__ import annotations
@@ -138,6 +139,21 @@ def contact_sheet(real: np.ndarray, generated: np.ndarray, captions: list[str], 
     fig.savefig(path, dpi=100)
 
 
+def codec_sheet(shards: Path, index: pd.DataFrame, info: dict, path: Path) -> None:
+    """A learned codec's round trip on 8 validation clips: first and last frame, real | reconstructed."""
+    from PIL import Image
+
+    from lib.encode.codec import load_vae_codec
+
+    ids = rows_with_role(index, VALIDATION)["clip_id"].tolist()[:SHEET_PROMPTS]
+    real = load_clips(shards, index, ids)
+    codec = load_vae_codec(info["vae_path"])
+    recon = codec.decode(codec.encode(real)).numpy()
+    rows = [np.concatenate([real[i, 0], recon[i, 0], real[i, -1], recon[i, -1]], axis=1) for i in range(len(ids))]
+    image = np.concatenate(rows, axis=0).repeat(SHEET_SCALE, 0).repeat(SHEET_SCALE, 1)
+    Image.fromarray(image).save(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/bench.yaml")
@@ -162,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     shards, index, attributes, encoded, info = data_stage(cfg, work)
     assignments = clusters(cfg, work, shards, index)
     net = featnet(cfg, work, shards, index, attributes)
+    if "learned" in info and not (out / "codec_round_trip.png").is_file():
+        codec_sheet(shards, index, info, out / "codec_round_trip.png")
     t_data = time.perf_counter() - t_data
 
     if args.subject == "monolith":
