@@ -110,7 +110,8 @@ def test_learned_codec_travels_with_the_encoded_folder_and_the_ddm(trained, tmp_
 
     from lib.config import DataConfig, ExpertConfig
     from lib.data.ingest import ingest
-    from lib.encode.store import LEARNED_VAE_DIR, encode_dataset, load_encoded, read_codec_info
+    from lib.encode.learned import VAE_DIR
+    from lib.encode.store import encode_dataset, load_encoded, read_codec_info
     from lib.sample.pipeline import DDMPipeline, assemble_ddm
     from lib.train.trainer import TrainData, train
 
@@ -123,17 +124,17 @@ def test_learned_codec_travels_with_the_encoded_folder_and_the_ddm(trained, tmp_
     encode_dataset(tmp_path / "shards", result.index, EncodeConfig(codec="learned"), tmp_path / "enc",
                    learned_codec=vae_dir)  # fmt: skip
     raw = json.loads((tmp_path / "enc" / "codec.json").read_text())
-    assert raw["vae_path"] == LEARNED_VAE_DIR and raw["learned"]["psnr_heldout"] == pytest.approx(report.psnr_heldout)
+    assert raw["vae_path"] == VAE_DIR and raw["learned"]["psnr_heldout"] == pytest.approx(report.psnr_heldout)
     assert raw["latent_shape"] == [4, 4, 8, 8]
     shutil.move(tmp_path / "enc", tmp_path / "moved-enc")
     info = read_codec_info(tmp_path / "moved-enc")
-    assert info["vae_path"] == str((tmp_path / "moved-enc" / LEARNED_VAE_DIR).resolve())
+    assert info["vae_path"] == str((tmp_path / "moved-enc" / VAE_DIR).resolve())
     data = load_encoded(tmp_path / "moved-enc")
     cfg = ExpertConfig(num_layers=1, num_heads=2, head_dim=8, ffn_dim=16, patch_size=[1, 2, 2], steps=1, batch_size=4,
                        warmup_steps=1)  # fmt: skip
     expert = train(TrainData(data.clip_ids, data.latents, data.tokens, data.mask), cfg, tmp_path / "e", 0, "e")
     ddm = assemble_ddm(tmp_path / "ddm", {0: expert.model_dir}, None, info, None, EncodeConfig(codec="learned"))
-    assert (ddm / LEARNED_VAE_DIR / "config.json").is_file()
+    assert (ddm / VAE_DIR / "config.json").is_file()
     shutil.rmtree(tmp_path / "moved-enc")
     shutil.move(ddm, tmp_path / "moved-ddm")
     videos = DDMPipeline.from_pretrained(tmp_path / "moved-ddm")(["a red ball"], num_steps=2, seed=0)

@@ -30,13 +30,14 @@ from diffusers import AutoencoderKL
 from lib.config import CodecConfig
 from lib.encode.codec import ImageVAECodec, videos_to_model
 from lib.seeding import derive_seed, torch_generator
+from lib.train.trainer import warmup_cosine_lr
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "codec_report.json"
-VAE_DIR = "vae"
-_STAT_FRAMES = 4096
-INITIAL_LOGVAR = -6.0  # train frames whose latents set the shift and scale
+VAE_DIR = "vae"  # a learned codec's VAE folder, wherever it lives: codec, encoded and DDM folders
+_STAT_FRAMES = 4096  # train frames whose latents set the shift and scale
+INITIAL_LOGVAR = -6.0
 
 
 @dataclass(frozen=True)
@@ -72,14 +73,6 @@ def build_vae(cfg: CodecConfig, sample_size: int) -> AutoencoderKL:
         sample_size=sample_size,
         mid_block_add_attention=False,  # at 8x8 a 3x3 conv already sees most of the frame; attention doubled the cost
     )
-
-
-def codec_lr_at(step: int, cfg: CodecConfig) -> float:
-    """Linear warm-up, then cosine to a tenth of ``cfg.lr`` at the last step (as the experts' schedule)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - 1 - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -129,13 +122,13 @@ def train_codec(
         with torch.no_grad():  # start near-deterministic (posterior std ~0.05), or the decoder first sees only noise
             vae.quant_conv.bias[cfg.latent_channels :].fill_(INITIAL_LOGVAR)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    order = torch_generator(derive_seed(seed, "codec-batches"))
-    noise = torch_generator(derive_seed(seed, "codec-posterior"))
+    order = torch_generator(seed, "codec-batches")
+    noise = torch_generator(seed, "codec-posterior")
     t0, l1_window = time.perf_counter(), []
     vae.train()
     for step in range(cfg.steps):
         for group in opt.param_groups:
-            group["lr"] = codec_lr_at(step, cfg)
+            group["lr"] = warmup_cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.steps)
         x = frames[torch.randint(len(frames), (cfg.batch_size,), generator=order)]
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=noise)).sample
@@ -155,7 +148,7 @@ def train_codec(
     seconds = time.perf_counter() - t0
     vae.eval()
     with torch.no_grad():
-        pick = torch.randperm(len(frames), generator=torch_generator(derive_seed(seed, "codec-stats")))[:_STAT_FRAMES]
+        pick = torch.randperm(len(frames), generator=torch_generator(seed, "codec-stats"))[:_STAT_FRAMES]
         z = torch.cat([vae.encode(frames[pick[i : i + 256]]).latent_dist.mode() for i in range(0, len(pick), 256)])
     shift, scale = float(z.mean()), float(1.0 / z.std())
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)

@@ -31,7 +31,7 @@ from data_schemas.encode import EncodedIndex
 from lib.config import EncodeConfig
 from lib.data.shards import iter_shards
 from lib.encode.codec import codec_from_config, load_vae_codec
-from lib.encode.learned import REPORT_FILE
+from lib.encode.learned import REPORT_FILE, VAE_DIR
 from lib.encode.text import TextEncoder
 from lib.io import atomic_write
 
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 ENCODED_INDEX = "encoded_index.parquet"
 CODEC_FILE = "codec.json"
-LEARNED_VAE_DIR = "vae"  # a learned codec's VAE, inside the encoded folder (and inside a DDM folder)
 
 
 def encoded_shard_name(number: int) -> str:
@@ -92,9 +91,9 @@ def encode_dataset(
     if cfg.codec == "learned":
         if learned_codec is None:
             raise ValueError("encode_dataset: encode.codec=learned needs the trained codec folder (learned_codec)")
-        shutil.rmtree(out_dir / LEARNED_VAE_DIR, ignore_errors=True)
-        shutil.copytree(learned_codec, out_dir / LEARNED_VAE_DIR)
-        codec = load_vae_codec(out_dir / LEARNED_VAE_DIR, device)
+        shutil.rmtree(out_dir / VAE_DIR, ignore_errors=True)
+        shutil.copytree(learned_codec, out_dir / VAE_DIR)
+        codec = load_vae_codec(out_dir / VAE_DIR, device)
         report = Path(learned_codec).parent / REPORT_FILE
         learned = json.loads(report.read_text()) if report.is_file() else {}
     else:
@@ -126,7 +125,7 @@ def encode_dataset(
     index = EncodedIndex.validate(index)
     info = {
         **codec.info(),
-        **({"vae_path": LEARNED_VAE_DIR, "learned": learned} if learned is not None else {}),
+        **({"vae_path": VAE_DIR, "learned": learned} if learned is not None else {}),
         "latent_shape": list(latent_shape),
         "video_shape": list(video_shape),  # T, H, W, C of the source clips
         "text_encoder": {

@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from lib.config import EncodeConfig
 from lib.data.video import write_gif, write_mp4
 from lib.encode.codec import LatentCodec, PixelCodec, load_vae_codec
-from lib.encode.store import LEARNED_VAE_DIR
+from lib.encode.learned import VAE_DIR
 from lib.encode.text import TextEncoder
 from lib.io import atomic_write
 from lib.models.factory import TRAINING_INFO, expert_forward, load_expert, weights_sha256
@@ -209,8 +209,8 @@ def assemble_ddm(
             _check_sha(tmp / entry["path"], entry["weights_sha256"])  # the copy, not only the source
             entries.append(entry)
         if "learned" in codec:  # the pipeline's own codec is part of the model: the folder carries it
-            shutil.copytree(codec["vae_path"], tmp / LEARNED_VAE_DIR)
-            codec = {**codec, "vae_path": LEARNED_VAE_DIR}
+            shutil.copytree(codec["vae_path"], tmp / VAE_DIR)
+            codec = {**codec, "vae_path": VAE_DIR}
         router = None
         if router_dir is not None:
             router = _router_entry(Path(router_dir), k, codec, text)

@@ -11,7 +11,7 @@ import torch
 from diffusers import ModelMixin
 
 from lib.models.factory import expert_forward
-from lib.seeding import derive_seed, torch_generator
+from lib.seeding import torch_generator
 from lib.train.trainer import flow_matching_batch
 
 T_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -39,7 +39,7 @@ def heldout_loss(
     if len(latents) == 0:
         raise ValueError("heldout_loss: no held-out clips")
     model.eval()
-    generator = torch_generator(derive_seed(seed, "heldout-noise"))
+    generator = torch_generator(seed, "heldout-noise")
     total, count = 0.0, 0
     for t_value in T_GRID:
         for s in range(0, len(latents), batch_size):

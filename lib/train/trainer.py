@@ -174,13 +174,19 @@ class ProgressCallback(TrainCallback):
 def lr_at(step: int, cfg: ExpertConfig) -> float:
     """Learning rate of 0-based optimizer step ``step``: linear warm-up to ``cfg.lr`` over ``cfg.warmup_steps``,
     then constant, or cosine down to ``COSINE_FLOOR * cfg.lr`` at the last step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
+    if cfg.lr_schedule == "constant" and step >= cfg.warmup_steps:
         return cfg.lr
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - 1 - cfg.warmup_steps)
-    floor = COSINE_FLOOR * cfg.lr
-    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+    return warmup_cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.steps)
+
+
+def warmup_cosine_lr(step: int, lr: float, warmup_steps: int, steps: int) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine down to ``COSINE_FLOOR * lr`` at step ``steps - 1``
+    (the schedule of every network the pipeline trains: experts, monolith, learned codec)."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, steps - 1 - warmup_steps)
+    floor = COSINE_FLOOR * lr
+    return floor + 0.5 * (lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def ema_decay_at(step: int, decay: float) -> float:
