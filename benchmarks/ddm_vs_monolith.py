@@ -18,7 +18,7 @@ Reuse: models are skipped by spec hash and sampled videos are cached per model s
 
 Usage::
 
-    python benchmarks/ddm_vs_monolith.py --config configs/bench.yaml --out benchmarks/results/v3
+    python benchmarks/ddm_vs_monolith.py --config configs/bench.yaml --out benchmarks/results/v4
     python benchmarks/ddm_vs_monolith.py --phase train --training-seeds 1 2 --threads 1   # train only
     python benchmarks/ddm_vs_monolith.py --smoke --threads 1   # tiny sizes, end to end in a few minutes
 
@@ -100,6 +100,7 @@ SMOKE = {
     "output_dir": "outputs/bench-smoke",
     "data": {"num_clips": 400},
     "cluster": {"fine_clusters": 8, "silhouette_sample": 200},
+    "codec": {"steps": 6, "warmup_steps": 1},
     "expert": {"steps": 4, "warmup_steps": 1, "checkpoint_every": 100, "log_every": 2},
     "router": {"steps": 5},
     "sample": {"num_steps": 2, "num_prompts": 64},
@@ -726,7 +727,7 @@ def write_summary(out: Path, rows: pd.DataFrame, result: dict, models: list[Mode
     routers = pd.concat([m.router.assign(variant=m.variant, training_seed=m.seed) for m in models])
     fj = result["featnet"]
     sections = [
-        "# DDM vs monolith — headline under protocol version 3",
+        "# DDM vs monolith — " + PROTOCOL.read_text().splitlines()[0].lstrip("# "),
         f"protocol: `{result['protocol']}` sha256 `{result['protocol_sha256']}`\n\ncommand: `{result['command']}`"
         f"\n\nmachine: `{json.dumps(result['machine'])}`\n\ntotal wall time: {result['wall_minutes']} min",
         "## Headline (pooled over training seeds where a method has several; 95 % paired bootstrap over prompts)\n\n"
@@ -784,7 +785,7 @@ def machine_info(device: str) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/bench.yaml", help="run config (YAML)")
-    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/v3, or .../smoke)")
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/v4, or .../smoke)")
     parser.add_argument("--work", default=None, help="working folder for data and models (default cfg.output_dir)")
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides, e.g. expert.steps=10"
@@ -811,7 +812,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     timer = StageTimer()
     cfg = bench_config(args.config, args.smoke, args.set)
-    out = Path(args.out or ("benchmarks/results/smoke" if args.smoke else "benchmarks/results/v3"))
+    out = Path(args.out or ("benchmarks/results/smoke" if args.smoke else "benchmarks/results/v4"))
     work = Path(args.work or cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -836,9 +837,11 @@ def main(argv: list[str] | None = None) -> None:
     control = random_variant(semantic, cfg.seed, cfg.cluster.num_clusters)
     seeds = list(dict.fromkeys(args.training_seeds))
     models: list[Models] = []
+    # the control trains only when it will be scored (``--methods`` may leave it for a later invocation)
+    with_control = args.methods is None or any(m.startswith("ddm:random") for m in args.methods)
     for seed in seeds:
         models.append(train_models(ctx, semantic, seed, True, timer))
-        if seed == cfg.seed:
+        if seed == cfg.seed and with_control:
             models.append(train_models(ctx, control, seed, False, timer))
     if args.phase == "train":
         say(f"--phase train: models for training seeds {seeds} are trained; {timer.total() / 60:.1f} min")
