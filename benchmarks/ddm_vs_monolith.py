@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shlex
 import shutil
 import sys
@@ -501,12 +502,18 @@ def evaluate_all(
     atomic_write(out / "headline.json", lambda tmp: Path(tmp).write_text(text))
     quality = json.dumps(quality_record(rows, cfg.sample.strategy, ctx.info), indent=1, allow_nan=False) + "\n"
     atomic_write(out / "quality.json", lambda tmp: Path(tmp).write_text(quality))
-    if out.resolve().parent == RESULTS.resolve():  # a versioned results folder: it is the current headline
+    if is_current_headline(out, result["methods_not_run"]):
         for name in ("headline.json", "quality.json"):
             shutil.copyfile(out / name, RESULTS / name)
     plot_samples(ctx, samples[seeds[0]], prompts, out / "samples.png")
     write_summary(out, rows, result, models, timer, fd_names)
     say("=" * 100 + "\n" + summary["text"] + f"\ntotal {total / 60:.1f} min; results in {out}\n" + "=" * 100)
+
+
+def is_current_headline(out: Path, not_run: list[str]) -> bool:
+    """A complete run into a versioned folder (``benchmarks/results/v<N>``) becomes the current headline; a smoke
+    run, another folder or a partial run (methods still to score) never replaces it."""
+    return out.resolve().parent == RESULTS.resolve() and re.fullmatch(r"v\d+", out.name) is not None and not not_run
 
 
 def quality_record(rows: pd.DataFrame, strategy: str, codec_info: dict) -> dict:

@@ -104,3 +104,11 @@ def test_quality_json_averages_seeds_per_attribute_and_names_the_codec(bench):
     assert record["codec"] == {"name": "learned", "psnr_heldout_db": 31.23, "train_seconds": 600.0}
     assert bench.quality_record(pd.DataFrame(rows), "topk", {"name": "pixel"})["codec"] == {"name": "pixel"}
     json.dumps(record, allow_nan=False)
+
+
+def test_only_a_complete_versioned_run_replaces_the_current_headline(bench):
+    results = bench.RESULTS
+    assert bench.is_current_headline(results / "v4", [])
+    assert not bench.is_current_headline(results / "v4", ["ddm:random_topk s0"])  # partial: methods still to score
+    assert not bench.is_current_headline(results / "smoke", [])  # the smoke run wrote over the headline once
+    assert not bench.is_current_headline(results / "v4" / "extra", [])
