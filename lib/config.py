@@ -206,7 +206,7 @@ class RouterConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    strategy: str = "topk"  # the DDM's routing: top1 | topk | full | oracle | expert:<id>
+    strategy: str = "topk"  # the DDM's routing: top1 | topk | full | sample | oracle | expert:<id>, or a schedule
     compare_strategies: list[str] = field(default_factory=lambda: ["top1", "full", "oracle"])  # also sampled
     single_experts: bool = True  # also sample each expert alone on every prompt (paired with the DDM)
     top_k: int = 2
@@ -218,13 +218,15 @@ class SampleConfig:
     eps_alpha_floor: float = 0.05  # eps experts: smallest 1 - t divided by when recovering x0_hat
 
     def __post_init__(self) -> None:
+        from lib.sample.ddm import parse_schedule  # here: lib.sample imports this module
+
         for where, strategy in [("sample.strategy", self.strategy)] + [
             ("sample.compare_strategies", s) for s in self.compare_strategies
         ]:
-            ok = strategy in ("top1", "topk", "full", "oracle") or (
-                strategy.startswith("expert:") and strategy[len("expert:") :].isdigit()
-            )
-            _check(ok, where, f"{strategy!r} is not one of top1, topk, full, oracle, expert:<id>")
+            try:
+                parse_schedule(strategy)
+            except ValueError as err:
+                raise ConfigError(f"{where}: {err} (a schedule reads e.g. topk>top1@0.5)") from None
         _check(self.batch_size > 0, "sample.batch_size", "must be > 0")
         _check(self.top_k >= 1, "sample.top_k", "must be >= 1")
         _check(self.num_steps > 0, "sample.num_steps", "must be > 0")

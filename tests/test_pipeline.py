@@ -146,6 +146,28 @@ def test_seeds_batch_size_and_routing_weights(pipe, prompts):
     assert oracle.result.stats.router_calls == 0 and a.result.stats.router_calls == 3 * SAMPLE["num_steps"]
 
 
+def test_sample_routing_and_schedules_in_the_pipeline_are_paired_and_batch_free(pipe, prompts):
+    """``sample`` draws each prompt's expert from its own generator: the draws, like the noise, do not depend on the
+    batch or on the other prompts, and a schedule runs through ``__call__`` as any strategy does."""
+    a = pipe.generate(prompts, seed=0, strategy="sample", batch_size=2, **SAMPLE)
+    whole = pipe.generate(prompts, seed=0, strategy="sample", batch_size=5, **SAMPLE)
+    alone = pipe.generate(prompts[3:4], seed=0, strategy="sample", prompt_keys=[3], **SAMPLE)
+    torch.testing.assert_close(whole.result.x0, a.result.x0, atol=1e-4, rtol=0)
+    torch.testing.assert_close(alone.result.x0[0], a.result.x0[3], atol=1e-4, rtol=0)
+    assert torch.equal(alone.result.weights[:, 0], a.result.weights[:, 3])
+    assert ((a.result.weights > 0).sum(-1) == 1).all()
+    u = DDMPipeline.route_uniforms(3, 4, seed=0, prompt_keys=[7, 8, 9])
+    assert torch.equal(DDMPipeline.route_uniforms(1, 4, seed=0, prompt_keys=[8])[0], u[1])
+    assert not torch.equal(u, DDMPipeline.route_uniforms(3, 4, seed=1, prompt_keys=[7, 8, 9]))
+    scheduled = pipe.generate(prompts, seed=0, strategy="topk>top1@0.5", **SAMPLE).result
+    late = scheduled.timesteps <= 0.5
+    assert ((scheduled.weights[~late] > 0).sum(-1) == K).all() and ((scheduled.weights[late] > 0).sum(-1) == 1).all()
+    videos = pipe(prompts, seed=0, strategy="sample>top1@0.5", **SAMPLE)
+    assert videos.shape[0] == len(prompts) and videos.dtype == np.uint8
+    with pytest.raises(ValueError, match="expert 5 is not one of its experts"):
+        pipe(prompts, strategy="topk>expert:5@0.5", **SAMPLE)
+
+
 def test_single_models_share_the_noise_of_the_ddm(pipe, trained, prompts):
     """Paired comparison: the DDM run as expert 0 alone equals expert 0 loaded as a single model."""
     single = DDMPipeline.from_single(trained["experts"][0], trained["info"])

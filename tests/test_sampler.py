@@ -1,24 +1,21 @@
-"""The DDM sampler against closed forms: a mixture of isotropic Gaussians whose experts and router are exact.
-
-Data: x0 ~ sum_k pi_k N(mu_k, s_k^2 I) in 4 dimensions (latents of shape [1, 1, 2, 2]). For component k and
-x_t = (1 - t) x0 + t eps, with a = 1 - t and var = a^2 s^2 + t^2:
-    E[x0 | x_t = x] = mu + a s^2 (x - a mu) / var,   E[eps | x_t = x] = t (x - a mu) / var,
-    v_k(x, t) = E[eps - x0 | x_t = x, k],  p(k | x_t = x) ∝ pi_k N(x; a mu_k, var_k I).
+"""The DDM sampler against closed forms: a mixture of isotropic Gaussians whose experts and router are exact
+(``lib.sample.gaussian_mixture``: x0 ~ sum_k pi_k N(mu_k, s_k^2 I) in 4 dimensions, latents of shape [1, 1, 2, 2]).
 The marginal velocity of the mixture is sum_k p(k | x) v_k(x).
 """
-
-import math
 
 import pytest
 import torch
 
 from lib.sample import ExpertHandle, SamplerStats, eps_to_velocity, mix_velocity, routing_weights, sample_ddm
+from lib.sample.ddm import parse_schedule, strategy_at
+from lib.sample.gaussian_mixture import GaussianMixture, check_strategy
 
 SHAPE = (1, 1, 2, 2)  # C, T, H, W
 MUS = torch.tensor([[2.0, 2.0, 2.0, 2.0], [-2.0, -2.0, -2.0, -2.0], [2.0, -2.0, 2.0, -2.0]], dtype=torch.float64)
 STDS = torch.tensor([0.3, 0.5, 0.2], dtype=torch.float64)
 PIS = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
 K = 3
+MIXTURE = GaussianMixture(MUS, STDS, PIS, SHAPE)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,34 +31,7 @@ def _flat(x):
     return x.reshape(x.shape[0], -1).double()
 
 
-def _posterior_terms(x, t, k):
-    a = (1 - t)[:, None]
-    var = a**2 * STDS[k] ** 2 + t[:, None] ** 2  # [B, 1]
-    return a, var, _flat(x) - a * MUS[k]
-
-
-def exact_eps(x, t, k):
-    a, var, r = _posterior_terms(x, t.double(), k)
-    return (t.double()[:, None] * r / var).reshape(x.shape).to(x.dtype)
-
-
-def exact_x0(x, t, k):
-    a, var, r = _posterior_terms(x, t.double(), k)
-    return (MUS[k] + a * STDS[k] ** 2 * r / var).reshape(x.shape).to(x.dtype)
-
-
-def exact_velocity(x, t, k):
-    return exact_eps(x, t, k) - exact_x0(x, t, k)
-
-
-def exact_logits(x, t, pooled=None, pis=PIS):
-    """log pi_k + log N(x; a mu_k, var_k I) for every k: [B, K]."""
-    cols = []
-    d = _flat(x).shape[1]
-    for k in range(K):
-        _, var, r = _posterior_terms(x, t.double(), k)
-        cols.append(math.log(pis[k]) - 0.5 * (r**2).sum(1) / var[:, 0] - 0.5 * d * torch.log(2 * math.pi * var[:, 0]))
-    return torch.stack(cols, 1)
+exact_eps, exact_x0, exact_velocity, exact_logits = MIXTURE.eps, MIXTURE.x0, MIXTURE.velocity, MIXTURE.logits
 
 
 def flow_expert(k, calls=None):
@@ -282,6 +252,9 @@ def test_sample_config_fields():
 
     assert SampleConfig().eps_x0_clamp > 0 and 0 < SampleConfig().eps_alpha_floor <= 1
     SampleConfig(strategy="expert:2")
+    SampleConfig(strategy="sample>top1@0.5", compare_strategies=["full>topk@0.8>top1@0.3", "sample"])
+    with pytest.raises(ConfigError, match=r"sample.compare_strategies: .*needs a switch time.*topk>top1@0.5"):
+        SampleConfig(compare_strategies=["topk>top1"])
     for bad in ({"strategy": "expert:x"}, {"eps_x0_clamp": 0.0}, {"eps_alpha_floor": 0.0}):
         with pytest.raises(ConfigError, match="sample."):
             SampleConfig(**bad)
@@ -297,3 +270,76 @@ def test_a_router_model_plugs_in_as_the_router():
     assert not res.x0.requires_grad and res.stats.router_calls == 3
     assert ((res.weights > 0).sum(-1) == 2).all()
     torch.testing.assert_close(res.weights.sum(-1), torch.ones(3, 8))
+
+
+def test_schedules_parse_and_pick_the_strategy_by_time():
+    assert parse_schedule("topk") == [(float("inf"), "topk")]
+    schedule = parse_schedule("full>topk@0.8>top1@0.3")
+    assert schedule == [(float("inf"), "full"), (0.8, "topk"), (0.3, "top1")]
+    assert [strategy_at(schedule, t) for t in (1.0, 0.81, 0.8, 0.5, 0.3, 0.0)] == [
+        "full", "full", "topk", "topk", "top1", "top1"
+    ]  # fmt: skip
+    for bad, message in [
+        ("topk>top1", "needs a switch time"),
+        ("topk>top1@x", "not a number"),
+        ("topk>top1@1.2", r"\(0, 1\) and decrease"),
+        ("full>topk@0.3>top1@0.5", r"\(0, 1\) and decrease"),
+        ("topk>best@0.5", "not one of"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_schedule(bad)
+
+
+def test_sample_strategy_draws_one_expert_by_inverse_cdf():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]])).expand(1000, 3)
+    u = (torch.arange(1000) + 0.5) / 1000  # evenly spread: the draws' shares are the probabilities to 1/1000
+    w = routing_weights(logits, torch.ones(K, dtype=torch.bool), "sample", uniforms=u)
+    assert ((w == 0) | (w == 1)).all() and (w.sum(1) == 1).all()
+    torch.testing.assert_close(w.mean(0), torch.tensor([0.5, 0.3, 0.2]), atol=1e-3, rtol=0)
+    dead = routing_weights(logits, torch.tensor([True, False, True]), "sample", uniforms=u)
+    assert (dead[:, 1] == 0).all()  # a missing expert is never drawn; the survivors share its mass
+    torch.testing.assert_close(dead.mean(0), torch.tensor([0.5 / 0.7, 0.0, 0.2 / 0.7]), atol=2e-3, rtol=0)
+    with pytest.raises(ValueError, match="one uniform number per sample"):
+        routing_weights(logits, torch.ones(K, dtype=torch.bool), "sample")
+
+
+def test_sample_strategy_needs_the_callers_numbers_and_is_reproducible_with_them():
+    experts, noise = {k: flow_expert(k) for k in range(K)}, _noise(16, seed=21)
+    with pytest.raises(ValueError, match="route_uniforms must be"):
+        sample_ddm(experts, exact_logits, noise, None, strategy="sample", num_steps=4)
+    u = torch.rand(16, 4, generator=torch.Generator().manual_seed(1))
+    a = sample_ddm(experts, exact_logits, noise, None, strategy="sample", num_steps=4, route_uniforms=u)
+    b = sample_ddm(experts, exact_logits, noise, None, strategy="sample", num_steps=4, route_uniforms=u)
+    assert torch.equal(a.x0, b.x0) and torch.equal(a.weights, b.weights)
+    assert ((a.weights > 0).sum(-1) == 1).all() and a.stats.total_rows == 16 * 4  # the cost of top-1
+
+
+def test_a_schedule_switches_strategy_and_reads_the_router_only_when_it_routes():
+    experts, noise = {k: flow_expert(k) for k in range(K)}, _noise(8, seed=22)
+    soft_router = lambda x, t, pooled: torch.tanh(x.reshape(len(x), -1)[:, :K])  # noqa: E731 (no prob underflows)
+    res = sample_ddm(experts, soft_router, noise, None, strategy="full>top1@0.5", num_steps=10)
+    selected = (res.weights > 0).sum(-1)  # [steps, B]
+    late = res.timesteps <= 0.5
+    assert (selected[~late] == K).all() and (selected[late] == 1).all()
+    oracle = sample_ddm(experts, soft_router, noise, None, strategy="oracle>top1@0.5", num_steps=10,
+                        oracle_clusters=torch.zeros(8, dtype=torch.long))  # fmt: skip
+    assert oracle.stats.router_calls == int(late.sum())  # the oracle half needs no router
+
+
+def test_sample_keeps_the_mixture_where_top1_drifts_to_the_largest_component():
+    """The issue's proof: on exact experts and router, the draw's shares match the weights within sampling error
+    at top-1's cost, while top-1 (and top-2 of 3) move mass toward the largest component."""
+    n, num_steps = 6000, 20
+    sample = check_strategy(MIXTURE, "sample", n, num_steps, seed=0)
+    late_top1 = check_strategy(MIXTURE, "sample>top1@0.5", n, num_steps, seed=0)
+    full = check_strategy(MIXTURE, "full", n, num_steps, seed=0)
+    top1 = check_strategy(MIXTURE, "top1", n, num_steps, seed=0)
+    for check in (sample, late_top1, full):
+        assert max(abs(z) for z in check.z_scores) < 4, (check.strategy, check.shares)
+        assert all(0.8 < s < 1.1 for s in check.spreads), (check.strategy, check.spreads)
+    assert sample.expert_passes == late_top1.expert_passes == top1.expert_passes == num_steps
+    assert full.expert_passes > 2 * num_steps
+    assert top1.shares[0] > PIS[0] + 0.2 and top1.z_scores[0] > 20  # the drift is large and shown, not hidden
+    assert top1.shares[2] < PIS[2] / 2
+    topk = check_strategy(MIXTURE, "topk", n, num_steps, seed=0)
+    assert topk.z_scores[2] < -8  # top-2 of 3 starves the smallest component too

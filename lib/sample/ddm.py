@@ -5,6 +5,12 @@ apart. Its exact flow-matching velocity is v(x_t, t) = sum_k p(k | x_t) v_k(x_t,
 by the posterior of its cluster given the noisy sample, which is what the router estimates. Strategies sparsify the
 weights (top-1, top-k renormalised, the full posterior) or replace them (the true cluster, one fixed expert).
 
+``sample`` runs one expert per step, like top-1, but draws it from the posterior instead of taking the argmax: its
+velocity is an unbiased estimate of the mixture's, so it does not push samples toward the largest cluster the way
+top-1 does early in sampling, where the posterior is still close to the prior. A schedule switches strategies at
+given times: ``topk>top1@0.5`` mixes the top two while t > 0.5 and takes the argmax from there on (the posterior is
+sharp late in sampling, so top-1 costs little there); ``sample>top1@0.6``, ``full>topk@0.8>top1@0.3`` likewise.
+
 The sampler is written against a small protocol, not against the expert networks: an expert is any callable
 ``predict(x_t [B, C, T, H, W], t [B] in [0, 1], cond) -> tensor`` plus its training objective ("flow" predicts
 v = eps - x0; "eps" predicts the noise and is converted here). ``cond`` / ``uncond`` are opaque "batch trees" the
@@ -20,6 +26,7 @@ sample: its term in the mixture is zero anyway.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +39,8 @@ from lib.config import SampleConfig
 from lib.sample.batch_tree import cat_trees, take_tree
 
 OBJECTIVES = ("flow", "eps")
-STRATEGIES = ("top1", "topk", "full", "oracle", "expert:<id>")
+STRATEGIES = ("top1", "topk", "full", "sample", "oracle", "expert:<id>")
+ROUTED = ("top1", "topk", "full", "sample")  # the strategies that read the router
 DEFAULT_X0_CLAMP = SampleConfig.eps_x0_clamp  # |x0_hat| bound for eps experts
 DEFAULT_ALPHA_FLOOR = SampleConfig.eps_alpha_floor  # smallest 1 - t divided by when recovering x0 (t = 1: 1 - t = 0)
 
@@ -131,7 +139,7 @@ def parse_strategy(strategy: str) -> tuple[str, int | None]:
     """Split ``expert:<id>`` into ("expert", id); other strategies come back as (name, None).
 
     Args:
-        strategy: one of top1, topk, full, oracle, expert:<id>.
+        strategy: one of top1, topk, full, sample, oracle, expert:<id> (one strategy, not a schedule).
 
     Returns:
         (name, fixed expert id or None).
@@ -141,9 +149,43 @@ def parse_strategy(strategy: str) -> tuple[str, int | None]:
         if not tail.isdigit():
             raise ValueError(f"strategy {strategy!r}: expected expert:<non-negative int>")
         return "expert", int(tail)
-    if strategy not in ("top1", "topk", "full", "oracle"):
+    if strategy not in ROUTED + ("oracle",):
         raise ValueError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
     return strategy, None
+
+
+def parse_schedule(schedule: str) -> list[tuple[float, str]]:
+    """``first>second@T1>third@T2...`` -> [(inf, first), (T1, second), (T2, third)]: each strategy runs while
+    t <= its start time and t > the next one's. A plain strategy is a one-entry schedule.
+
+    Args:
+        schedule: a strategy, or strategies joined by ``>``, every one after the first with ``@<t>`` in (0, 1),
+            the times strictly decreasing (sampling runs from t = 1 down to 0).
+
+    Returns:
+        (start time, strategy) pairs, the first with start time inf.
+    """
+    parts = schedule.split(">")
+    parse_strategy(parts[0])
+    entries = [(math.inf, parts[0])]
+    for part in parts[1:]:
+        name, at, when = part.partition("@")
+        if not at:
+            raise ValueError(f"schedule {schedule!r}: {part!r} needs a switch time, e.g. {part}@0.5")
+        try:
+            start = float(when)
+        except ValueError:
+            raise ValueError(f"schedule {schedule!r}: switch time {when!r} is not a number") from None
+        if not 0.0 < start < min(entries[-1][0], 1.0):
+            raise ValueError(f"schedule {schedule!r}: switch times must lie in (0, 1) and decrease, got {start}")
+        parse_strategy(name)
+        entries.append((start, name))
+    return entries
+
+
+def strategy_at(schedule: list[tuple[float, str]], t: float) -> str:
+    """The strategy a parsed schedule runs at time t."""
+    return [name for start, name in schedule if t <= start][-1]
 
 
 def routing_weights(
@@ -153,6 +195,7 @@ def routing_weights(
     top_k: int = 2,
     oracle_clusters: torch.Tensor | None = None,
     batch: int | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mixing weights [B, K] of one step; each row sums to 1 and is zero on missing experts.
 
@@ -160,12 +203,14 @@ def routing_weights(
     renormalised over the survivors and a probability on a missing expert can never receive weight.
 
     Args:
-        logits: router logits [B, K]; needed by top1, topk and full.
+        logits: router logits [B, K]; needed by top1, topk, full and sample.
         alive: bool [K], True where the expert exists.
-        strategy: top1 | topk | full | oracle | expert:<id>.
+        strategy: top1 | topk | full | sample | oracle | expert:<id>.
         top_k: experts kept by topk (capped at the number of survivors).
         oracle_clusters: true cluster per sample [B], for oracle.
         batch: B, needed when logits is None.
+        uniforms: one number in [0, 1) per sample [B], for sample: the expert whose posterior CDF interval holds it
+            is drawn (inverse-CDF sampling, so the caller's seeded numbers make the draw reproducible).
 
     Returns:
         weights [B, K], float32.
@@ -174,7 +219,7 @@ def routing_weights(
     num = alive.numel()
     if not alive.any():
         raise ValueError("no expert is available: every expert failed training")
-    if name in ("top1", "topk", "full"):
+    if name in ROUTED:
         if logits is None:
             raise ValueError(f"strategy {strategy!r} needs a router")
         if logits.ndim != 2 or logits.shape[1] != num:
@@ -182,6 +227,13 @@ def routing_weights(
         probs = logits.float().masked_fill(~alive.to(logits.device), float("-inf")).softmax(dim=1)
         if name == "full":
             return probs
+        if name == "sample":
+            if uniforms is None or uniforms.shape != (probs.shape[0],):
+                raise ValueError(f"strategy 'sample' needs one uniform number per sample ([{probs.shape[0]}])")
+            cdf = probs.cumsum(dim=1)
+            cdf = cdf / cdf[:, -1:]  # exactly 1 at the end, so every u < 1 falls in some expert's interval
+            chosen = (cdf <= uniforms.to(cdf.device, cdf.dtype)[:, None]).sum(dim=1)  # first k with cdf_k > u
+            return torch.nn.functional.one_hot(chosen, num).float()
         k = 1 if name == "top1" else min(top_k, int(alive.sum()))
         if k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
@@ -277,14 +329,15 @@ def sample_ddm(
     oracle_clusters: torch.Tensor | None = None,
     clamp: float = DEFAULT_X0_CLAMP,
     alpha_floor: float = DEFAULT_ALPHA_FLOOR,
+    route_uniforms: torch.Tensor | None = None,
 ) -> SampleResult:
     """Integrate dx/dt = v(x, t) from t = 1 (``noise``) to t = 0 with Euler steps on a uniform grid.
 
     Time stepping uses diffusers' ``FlowMatchEulerDiscreteScheduler`` (shift 1) with explicit sigmas
     1, 1 - 1/N, ..., 1/N: its sigmas are our t, and its step is x <- x + (t_next - t) v. (Its default grid ends at
     1/num_train_timesteps instead of 0, hence the explicit sigmas.) The router sees (x_t, t, pooled) once per step,
-    without CFG. Deterministic: no randomness beyond ``noise``. Runs without autograd (a ``RouterModel`` or an
-    expert network can be passed as is).
+    without CFG. Deterministic: no randomness beyond ``noise`` and ``route_uniforms``. Runs without autograd (a
+    ``RouterModel`` or an expert network can be passed as is).
 
     Args:
         experts: expert per cluster id 0..K-1; None marks an expert that failed training.
@@ -293,13 +346,15 @@ def sample_ddm(
         cond: conditional batch tree (e.g. (token embeddings [B, L, D], mask [B, L])).
         uncond: unconditional batch tree for CFG, or None.
         pooled: pooled text the router receives (any value the router accepts).
-        strategy: top1 | topk | full | oracle | expert:<id>.
+        strategy: top1 | topk | full | sample | oracle | expert:<id>, or a schedule of them (``parse_schedule``).
         top_k: experts kept by topk.
         num_steps: Euler steps.
         guidance_scale: CFG scale w, applied per expert.
         oracle_clusters: true cluster per sample [B], for oracle.
         clamp: x0 clamp of the eps -> v conversion.
         alpha_floor: alpha floor of the eps -> v conversion.
+        route_uniforms: [B, num_steps] numbers in [0, 1), for the steps a schedule runs ``sample``: sample i's
+            expert at step j is drawn with ``route_uniforms[i, j]``.
 
     Returns:
         SampleResult with x0, the per-step weights, the step times and the work counters.
@@ -314,26 +369,30 @@ def sample_ddm(
             raise ValueError(f"expert under key {k} says cluster_id {e.cluster_id}")
     if uncond is None and guidance_scale != 1.0:
         raise ValueError(f"guidance_scale {guidance_scale} needs an unconditional input (uncond is None)")
-    name, _ = parse_strategy(strategy)
-    uses_router = name in ("top1", "topk", "full")
-    if uses_router and router is None:
+    schedule = parse_schedule(strategy)
+    names = {parse_strategy(s)[0] for _, s in schedule}
+    if names & set(ROUTED) and router is None:
         raise ValueError(f"strategy {strategy!r} needs a router")
+    batch = noise.shape[0]
+    if "sample" in names and (route_uniforms is None or route_uniforms.shape != (batch, num_steps)):
+        raise ValueError(f"strategy {strategy!r} draws experts: route_uniforms must be [{batch}, {num_steps}]")
     alive = torch.tensor([experts[k] is not None for k in ids], dtype=torch.bool)
 
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
     scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, num_steps + 1)[:-1].tolist(), device=noise.device)
     scheduler.set_begin_index(0)
     stats = SamplerStats()
-    batch = noise.shape[0]
     x = noise.float()
     all_weights, times = [], []
     for i, step_t in enumerate(scheduler.timesteps):
         t = scheduler.sigmas[i].expand(batch).to(noise.device)
+        step_strategy = strategy_at(schedule, float(scheduler.sigmas[i]))
         logits = None
-        if uses_router:
+        if parse_strategy(step_strategy)[0] in ROUTED:
             logits = router(x, t, pooled)
             stats.router_calls += 1
-        w = routing_weights(logits, alive, strategy, top_k, oracle_clusters, batch=batch).to(noise.device)
+        uniforms = None if route_uniforms is None else route_uniforms[:, i]
+        w = routing_weights(logits, alive, step_strategy, top_k, oracle_clusters, batch, uniforms).to(noise.device)
         v = mix_velocity(experts, w, x, t, cond, uncond, guidance_scale, stats, clamp, alpha_floor)
         x = scheduler.step(v, step_t, x).prev_sample
         all_weights.append(w.cpu())

@@ -51,6 +51,7 @@ from lib.sample.ddm import (
     ExpertHandle,
     SampleResult,
     SamplerStats,
+    parse_schedule,
     parse_strategy,
     sample_ddm,
 )
@@ -391,12 +392,13 @@ class DDMPipeline:
 
     def _resolve_strategy(self, strategy: str) -> str:
         """Single models have nothing to route; otherwise refuse a fixed expert that is absent, naming the model."""
-        name, fixed = parse_strategy(strategy)
-        if self.router is None and self.num_experts == 1 and name != "expert":
+        steps = [parse_strategy(s) for _, s in parse_schedule(strategy)]
+        if self.router is None and self.num_experts == 1 and all(name != "expert" for name, _ in steps):
             return "expert:0"
-        if name == "expert" and (fixed >= self.num_experts or self.experts[fixed] is None):
-            state = "missing (failed training)" if fixed < self.num_experts else "not one of its experts"
-            raise ValueError(f"{self.name}: strategy {strategy!r}: expert {fixed} is {state}")
+        for name, fixed in steps:
+            if name == "expert" and (fixed >= self.num_experts or self.experts[fixed] is None):
+                state = "missing (failed training)" if fixed < self.num_experts else "not one of its experts"
+                raise ValueError(f"{self.name}: strategy {strategy!r}: expert {fixed} is {state}")
         return strategy
 
     def noise(self, count: int, seed: int, prompt_keys: Sequence[int | str] | None = None) -> torch.Tensor:
@@ -410,6 +412,19 @@ class DDMPipeline:
         keys = range(count) if prompt_keys is None else prompt_keys
         return torch.stack(
             [torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(derive_seed(seed, "sample", key)))
+             for key in keys]
+        )  # fmt: skip
+
+    @staticmethod
+    def route_uniforms(
+        count: int, num_steps: int, seed: int, prompt_keys: Sequence[int | str] | None = None
+    ) -> torch.Tensor:
+        """[N, num_steps] numbers in [0, 1) with which ``sample`` routing draws each prompt's expert at each step,
+        from the prompt's own generator (``derive_seed(seed, "route", key)``), so a prompt's draws, like its noise,
+        do not depend on which prompts share its batch."""
+        keys = range(count) if prompt_keys is None else prompt_keys
+        return torch.stack(
+            [torch.rand(num_steps, generator=torch.Generator().manual_seed(derive_seed(seed, "route", key)))
              for key in keys]
         )  # fmt: skip
 
@@ -450,9 +465,10 @@ class DDMPipeline:
             prompts: N captions.
             num_steps: Euler steps.
             guidance_scale: CFG scale (1 disables CFG).
-            strategy: top1 | topk | full | oracle | expert:<id>.
+            strategy: top1 | topk | full | sample | oracle | expert:<id>, or a schedule such as ``topk>top1@0.5``.
             top_k: experts kept by topk.
-            seed: noise seed; prompt i starts from ``derive_seed(seed, "sample", prompt_keys[i])``.
+            seed: noise seed; prompt i starts from ``derive_seed(seed, "sample", prompt_keys[i])`` (and draws its
+                experts under ``sample`` routing from ``derive_seed(seed, "route", prompt_keys[i])``).
             oracle_clusters: true cluster per prompt, for ``oracle``.
             batch_size: prompts per sampler call (does not change any prompt's noise).
             prompt_keys: noise key per prompt (default: its index), e.g. stable prompt ids of a prompt set.
@@ -476,6 +492,7 @@ class DDMPipeline:
         strategy = self._resolve_strategy(strategy)
         emb = self.text_encoder.encode(list(prompts))  # all at once: a prompt's embedding ignores sampler batching
         noise = self.noise(len(prompts), seed, prompt_keys)
+        uniforms = self.route_uniforms(len(prompts), num_steps, seed, prompt_keys)
         handles = {k: (self._handle(k) if m is not None else None) for k, m in self.experts.items()}
         results = []
         for lo in range(0, len(prompts), batch_size):
@@ -487,7 +504,7 @@ class DDMPipeline:
                     cond=(tokens, mask), uncond=(torch.zeros_like(tokens), torch.zeros_like(mask)),
                     pooled=emb.pooled[sl].to(self.device), strategy=strategy, top_k=top_k, num_steps=num_steps,
                     guidance_scale=guidance_scale, oracle_clusters=None if oracle is None else oracle[sl],
-                    clamp=eps_x0_clamp, alpha_floor=eps_alpha_floor,
+                    clamp=eps_x0_clamp, alpha_floor=eps_alpha_floor, route_uniforms=uniforms[sl].to(self.device),
                 )
             )  # fmt: skip
         x0 = torch.cat([r.x0.cpu() for r in results])
