@@ -21,9 +21,10 @@ from lib.data.split import TRAIN
 from lib.encode.store import load_encoded
 from lib.io import atomic_write
 from tasks.common import stage_dir, uri_of
+from tasks.image import TASK_IMAGE
 
 
-@task(cache=Cache(version="embed-v1"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+@task(container_image=TASK_IMAGE, cache=Cache(version="embed-v1"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
 def embed_clips(
     cfg: ClusterConfig, shards: FlyteDirectory, encoded: FlyteDirectory, index: DataFrame[ClipIndex], output_dir: str
 ) -> FlyteFile:
@@ -44,7 +45,12 @@ def _read_embeddings(path: str) -> tuple[np.ndarray, list[str]]:
     return load_file(path)["embeddings"], clip_ids
 
 
-@task(cache=Cache(version="cluster-v2"), requests=Resources(cpu="2", mem="4Gi"), enable_deck=True)
+@task(
+    container_image=TASK_IMAGE,
+    cache=Cache(version="cluster-v2"),
+    requests=Resources(cpu="2", mem="4Gi"),
+    enable_deck=True,
+)
 def cluster_clips(
     cfg: ClusterConfig,
     seed: int,

@@ -11,9 +11,10 @@ from lib.encode.learned import VAE_DIR
 from lib.encode.prepare import fit_codec
 from lib.encode.store import encode_dataset
 from tasks.common import stage_dir, uri_of
+from tasks.image import TASK_IMAGE
 
 
-@task(cache=Cache(version="codec-v1"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+@task(container_image=TASK_IMAGE, cache=Cache(version="codec-v1"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
 def train_codec(
     encode: EncodeConfig, cfg: CodecConfig, seed: int, shards: FlyteDirectory, index: DataFrame[ClipIndex],
     output_dir: str,
@@ -27,7 +28,7 @@ def train_codec(
     return FlyteDirectory(str(out))
 
 
-@task(cache=Cache(version="encode-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+@task(container_image=TASK_IMAGE, cache=Cache(version="encode-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
 def encode_clips(
     cfg: EncodeConfig, shards: FlyteDirectory, index: DataFrame[ClipIndex], codec: FlyteDirectory, output_dir: str
 ) -> tuple[FlyteDirectory, DataFrame[EncodedIndex]]:

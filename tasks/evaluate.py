@@ -18,9 +18,10 @@ from lib.evaluate.report import report_html
 from lib.io import atomic_write
 from lib.sample.methods import load_sampled
 from tasks.common import stage_dir, uri_of
+from tasks.image import TASK_IMAGE
 
 
-@task(cache=Cache(version="featnet-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+@task(container_image=TASK_IMAGE, cache=Cache(version="featnet-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
 def train_featnet(
     cfg: EvalConfig,
     seed: int,
@@ -49,7 +50,13 @@ def train_featnet(
     return FlyteDirectory(str(out)), note
 
 
-@task(cache=Cache(version="evaluate-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1, enable_deck=True)
+@task(
+    container_image=TASK_IMAGE,
+    cache=Cache(version="evaluate-v2"),
+    requests=Resources(cpu="2", mem="4Gi"),
+    retries=1,
+    enable_deck=True,
+)
 def evaluate_task(
     cfg: EvalConfig,
     seed: int,

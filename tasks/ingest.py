@@ -10,6 +10,7 @@ from data_schemas.ingest import ClipAttributes, ClipIndex, QuarantineRecord
 from lib.config import DataConfig
 from lib.data.ingest import ingest
 from tasks.common import stage_dir
+from tasks.image import TASK_IMAGE
 
 
 class IngestOutputs(NamedTuple):
@@ -19,7 +20,7 @@ class IngestOutputs(NamedTuple):
     attributes: DataFrame[ClipAttributes]
 
 
-@task(cache=Cache(version="ingest-v2"), requests=Resources(cpu="1", mem="2Gi"), retries=1)
+@task(container_image=TASK_IMAGE, cache=Cache(version="ingest-v2"), requests=Resources(cpu="1", mem="2Gi"), retries=1)
 def ingest_clips(cfg: DataConfig, seed: int, output_dir: str) -> IngestOutputs:
     """Cached on (data config, seed, output_dir): a manifest whose files change under the same URI needs a new URI."""
     out = stage_dir(output_dir, "ingest", cfg, seed)

@@ -10,9 +10,10 @@ from pandera.typing import DataFrame
 from data_schemas.ingest import ClipAttributes, ClipIndex, QuarantineRecord
 from lib.io import write_parquet
 from tasks.common import uri_of
+from tasks.image import TASK_IMAGE
 
 
-@task
+@task(container_image=TASK_IMAGE)
 def report_ingest(
     output_dir: str,
     shards: FlyteDirectory,

@@ -17,9 +17,10 @@ from lib.sample.methods import sample_methods
 from lib.sample.pipeline import DDMPipeline, assemble_ddm
 from lib.sample.prompts import stratified_prompts
 from tasks.common import stage_dir, uri_of
+from tasks.image import TASK_IMAGE
 
 
-@task(cache=Cache(version="assemble-v1"), requests=Resources(cpu="1", mem="2Gi"))
+@task(container_image=TASK_IMAGE, cache=Cache(version="assemble-v1"), requests=Resources(cpu="1", mem="2Gi"))
 def assemble_ddm_task(
     encode_cfg: EncodeConfig,
     experts: list[FlyteDirectory | None],
@@ -40,7 +41,7 @@ def assemble_ddm_task(
     return FlyteDirectory(str(out))
 
 
-@task(cache=Cache(version="prompts-v2"))
+@task(container_image=TASK_IMAGE, cache=Cache(version="prompts-v2"))
 def make_prompts(
     cfg: SampleConfig, seed: int, assignments: DataFrame[ClusterAssignment], index: DataFrame[ClipIndex]
 ) -> DataFrame[PromptSet]:
@@ -48,7 +49,7 @@ def make_prompts(
     return stratified_prompts(assignments, index, cfg.num_prompts, seed)
 
 
-@task(cache=Cache(version="sample-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+@task(container_image=TASK_IMAGE, cache=Cache(version="sample-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
 def sample_task(
     cfg: SampleConfig,
     seed: int,

@@ -12,9 +12,10 @@ from data_schemas.evaluate import EvalReport
 from data_schemas.router import RouterReport
 from lib.evaluate.compare import headline
 from lib.io import persist, write_parquet
+from tasks.image import TASK_IMAGE
 
 
-@task(cache=False)
+@task(container_image=TASK_IMAGE, cache=False)
 def as_directory(uri: str) -> FlyteDirectory:
     """A trained model folder given by path or URI, checked to hold a model, as a typed Flyte edge."""
     fs, root = fsspec.core.url_to_fs(uri)
@@ -23,7 +24,7 @@ def as_directory(uri: str) -> FlyteDirectory:
     return FlyteDirectory(uri)
 
 
-@task(cache=False)
+@task(container_image=TASK_IMAGE, cache=False)
 def summarize(
     output_dir: str,
     results_name: str,

@@ -40,11 +40,12 @@ from lib.train.router import train_router
 from lib.train.specs import ExpertSpec, clip_ids_for, compute_table, expert_specs, monolith_spec, training_rows
 from lib.train.trainer import ProgressCallback, TrainData, train
 from tasks.common import input_key, is_local, stage_dir, uri_of
+from tasks.image import TASK_IMAGE
 
 log = logging.getLogger(__name__)
 
 
-@task(cache=Cache(version="specs-v2"))
+@task(container_image=TASK_IMAGE, cache=Cache(version="specs-v2"))
 def make_specs(
     cfg: RunConfig, assignments: DataFrame[ClusterAssignment], encoded: FlyteDirectory
 ) -> tuple[list[ExpertSpec], ExpertSpec]:
@@ -108,7 +109,7 @@ def _train_one(
     return FlyteDirectory(str(result.model_dir))
 
 
-@task(requests=Resources(cpu="2", mem="4Gi"), retries=2)
+@task(container_image=TASK_IMAGE, requests=Resources(cpu="2", mem="4Gi"), retries=2)
 def train_model(
     spec: ExpertSpec, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment], output_dir: str
 ) -> FlyteDirectory:
@@ -154,6 +155,7 @@ def train_model_elastic(
 # What ``@task(task_config=Elastic())`` does, with our task class: Flyte finds the task under the function's name.
 train_model_elastic = ElasticTrainTask(
     task_config=Elastic(increase_shared_mem=False),
+    container_image=TASK_IMAGE,
     task_function=train_model_elastic,
     requests=Resources(cpu="2", mem="4Gi"),
     shared_memory=True,  # /dev/shm for the NCCL/gloo workers of one pod
@@ -180,7 +182,7 @@ def _trainer(cfg: RunConfig) -> tuple[Callable[..., Any], dict[str, Any]]:
     }
 
 
-@dynamic
+@dynamic(container_image=TASK_IMAGE)
 def train_experts(
     cfg: RunConfig, specs: list[ExpertSpec], encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment]
 ) -> list[FlyteDirectory | None]:
@@ -193,7 +195,7 @@ def train_experts(
     return experts(spec=specs).with_overrides(**_overrides(cfg.resources))
 
 
-@dynamic
+@dynamic(container_image=TASK_IMAGE)
 def train_monolith(
     cfg: RunConfig, spec: ExpertSpec, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment]
 ) -> FlyteDirectory:
@@ -203,7 +205,7 @@ def train_monolith(
     return node.with_overrides(**_overrides(cfg.resources))
 
 
-@task(cache=Cache(version="router-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+@task(container_image=TASK_IMAGE, cache=Cache(version="router-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
 def train_router_task(
     cfg: RouterConfig,
     num_clusters: int,

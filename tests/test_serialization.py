@@ -1,5 +1,6 @@
 """The project as a cluster sees it: `pyflyte package` protobufs and the dynamic training fan-out as compiled."""
 
+import os
 import subprocess
 import sys
 import tarfile
@@ -19,6 +20,7 @@ from pandera.typing import DataFrame
 from data_schemas.cluster import ClusterAssignment
 from lib.config import RunConfig, replace_in
 from lib.train.specs import ExpertSpec, expert_specs, monolith_spec
+from tasks.image import IMAGE_SPEC, tomllib
 from tasks.train import train_experts, train_monolith
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,9 +77,37 @@ def test_package_holds_every_task_with_cache_versions_and_retries(package):
     train = tasks["tasks.train.train_model"]
     assert not train.metadata.discoverable, "experts skip/resume by spec hash, not Flyte's cache"
     assert train.metadata.retries.retries == 2
-    assert train.container.image == "ddm-flyte:test"
+    assert train.container.image.startswith(IMAGE_SPEC.name + ":")  # the ImageSpec, not the --image default
     elastic = tasks["tasks.train.train_model_elastic"]  # registered too: the dynamic picks it per run config
     assert elastic.metadata.retries.retries == 2 and not elastic.metadata.discoverable
+
+
+def test_every_task_runs_in_the_imagespec_image_built_from_pyproject_and_the_dockerfile_base(package):
+    """``pyflyte run --remote`` needs no hand-built image: every task names the ImageSpec's image (one tag), whose
+    packages are pyproject's dependencies and whose base is the Dockerfile's."""
+    images = {name: t.container.image for name, t in _tasks(package).items() if t.HasField("container")}
+    assert "tasks.train.train_model" in images and "tasks.train.train_model_elastic" in images
+    assert len(set(images.values())) == 1, images
+    repository, tag = next(iter(images.values())).rsplit(":", 1)
+    assert repository == IMAGE_SPEC.name and tag  # DDM_IMAGE_REGISTRY unset: a local image name
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert IMAGE_SPEC.packages == pyproject and any(p.startswith("diffusers") for p in IMAGE_SPEC.packages)
+    base = next(line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("FROM"))
+    assert IMAGE_SPEC.base_image == base
+
+
+def test_the_registry_and_a_hand_built_image_come_from_the_environment():
+    def task_image(**env: str) -> str:
+        code = (
+            "from tasks.train import train_model as t; i = t.container_image; "
+            "print(i if isinstance(i, str) else i.image_name())"
+        )
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env}, capture_output=True,
+                             text=True, check=True)  # fmt: skip
+        return out.stdout.strip()
+
+    assert task_image(DDM_IMAGE_REGISTRY="ghcr.io/my-team").startswith("ghcr.io/my-team/ddm-flyte:")
+    assert task_image(DDM_TASK_IMAGE="registry.example.com/ddm:v7") == "registry.example.com/ddm:v7"
 
 
 def _compile_dynamic(dynamic_task, **inputs):

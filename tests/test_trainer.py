@@ -1,5 +1,7 @@
+import io
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -253,3 +255,27 @@ def test_heldout_loss_of_a_zero_predictor_is_the_target_energy():
     assert loss == pytest.approx(expected, rel=0.03)
     again = heldout_loss(model, data.latents, data.tokens, data.mask, "flow", seed=0)
     assert again == loss  # same seed, same noise: comparable across models
+
+
+def test_the_training_bar_shows_step_loss_lr_and_seconds_per_step_and_resumes_at_the_checkpoint(
+    data: TrainData, tmp_path: Path, monkeypatch
+):
+    from lib.progress import ENV
+    from lib.train.trainer import ProgressCallback
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv(ENV, "1")
+    err = Terminal()
+    monkeypatch.setattr("sys.stderr", err)
+    first = ProgressCallback(4, "expert-07")
+    train(data, TINY, tmp_path, seed=0, name="expert-07", callbacks=[first], max_steps=6)
+    assert "expert-07" in err.getvalue() and "step/s" in err.getvalue()
+    assert (first.bar.n, first.bar.total) == (6, 6)  # a run stopped early counts to where it stops
+    assert re.fullmatch(r"loss \d\.\d{4} lr \d\.\d\de-\d\d \d+\.\d\d s/step", first.bar.postfix), first.bar.postfix
+    resumed = ProgressCallback(4, "expert-07")
+    train(data, TINY, tmp_path, seed=0, name="expert-07", callbacks=[resumed])
+    assert (resumed.bar.initial, resumed.bar.n, resumed.bar.total) == (6, TINY.steps, TINY.steps)
+    assert "6/12" in err.getvalue()  # the resumed bar starts at the checkpoint's step

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from lib.config import ClusterConfig
 from lib.data.shards import iter_shards
+from lib.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,10 @@ def embed_visual_stats(shards_dir: str | Path, clip_index: pd.DataFrame) -> np.n
     """``visual_stats`` embedding of every clip of ``clip_index`` (rows in its order), shard by shard."""
     where = _positions(clip_index)
     out = np.zeros((len(clip_index), sum(VISUAL_GROUPS.values())), np.float32)
-    for rows, frames in iter_shards(shards_dir, clip_index):
-        out[where.loc[rows["clip_id"].to_numpy()].to_numpy()] = visual_stats_features(frames)
+    with progress(total=len(clip_index), desc="embed visual_stats", unit="clip") as bar:
+        for rows, frames in iter_shards(shards_dir, clip_index):
+            out[where.loc[rows["clip_id"].to_numpy()].to_numpy()] = visual_stats_features(frames)
+            bar.update(len(rows))
     return standardise_groups(out)
 
 
@@ -249,13 +252,15 @@ def embed_image_tower(
     tower = ImageTower.from_path(cfg.image_tower_path, device)
     where = _positions(clip_index)
     out: np.ndarray | None = None
-    for rows, frames in iter_shards(shards_dir, clip_index):
-        chosen = frames[:, _frame_choice(frames.shape[1], cfg.image_tower_frames)]  # [n, k, H, W, C]
-        n, k = chosen.shape[:2]
-        feats = tower.embed_images(chosen.reshape(n * k, *chosen.shape[2:]), cfg.embed_batch_size)
-        if out is None:
-            out = np.zeros((len(clip_index), feats.shape[1]), np.float32)
-        out[where.loc[rows["clip_id"].to_numpy()].to_numpy()] = feats.reshape(n, k, -1).mean(axis=1)
+    with progress(total=len(clip_index), desc="embed image_tower", unit="clip") as bar:
+        for rows, frames in iter_shards(shards_dir, clip_index):
+            chosen = frames[:, _frame_choice(frames.shape[1], cfg.image_tower_frames)]  # [n, k, H, W, C]
+            n, k = chosen.shape[:2]
+            feats = tower.embed_images(chosen.reshape(n * k, *chosen.shape[2:]), cfg.embed_batch_size)
+            if out is None:
+                out = np.zeros((len(clip_index), feats.shape[1]), np.float32)
+            out[where.loc[rows["clip_id"].to_numpy()].to_numpy()] = feats.reshape(n, k, -1).mean(axis=1)
+            bar.update(n)
     return out
 
 

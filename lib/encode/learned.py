@@ -29,6 +29,7 @@ from diffusers import AutoencoderKL
 
 from lib.config import CodecConfig
 from lib.encode.codec import ImageVAECodec, videos_to_model
+from lib.progress import progress
 from lib.seeding import derive_seed, torch_generator
 from lib.train.trainer import warmup_cosine_lr
 
@@ -126,7 +127,7 @@ def train_codec(
     noise = torch_generator(seed, "codec-posterior")
     t0, l1_window = time.perf_counter(), []
     vae.train()
-    for step in range(cfg.steps):
+    for step in progress(range(cfg.steps), desc="codec", unit="step"):
         for group in opt.param_groups:
             group["lr"] = warmup_cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.steps)
         x = frames[torch.randint(len(frames), (cfg.batch_size,), generator=order)]

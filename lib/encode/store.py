@@ -34,6 +34,7 @@ from lib.encode.codec import codec_from_config, load_vae_codec
 from lib.encode.learned import REPORT_FILE, VAE_DIR
 from lib.encode.text import TextEncoder
 from lib.io import atomic_write
+from lib.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,9 @@ def encode_dataset(
     latent_shape: tuple[int, ...] = ()
     video_shape: tuple[int, ...] = ()
     pooled_dim = 0
+    bar = progress(total=len(clip_index), desc="encode", unit="clip")
     for number, (clip_rows, frames) in enumerate(iter_shards(shards_dir, clip_index)):
+        bar.update(len(clip_rows))
         video = torch.from_numpy(frames)
         latents = torch.cat([codec.encode(video[i : i + cfg.batch_size]) for i in range(0, len(video), cfg.batch_size)])
         emb = text.encode(clip_rows["caption"].tolist())
@@ -121,6 +124,7 @@ def encode_dataset(
         latent_shape, video_shape = tuple(latents.shape[1:]), tuple(frames.shape[1:])
         pooled_dim = int(emb.pooled.shape[1])
 
+    bar.close()
     index = pd.DataFrame(rows, columns=["clip_id", "shard", "index"]).astype({"index": "int64"})
     index = EncodedIndex.validate(index)
     info = {

@@ -37,6 +37,7 @@ from torch import nn
 from lib.data.procedural import BACKGROUNDS, COLORS, MOTIONS, SCENES, SHAPES, SIZES
 from lib.evaluate.frechet import as_video_batch
 from lib.evaluate.negatives import NEGATIVE_KINDS, NOT_REAL, make_negatives
+from lib.progress import progress
 from lib.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -244,7 +245,7 @@ def train_attrnet(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     start = time.perf_counter()
-    for step in range(steps):
+    for step in progress(range(steps), desc="AttrNet", unit="step"):
         idx = torch.randint(0, clips.shape[0], (real_bs,), generator=gen)
         x, y = clips[idx], {k: v[idx] for k, v in targets.items()}  # [B, T, H, W, 3], name -> [B]
         if n_neg:

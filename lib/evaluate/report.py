@@ -38,6 +38,7 @@ from lib.evaluate.featnet import HEADLINE_ATTRIBUTES, AttrNet, AttrNetFeatures, 
 from lib.evaluate.frechet import FeatureError, as_video_batch
 from lib.evaluate.i3d import I3DFeatures
 from lib.evaluate.motion import mean_abs_frame_diff, normal_flow_magnitude
+from lib.progress import progress
 from lib.seeding import derive_seed, numpy_rng
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ def _features(module: nn.Module, videos: np.ndarray, batch_size: int = 128) -> n
     """Float64 features [N, D] of uint8 videos, in batches (the extractor decides layout and scaling)."""
     clips = as_video_batch(videos)
     with torch.no_grad():
-        parts = [module(clips[i : i + batch_size]).double().cpu().numpy() for i in range(0, len(clips), batch_size)]
+        starts = progress(range(0, len(clips), batch_size), desc="features", unit="batch")
+        parts = [module(clips[i : i + batch_size]).double().cpu().numpy() for i in starts]
     return np.concatenate(parts)
 
 

@@ -45,6 +45,7 @@ from lib.encode.text import TextEncoder
 from lib.io import atomic_write
 from lib.models.factory import TRAINING_INFO, expert_forward, load_expert, weights_sha256
 from lib.models.router import RouterModel
+from lib.progress import progress
 from lib.sample.ddm import (
     DEFAULT_ALPHA_FLOOR,
     DEFAULT_X0_CLAMP,
@@ -495,6 +496,7 @@ class DDMPipeline:
         uniforms = self.route_uniforms(len(prompts), num_steps, seed, prompt_keys)
         handles = {k: (self._handle(k) if m is not None else None) for k, m in self.experts.items()}
         results = []
+        bar = progress(total=len(prompts), desc=f"sample {strategy}", unit="video")
         for lo in range(0, len(prompts), batch_size):
             sl = slice(lo, lo + batch_size)
             tokens, mask = emb.tokens[sl].to(self.device), emb.mask[sl].to(self.device)
@@ -507,6 +509,8 @@ class DDMPipeline:
                     clamp=eps_x0_clamp, alpha_floor=eps_alpha_floor, route_uniforms=uniforms[sl].to(self.device),
                 )
             )  # fmt: skip
+            bar.update(len(results[-1].x0))
+        bar.close()
         x0 = torch.cat([r.x0.cpu() for r in results])
         stats = SamplerStats(router_calls=sum(r.stats.router_calls for r in results))
         for r in results:

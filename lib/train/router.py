@@ -30,6 +30,7 @@ from data_schemas.router import RouterReport
 from lib.config import RouterConfig
 from lib.io import atomic_write
 from lib.models.router import RouterModel
+from lib.progress import progress
 from lib.seeding import derive_seed
 from lib.train.trainer import sample_timesteps
 
@@ -224,7 +225,7 @@ def train_router(
     log_every = max(1, cfg.steps // 10)
     losses: list[float] = []
     model.train()
-    for step in range(cfg.steps):
+    for step in progress(range(cfg.steps), desc="router", unit="step"):
         pick = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), generator=gen)]
         x0, y = latents[pick], labels[pick]
         t = sample_timesteps(cfg.batch_size, cfg.timestep_sampling, gen)

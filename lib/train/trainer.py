@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -45,12 +44,12 @@ import pandas as pd
 import torch
 from diffusers import ModelMixin
 from pandera.typing import DataFrame
-from tqdm.auto import tqdm
 
 from data_schemas.train import TrainingLog
 from lib.config import ExpertConfig
 from lib.io import atomic_write
 from lib.models.factory import TRAINING_INFO, build_expert, count_parameters, expert_forward, weights_sha256
+from lib.progress import progress
 from lib.seeding import derive_seed, torch_generator
 from lib.train import checkpoint as ckpt
 from lib.train.compute import flops_per_step, probe_micro_batch
@@ -148,18 +147,24 @@ class TrainCallback:
 
 
 class ProgressCallback(TrainCallback):
-    """A tqdm bar (only on a terminal) and a log line with the mean loss every ``log_every`` steps."""
+    """A progress bar (``lib.progress``: step/total, loss, lr, s/step, ETA) and a log line with the mean loss every
+    ``log_every`` steps (what a Flyte pod's log shows, where there is no bar)."""
 
     def __init__(self, log_every: int, name: str = "train") -> None:
         self.log_every, self.name, self.bar, self.window = log_every, name, None, []
+        self.last = time.perf_counter()
 
     def on_start(self, step: int, total: int) -> None:
-        self.bar = tqdm(total=total, initial=step, desc=self.name, disable=not sys.stderr.isatty())
+        self.bar = progress(total=total, desc=self.name, unit="step", initial=step)  # a resumed run: its checkpoint
+        self.last = time.perf_counter()
 
     def on_step(self, row: dict[str, float]) -> None:
         self.window.append(row["loss"])
+        now = time.perf_counter()
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{row['loss']:.4f}")
+        postfix = f"loss {row['loss']:.4f} lr {row['lr']:.2e} {now - self.last:.2f} s/step"
+        self.bar.set_postfix_str(postfix, refresh=False)
+        self.last = now
         if row["step"] % self.log_every == 0:
             mean = sum(self.window) / len(self.window)
             log.info(
@@ -390,7 +395,7 @@ def train(
         out_dir: stable folder of this run: ``checkpoints/`` while training, ``model/`` at the end.
         seed: run seed; with ``name`` it derives every generator of this run.
         name: run name, e.g. ``expert-02`` or ``monolith`` (also seeds, so experts differ).
-        callbacks: hooks around the loop; default ``[ProgressCallback]`` (tqdm + logging).
+        callbacks: hooks around the loop; default ``[ProgressCallback]`` (bar + logging).
         max_steps: stop after this many optimizer steps in total (a checkpoint is written there) without
             writing ``model/``; a later call continues from it. None: run all ``cfg.steps``.
         spec_hash: caller's identity of the run (config + data); an existing ``model/`` with the same one is
