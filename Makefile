@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PIP_TORCH_ARGS ?=
 export FLYTE_SDK_LOGGING_LEVEL ?= 40
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install clean ui
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/hadolint Dockerfile
 	FLYTE_LOCAL_CACHE_ENABLED=false $(PY) -m pytest
+
+# The MLflow UI on a run's local tracking store (every execution, every model's curves): `make ui CONFIG=...`.
+ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$$($(PY) -c "import sys; from lib.config import load_config; print(load_config(sys.argv[1]).output_dir)" $(CONFIG))/mlflow.db"
 
 lint: install
 	$(VENV)/bin/ruff check .

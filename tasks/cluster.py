@@ -20,7 +20,7 @@ from lib.config import ClusterConfig
 from lib.data.split import TRAIN
 from lib.encode.store import load_encoded
 from lib.io import atomic_write
-from tasks.common import stage_dir, uri_of
+from tasks.common import stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
 
 
@@ -73,6 +73,11 @@ def cluster_clips(
     Deck("clusters", html)
     centroids = out / "centroids.safetensors"
     atomic_write(centroids, lambda tmp: save_file({"centroids": result.centroids}, str(tmp)))
+    tracker = tracker_for(output_dir)
+    if tracker is not None:  # the clustering belongs to the execution: its plot and report on the execution's run
+        run_id = tracker.execution_run()
+        tracker.log_artifact(run_id, out / "projection.png", "clusters")
+        tracker.log_artifact(run_id, out / "report.html", "clusters")
     ami = ", ".join(f"{k} {v:.2f}" for k, v in report.ami.items())
     print(f"cluster: sizes {report.sizes}, silhouette {report.silhouette:.3f}, AMI {ami} -> {out}", flush=True)
     return assignment_frame(clip_ids, result, roles), report.summary_frame(), FlyteFile(str(centroids))

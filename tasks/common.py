@@ -1,4 +1,4 @@
-"""Where tasks write their outputs.
+"""Where tasks write their outputs, and which execution (and MLflow tracker) they belong to.
 
 Flyte's local cache stores the path a task returned; when that path is a temporary folder that later vanishes,
 a cache hit hands back a missing path (a known flytekit behaviour). So when ``output_dir`` is a local folder, a
@@ -10,11 +10,20 @@ working directory and Flyte uploads the result to its blob store, which is persi
 import dataclasses
 import hashlib
 import json
+import logging
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
 from flytekit import current_context
+
+from lib.tracking import Tracker, tracking_uri
+
+log = logging.getLogger(__name__)
+
+# Locally every execution is "local/local/local" to flytekit; one `pyflyte run` process is one execution.
+_LOCAL_EXECUTION = f"local-{uuid.uuid4().hex[:12]}"
 
 
 def _jsonable(value: Any) -> Any:
@@ -48,3 +57,24 @@ def stage_dir(output_dir: str, stage: str, *key_parts: Any, fresh: bool = True) 
 def uri_of(item: Any) -> str:
     """Stable identity of a FlyteFile/FlyteDirectory input: its blob URI on a cluster, its path locally."""
     return item.remote_source or item.path
+
+
+def execution_key() -> str:
+    """The Flyte execution this task belongs to (project/domain/name), or this process's local execution."""
+    eid = current_context().execution_id
+    if eid is None or eid.name == "local":
+        return _LOCAL_EXECUTION
+    return f"{eid.project}/{eid.domain}/{eid.name}"
+
+
+def tracker_for(output_dir: str) -> Tracker | None:
+    """The execution's MLflow tracker (``lib.tracking``), or None when tracking is off or unreachable: tracking
+    never fails a run."""
+    uri = tracking_uri(output_dir)
+    if uri is None:
+        return None
+    try:
+        return Tracker(uri, execution_key())
+    except Exception as err:  # a tracker that cannot start (server down, locked file) costs a warning, not the run
+        log.warning("MLflow tracking off for this task: %s", err)
+        return None

@@ -17,7 +17,7 @@ from lib.evaluate.featnet import AttrNet, featnet_note, fit_attrnet
 from lib.evaluate.report import report_html
 from lib.io import atomic_write
 from lib.sample.methods import load_sampled
-from tasks.common import stage_dir, uri_of
+from tasks.common import stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
 
 
@@ -45,6 +45,12 @@ def train_featnet(
         videos[TRAIN], by_role[TRAIN], videos[VALIDATION], by_role[VALIDATION], cfg.featnet_steps, seed
     )
     model.save_pretrained(out / "attrnet")
+    tracker = tracker_for(output_dir)
+    if tracker is not None:
+        params = {"featnet_steps": cfg.featnet_steps, "seed": seed, "train_clips": len(by_role[TRAIN])}
+        run_id = tracker.model_run("attrnet", params, tags={"ddm.kind": "featnet"})
+        tracker.log_metrics(run_id, [{"step": 0, **{k.replace(".", "_"): v for k, v in checks.items()}}])
+        tracker.finish(run_id)
     note = featnet_note(checks)
     print(note, flush=True)
     return FlyteDirectory(str(out)), note

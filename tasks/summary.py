@@ -1,9 +1,11 @@
 """The end of a run: persist the results to ``output_dir`` and print what a person reads first."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import fsspec
+import pandas as pd
 from flytekit import task
 from flytekit.types.directory import FlyteDirectory
 from pandera.typing import DataFrame
@@ -12,6 +14,7 @@ from data_schemas.evaluate import EvalReport
 from data_schemas.router import RouterReport
 from lib.evaluate.compare import headline
 from lib.io import persist, write_parquet
+from tasks.common import tracker_for
 from tasks.image import TASK_IMAGE
 
 
@@ -43,6 +46,20 @@ def summarize(
     write_parquet(report, f"{dest}/eval_report.parquet")
     if router_report is not None:  # re-evaluation trains no router
         write_parquet(router_report, f"{dest}/router_report.parquet")
+    tracker = tracker_for(output_dir)
+    if tracker is not None:  # what a person compares between executions: the table, the GIFs, the headline numbers
+        run_id = tracker.execution_run()
+        with tempfile.TemporaryDirectory() as tmp:
+            table = Path(tmp) / "eval_report.csv"
+            report.to_csv(table, index=False)
+            tracker.log_artifact(run_id, table)
+        gifs = Path(samples.download()) / "gifs"
+        if gifs.is_dir():
+            tracker.log_artifact(run_id, gifs, "samples")
+        main = report[(report["cluster"] == -1) & report["method"].ne("real")]
+        tracker.log_metrics(run_id, [{"step": 0, **{f"{r.metric}.{r.method}".replace(":", "_"): r.mean
+                                                     for r in main.itertuples() if pd.notna(r.mean)}}])  # fmt: skip
+        tracker.finish(run_id)
     missing = json.loads((Path(ddm.path) / "ddm.json").read_text()).get("missing_experts", [])
     lines = [
         "=" * 100,

@@ -13,6 +13,7 @@ elastic job (flytekitplugins-kfpytorch ``Elastic``): one pod running that many D
 processes of one expert all-reduce gradients (``lib.train.distributed``).
 """
 
+import dataclasses
 import functools
 import json
 import logging
@@ -34,12 +35,13 @@ from data_schemas.router import RouterReport
 from lib.config import ResourcesConfig, RouterConfig, RunConfig
 from lib.encode.store import load_encoded, read_codec_info
 from lib.io import persist
+from lib.tracking import MlflowCallback, Tracker
 from lib.train.checkpoint import MANIFEST
 from lib.train.distributed import workers_from_env
 from lib.train.router import train_router
 from lib.train.specs import ExpertSpec, clip_ids_for, compute_table, expert_specs, monolith_spec, training_rows
 from lib.train.trainer import ProgressCallback, TrainData, train
-from tasks.common import input_key, is_local, stage_dir, uri_of
+from tasks.common import input_key, is_local, stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
 
 log = logging.getLogger(__name__)
@@ -98,7 +100,20 @@ def _train_one(
         callback = _MirrorCheckpoints(spec.expert.log_every, spec.name, remote)
     encoded_data = load_encoded(encoded.download(), clip_ids_for(spec, assignments))
     data = TrainData(encoded_data.clip_ids, encoded_data.latents, encoded_data.tokens, encoded_data.mask)
-    result = train(data, spec.expert, out, spec.seed, spec.name, callbacks=[callback], spec_hash=run_hash)
+    tracked = _track_model(spec, run_hash, encoded, output_dir) if workers.is_main else None
+    callbacks = [callback] + ([tracked[2]] if tracked else [])
+    try:
+        result = train(data, spec.expert, out, spec.seed, spec.name, callbacks=callbacks, spec_hash=run_hash)
+    except BaseException:
+        if tracked:
+            tracked[0].finish(tracked[1], failed=True)
+        raise
+    if tracked:
+        tracker, run_id, _ = tracked
+        if result.skipped:  # reused: its stored curve, so every execution's run shows every model
+            tracker.client.set_tag(run_id, "ddm.reused", "true")
+            tracker.log_metrics(run_id, result.log[["step", "loss", "lr", "grad_norm"]].to_dict("records"))
+        tracker.finish(run_id)
     if not is_local(output_dir) and workers.is_main:
         persist(result.model_dir, f"{output_dir.rstrip('/')}/stages/train/{key}/model")
     state = "reused" if result.skipped else f"trained {result.steps} steps"
@@ -107,6 +122,23 @@ def _train_one(
         summary = f"{spec.name}: {state} on {spec.num_clips} clips, final loss {final:.4f} -> {result.model_dir}"
         print(summary, flush=True)
     return FlyteDirectory(str(result.model_dir))
+
+
+def _track_model(
+    spec: ExpertSpec, run_hash: str, encoded: FlyteDirectory, output_dir: str
+) -> tuple[Tracker, str, MlflowCallback] | None:
+    """An MLflow run for this model under the execution's run (None when tracking is off)."""
+    tracker = tracker_for(output_dir)
+    if tracker is None:
+        return None
+    info = read_codec_info(encoded.download())
+    c, t, h, w = info["latent_shape"]
+    pt, ph, pw = spec.expert.patch_size
+    tokens_per_step = spec.expert.batch_size * (t // pt) * (h // ph) * (w // pw)
+    params = {"spec_hash": run_hash, "cluster_id": spec.cluster_id, "num_clips": spec.num_clips, "seed": spec.seed,
+              "expert": dataclasses.asdict(spec.expert)}  # fmt: skip
+    run_id = tracker.model_run(spec.name, params, tags={"ddm.kind": "monolith" if spec.cluster_id < 0 else "expert"})
+    return tracker, run_id, MlflowCallback(tracker, run_id, tokens_per_step, flush_every=spec.expert.log_every)
 
 
 @task(container_image=TASK_IMAGE, requests=Resources(cpu="2", mem="4Gi"), retries=2)
@@ -222,4 +254,13 @@ def train_router_task(
     labels = torch.tensor(rows["cluster_id"].to_numpy(), dtype=torch.int64)
     result = train_router(data.latents, data.pooled, labels, cfg, num_clusters, seed, out)
     print("router accuracy per t bucket:", json.dumps(result.report.round(3).to_dict("records")), flush=True)
+    tracker = tracker_for(output_dir)
+    if tracker is not None:
+        params = {"router": dataclasses.asdict(cfg), "num_clusters": num_clusters, "seed": seed,
+                  "train_clips": len(rows)}  # fmt: skip
+        run_id = tracker.model_run("router", params, tags={"ddm.kind": "router"})
+        curve = [{"step": i + 1, "loss": loss} for i, loss in enumerate(result.losses)]
+        buckets = [{"step": i, "accuracy_by_t_bucket": r.accuracy} for i, r in enumerate(result.report.itertuples())]
+        tracker.log_metrics(run_id, curve + buckets)
+        tracker.finish(run_id)
     return FlyteDirectory(str(result.model_dir)), result.report

@@ -3,6 +3,7 @@ import os
 import pytest
 
 os.environ.setdefault("FLYTE_LOCAL_CACHE_ENABLED", "false")
+os.environ.setdefault("DDM_TRACKING", "0")  # MLflow off unless a test turns it on (tests/test_tracking.py)
 
 
 @pytest.fixture

@@ -57,9 +57,12 @@ def _cfg(out: Path, **changes) -> RunConfig:
     return replace_in(RunConfig(), **base, output_dir=str(out))
 
 
-def _run(tmp_path: Path, cfg: RunConfig, workflow: str = "pipeline.py", name: str = "pipeline", *extra: str):
+def _run(
+    tmp_path: Path, cfg: RunConfig, workflow: str = "pipeline.py", name: str = "pipeline", *extra: str, **more_env: str
+):
     env = {
         **os.environ,
+        **more_env,
         "HOME": str(tmp_path / "home"),
         "TMPDIR": str(tmp_path / "out" / ".flyte-tmp"),
         "FLYTE_LOCAL_CACHE_ENABLED": "true",
@@ -81,11 +84,29 @@ def _trained(stdout: str) -> set[str]:
     return set(re.findall(r"^(expert-\d\d|monolith): trained", stdout, flags=re.M))
 
 
+def _assert_tracked(db: Path) -> None:
+    """The execution's MLflow run: every model nested under it, the table, the GIFs and the cluster plot on it."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("ddm-flyte").experiment_id
+    (parent,) = client.search_runs([experiment], filter_string="tags.`ddm.level` = 'execution'")
+    assert parent.info.status == "FINISHED" and "ddm_topk" in " ".join(parent.data.metrics)
+    children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert {r.data.tags["ddm.model"] for r in children} == {"expert-00", "expert-01", "monolith", "router", "attrnet"}
+    files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"eval_report.csv", "samples", "clusters"} <= files
+    assert any(a.path.endswith(".gif") for a in client.list_artifacts(parent.info.run_id, "samples"))
+    assert {"clusters/projection.png", "clusters/report.html"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id, "clusters")
+    }
+
+
 @pytest.mark.slow
 def test_pipeline_cold_cached_and_downstream_reruns(tmp_path):
     out = tmp_path / "out"
     cfg = _cfg(out)
-    cold = _run(tmp_path, cfg)
+    cold = _run(tmp_path, cfg, DDM_TRACKING="1")
     assert "ddm-flyte run summary" in cold and "kid_attrnet" in cold and "ddm:topk" in cold and "monolith" in cold
     assert re.search(r"ratio_kid_attrnet.*\n(.*\n)*ddm:topk +\S+ \[\S+, \S+\]", cold)  # estimates print with intervals
     assert _trained(cold) == {"expert-00", "expert-01", "monolith"}
@@ -96,6 +117,7 @@ def test_pipeline_cold_cached_and_downstream_reruns(tmp_path):
     ddm = DDMPipeline.from_pretrained(results / "ddm")
     assert ddm.num_experts == 2 and not ddm.missing_experts
     assert (results / "eval_report.parquet").is_file() and list((results / "samples" / "gifs").glob("*.gif"))
+    _assert_tracked(out / "mlflow.db")
 
     for stale in Path("/tmp").glob("flyte-*"):  # Flyte's default temp folders: nothing may depend on them
         shutil.rmtree(stale, ignore_errors=True)

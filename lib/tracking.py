@@ -1,0 +1,143 @@
+"""Experiment tracking in MLflow: one run per pipeline execution, one nested run per model it trains.
+
+Why MLflow, and why like this: comparing two runs should mean opening one UI, not reading two terminals. Every model
+(expert k, monolith, router, evaluation network) gets a run nested under its execution's run, with the config subtree
+and spec hash as params, its loss curve as metrics (per step: loss, lr, grad norm, tokens/s) and its reports as
+artifacts, so curves of the experts and the monolith sit side by side on one training-sample axis.
+
+Where runs go: ``MLFLOW_TRACKING_URI`` (a team's server) when set; otherwise a SQLite store in the run's local
+``output_dir`` (``<output_dir>/mlflow.db``; open it with ``make ui``). A cloud ``output_dir`` without a tracking URI
+tracks nothing (a SQLite file cannot live in a bucket) and says so once. ``DDM_TRACKING=0`` turns tracking off.
+
+Tasks run apart (map-task elements, pods), so they cannot hand each other a run object: each finds its execution's
+run by the tag ``ddm.execution`` and creates it when it is the first. Metrics are sent in batches (one request per
+``flush_every`` steps), so tracking costs the training loop next to nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lib.train.trainer import TrainCallback, TrainResult
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "ddm-flyte"
+EXECUTION_TAG = "ddm.execution"
+MODEL_TAG = "ddm.model"
+LEVEL_TAG = "ddm.level"  # "execution" (the parent) or "model": children carry the execution tag too
+ENV_SWITCH = "DDM_TRACKING"
+DB_FILE = "mlflow.db"
+
+
+def tracking_uri(output_dir: str) -> str | None:
+    """Where this run's tracking goes (module docstring), or None when tracking is off."""
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if "://" in output_dir and not output_dir.startswith("file://"):
+        log.info("tracking off: output_dir %s is not local and MLFLOW_TRACKING_URI is not set", output_dir)
+        return None
+    folder = Path(output_dir.removeprefix("file://")).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / DB_FILE}"
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config values as MLflow params (``expert.lr`` -> "0.002"); lists as JSON."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return flat
+
+
+class Tracker:
+    """The MLflow side of one pipeline execution (``execution``: a key unique to it, e.g. the Flyte execution id)."""
+
+    def __init__(self, uri: str, execution: str, experiment: str = EXPERIMENT) -> None:
+        from mlflow.tracking import MlflowClient  # imported here: a process that tracks nothing never loads mlflow
+
+        self.client = MlflowClient(tracking_uri=uri)
+        self.uri, self.execution = uri, execution
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+
+    def execution_run(self) -> str:
+        """The execution's parent run id, created by the first task that asks."""
+        query = f"tags.`{EXECUTION_TAG}` = '{self.execution}' and tags.`{LEVEL_TAG}` = 'execution'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
+        if runs:
+            return runs[0].info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=f"pipeline {self.execution}",
+                                     tags={EXECUTION_TAG: self.execution, LEVEL_TAG: "execution"})  # fmt: skip
+        return run.info.run_id
+
+    def model_run(self, model: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> str:
+        """A run for one model, nested under the execution's run, with its params."""
+        parent = self.execution_run()
+        all_tags = {"mlflow.parentRunId": parent, EXECUTION_TAG: self.execution, LEVEL_TAG: "model", MODEL_TAG: model,
+                    **(tags or {})}  # fmt: skip
+        run_id = self.client.create_run(self.experiment_id, run_name=model, tags=all_tags).info.run_id
+        self.log_params(run_id, params)
+        return run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):  # MLflow's batch limit for params
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str, rows: list[dict[str, float]]) -> None:
+        """Rows of {"step": n, name: value, ...}; every other key becomes a metric at that step."""
+        from mlflow.entities import Metric
+
+        metrics = [Metric(name, float(value), 0, int(row["step"]))
+                   for row in rows for name, value in row.items() if name != "step"]  # fmt: skip
+        for i in range(0, len(metrics), 1000):  # MLflow's batch limit for metrics
+            self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
+
+    def log_artifact(self, run_id: str, path: str | Path, folder: str | None = None) -> None:
+        """A file, or a whole folder's files, as artifacts of the run (under ``folder``)."""
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), folder)
+        else:
+            self.client.log_artifact(run_id, str(path), folder)
+
+    def finish(self, run_id: str, failed: bool = False) -> None:
+        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+
+class MlflowCallback(TrainCallback):
+    """Sends the trainer's per-step rows (loss, lr, grad norm, tokens/s) to a model's run, in batches."""
+
+    def __init__(self, tracker: Tracker, run_id: str, tokens_per_step: int, flush_every: int = 50) -> None:
+        self.tracker, self.run_id = tracker, run_id
+        self.tokens_per_step, self.flush_every = tokens_per_step, flush_every
+        self.pending: list[dict[str, float]] = []
+
+    def on_step(self, row: dict[str, float]) -> None:
+        seconds = max(row["seconds"], 1e-9)
+        self.pending.append({"step": row["step"], "loss": row["loss"], "lr": row["lr"], "grad_norm": row["grad_norm"],
+                             "tokens_per_s": self.tokens_per_step / seconds})  # fmt: skip
+        if len(self.pending) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.tracker.log_metrics(self.run_id, self.pending)
+            self.pending = []
+
+    def on_end(self, result: TrainResult) -> None:
+        self.flush()
