@@ -2,7 +2,7 @@
 
 import json
 
-from flytekit import Cache, Resources, task
+from flytekit import Cache, Deck, Resources, task
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
 from pandera.typing import DataFrame
@@ -13,7 +13,7 @@ from data_schemas.ingest import ClipIndex
 from data_schemas.sample import PromptSet
 from lib.config import EncodeConfig, SampleConfig
 from lib.encode.store import read_codec_info
-from lib.sample.methods import sample_methods
+from lib.sample.methods import gallery_html, sample_methods
 from lib.sample.pipeline import DDMPipeline, assemble_ddm
 from lib.sample.prompts import stratified_prompts
 from tasks.common import stage_dir, uri_of
@@ -49,7 +49,13 @@ def make_prompts(
     return stratified_prompts(assignments, index, cfg.num_prompts, seed)
 
 
-@task(container_image=TASK_IMAGE, cache=Cache(version="sample-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+@task(
+    container_image=TASK_IMAGE,
+    cache=Cache(version="sample-v2"),
+    requests=Resources(cpu="2", mem="4Gi"),
+    retries=1,
+    enable_deck=True,
+)
 def sample_task(
     cfg: SampleConfig,
     seed: int,
@@ -64,6 +70,7 @@ def sample_task(
     info = read_codec_info(encoded.download())
     pipe, mono = DDMPipeline.from_pretrained(ddm.download()), DDMPipeline.from_single(monolith.download(), info)
     result = sample_methods(pipe, mono, prompts, cfg, seed, out)
+    Deck("samples", gallery_html(out, list(result.videos), prompts["caption"].tolist()))
     rates = {m: round(len(prompts) / s, 2) for m, s in result.seconds.items()}
     print(f"sample: videos/s per method {json.dumps(rates)}; skipped {result.skipped or 'none'} -> {out}", flush=True)
     return FlyteDirectory(str(out))

@@ -23,7 +23,7 @@ from typing import Any
 
 import fsspec
 import torch
-from flytekit import Cache, Resources, TaskMetadata, dynamic, map_task, task
+from flytekit import Cache, Deck, Resources, TaskMetadata, dynamic, map_task, task
 from flytekit.extras.accelerators import GPUAccelerator
 from flytekit.types.directory import FlyteDirectory
 from flytekitplugins.kfpytorch import Elastic
@@ -37,6 +37,7 @@ from lib.encode.store import load_encoded, read_codec_info
 from lib.io import persist
 from lib.tracking import MlflowCallback, Tracker
 from lib.train.checkpoint import MANIFEST
+from lib.train.curves import curves_html
 from lib.train.distributed import workers_from_env
 from lib.train.router import train_router
 from lib.train.specs import ExpertSpec, clip_ids_for, compute_table, expert_specs, monolith_spec, training_rows
@@ -235,6 +236,13 @@ def train_monolith(
     trainer, shape = _trainer(cfg)
     node = trainer(spec=spec, encoded=encoded, assignments=assignments, output_dir=cfg.output_dir, **shape)
     return node.with_overrides(**_overrides(cfg.resources))
+
+
+@task(container_image=TASK_IMAGE, requests=Resources(cpu="1", mem="1Gi"), enable_deck=True)
+def training_report(experts: list[FlyteDirectory | None], monolith: FlyteDirectory) -> None:
+    """The Deck of the training stage: every expert's and the monolith's loss against training samples."""
+    dirs = [d.download() for d in experts if d is not None] + [monolith.download()]
+    Deck("training", curves_html(dirs))
 
 
 @task(container_image=TASK_IMAGE, cache=Cache(version="router-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)

@@ -10,7 +10,7 @@ from pandera.typing import DataFrame
 from data_schemas.cluster import ClusterAssignment
 from data_schemas.router import RouterReport
 from lib.config import RunConfig
-from tasks.train import make_specs, train_experts, train_monolith, train_router_task
+from tasks.train import make_specs, train_experts, train_monolith, train_router_task, training_report
 from workflows.cluster import cluster_stage
 
 
@@ -21,6 +21,7 @@ def train_stage(
     specs, monolith = make_specs(cfg=cfg, assignments=assignments, encoded=encoded)
     experts = train_experts(cfg=cfg, specs=specs, encoded=encoded, assignments=assignments)
     mono = train_monolith(cfg=cfg, spec=monolith, encoded=encoded, assignments=assignments)
+    training_report(experts=experts, monolith=mono)
     router, report = train_router_task(
         cfg=cfg.router,
         num_clusters=cfg.cluster.num_clusters,

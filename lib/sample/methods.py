@@ -9,6 +9,8 @@ bootstrap over them), not from re-drawing the same few prompts.
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import logging
 import time
@@ -85,6 +87,23 @@ def sample_methods(
     meta = {"prompts": json.dumps(prompts.to_dict("list")), "skipped": json.dumps(skipped)}
     atomic_write(out_dir / VIDEOS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return SampledMethods(videos, seconds, skipped)
+
+
+def gallery_html(out_dir: str | Path, methods: list[str], captions: list[str]) -> str:
+    """Self-contained HTML (GIFs inline): one row per method, one column per prompt, the same prompts in every row,
+    from the GIFs ``sample_methods`` wrote (the first ``GIFS_PER_METHOD`` prompts)."""
+    gifs = Path(out_dir) / "gifs"
+    count = min(GIFS_PER_METHOD, len(captions))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in captions[:count])
+    rows = [f"<tr><th>method</th>{head}</tr>"]
+    for method in methods:
+        cells = []
+        for i in range(count):
+            path = gifs / f"{method.replace(':', '-')}-{i:04d}.gif"
+            data = base64.b64encode(path.read_bytes()).decode() if path.is_file() else ""
+            cells.append(f'<td><img alt="{html.escape(method)} {i}" src="data:image/gif;base64,{data}"/></td>')
+        rows.append(f"<tr><th>{html.escape(method)}</th>{''.join(cells)}</tr>")
+    return "<h3>Samples</h3><p>Same prompts and starting noise in every row.</p><table>" + "".join(rows) + "</table>"
 
 
 def sampling_seed(seed: int) -> int:
