@@ -26,7 +26,7 @@ run: install
 	@mkdir -p outputs/.flyte-tmp outputs/.flyte-home; start=$$(date +%s); \
 	TMPDIR=$(CURDIR)/outputs/.flyte-tmp HOME=$(CURDIR)/outputs/.flyte-home \
 	$(VENV)/bin/pyflyte run workflows/pipeline.py pipeline \
-		--cfg "$$($(PY) -m lib.config $(CONFIG))" && \
+		--cfg $(CONFIG) && \
 	echo "total time: $$(( $$(date +%s) - start )) s"
 
 test: install

@@ -301,8 +301,13 @@ class RunConfig:
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
         """``pyflyte run --cfg`` builds the input through this hook, so CLI JSON/YAML gets the checks of ``load_config``
-        (without it flytekit would silently drop unknown keys)."""
-        return config_from_dict(json.loads(text))
+        (without it flytekit would silently drop unknown keys). flytekit hands over only a YAML file's contents, so an
+        error names the file from the command line, as ``load_config`` does."""
+        try:
+            return config_from_dict(json.loads(text))
+        except ConfigError as exc:
+            source = _cli_config_file()
+            raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
@@ -375,6 +380,15 @@ _SECTIONS: dict[str, type] = {
 }
 
 
+def _cli_config_file() -> str:
+    """The file given as ``--cfg <path>`` on this process's command line, if any (``pyflyte run ... --cfg x.yaml``)."""
+    args = sys.argv
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag == "--cfg" and Path(value).is_file():
+            return value
+    return ""
+
+
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
     """Build and validate a RunConfig from nested mappings (missing keys keep their defaults)."""
     return _build(RunConfig, values, "")
@@ -435,8 +449,3 @@ def _scalar(raw: str) -> Any:
         except ValueError:
             return value
     return value
-
-
-if __name__ == "__main__":
-    # `python -m lib.config configs/tiny.yaml` prints the validated config as JSON for `pyflyte run --cfg`.
-    print(json.dumps(config_to_dict(load_config(sys.argv[1]))))

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,21 @@ def test_command_line_overrides_parse_yaml_values_and_name_bad_ones():
         with_overrides(cfg, ["expert.num_layers=0"])
     with pytest.raises(ConfigError, match="nope"):
         with_overrides(cfg, ["data.nope=1"])
+
+
+def test_pyflyte_takes_the_yaml_path_and_its_errors_name_file_field_and_allowed_values(tmp_path, monkeypatch):
+    """`pyflyte run workflows/pipeline.py pipeline --cfg configs/tiny.yaml` builds the same config as `make run`, and a
+    mistake reads as it does through load_config."""
+    from flytekit.interaction.click_types import JsonParamType
+
+    from lib.config import RunConfig, load_config
+
+    cli = JsonParamType(RunConfig)  # what pyflyte run uses for a dataclass input
+    assert cli.convert("configs/tiny.yaml", None, None) == load_config("configs/tiny.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path("configs/tiny.yaml").read_text().replace("codec: pixel", "codec: pixels"))
+    monkeypatch.setattr("sys.argv", ["pyflyte", "run", "workflows/pipeline.py", "pipeline", "--cfg", str(bad)])
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad))}: encode.codec: 'pixels' is not one of pixel, vae"):
+        cli.convert(str(bad), None, None)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad))}: encode.codec"):
+        load_config(bad)
