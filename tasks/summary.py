@@ -76,8 +76,8 @@ def summarize(
         ),
         f"DDM (load with DDMPipeline.from_pretrained): {dest}/ddm",
         f"monolith: {dest}/monolith   samples (GIFs per method): {dest}/samples/gifs",
-        f"reports: {dest}/eval_report.parquet (and router_report.parquet); Decks: the evaluation and cluster "
-        "reports (report.html under <output_dir>/stages/evaluate and stages/cluster)",
+        f"reports: {dest}/eval_report.parquet (and router_report.parquet); Decks: clusters, training curves, "
+        "samples, evaluation (the Flyte console; locally deck.html files under TMPDIR)",
         "=" * 100,
     ]
     print("\n".join(lines), flush=True)
