@@ -141,3 +141,19 @@ class MlflowCallback(TrainCallback):
 
     def on_end(self, result: TrainResult) -> None:
         self.flush()
+
+
+class ModelRun:
+    """One model's run while it trains: the callback the trainer feeds, and how the run ends (finished, failed, or
+    reused from an earlier execution, in which case its stored curve is logged so every execution shows every model)."""
+
+    def __init__(self, tracker: Tracker, run_id: str, tokens_per_step: int, flush_every: int) -> None:
+        self.tracker, self.run_id = tracker, run_id
+        self.callback = MlflowCallback(tracker, run_id, tokens_per_step, flush_every)
+
+    def end(self, result: TrainResult | None) -> None:
+        """``result`` None: training raised."""
+        if result is not None and result.skipped:
+            self.tracker.client.set_tag(self.run_id, "ddm.reused", "true")
+            self.tracker.log_metrics(self.run_id, result.log[["step", "loss", "lr", "grad_norm"]].to_dict("records"))
+        self.tracker.finish(self.run_id, failed=result is None)

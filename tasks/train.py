@@ -35,7 +35,7 @@ from data_schemas.router import RouterReport
 from lib.config import ResourcesConfig, RouterConfig, RunConfig
 from lib.encode.store import load_encoded, read_codec_info
 from lib.io import persist
-from lib.tracking import MlflowCallback, Tracker
+from lib.tracking import ModelRun
 from lib.train.checkpoint import MANIFEST
 from lib.train.curves import curves_html
 from lib.train.distributed import workers_from_env
@@ -101,20 +101,16 @@ def _train_one(
         callback = _MirrorCheckpoints(spec.expert.log_every, spec.name, remote)
     encoded_data = load_encoded(encoded.download(), clip_ids_for(spec, assignments))
     data = TrainData(encoded_data.clip_ids, encoded_data.latents, encoded_data.tokens, encoded_data.mask)
-    tracked = _track_model(spec, run_hash, encoded, output_dir) if workers.is_main else None
-    callbacks = [callback] + ([tracked[2]] if tracked else [])
+    run = _track_model(spec, run_hash, encoded, output_dir) if workers.is_main else None
+    callbacks = [callback] + ([run.callback] if run else [])
     try:
         result = train(data, spec.expert, out, spec.seed, spec.name, callbacks=callbacks, spec_hash=run_hash)
     except BaseException:
-        if tracked:
-            tracked[0].finish(tracked[1], failed=True)
+        if run:
+            run.end(None)
         raise
-    if tracked:
-        tracker, run_id, _ = tracked
-        if result.skipped:  # reused: its stored curve, so every execution's run shows every model
-            tracker.client.set_tag(run_id, "ddm.reused", "true")
-            tracker.log_metrics(run_id, result.log[["step", "loss", "lr", "grad_norm"]].to_dict("records"))
-        tracker.finish(run_id)
+    if run:
+        run.end(result)
     if not is_local(output_dir) and workers.is_main:
         persist(result.model_dir, f"{output_dir.rstrip('/')}/stages/train/{key}/model")
     state = "reused" if result.skipped else f"trained {result.steps} steps"
@@ -125,21 +121,18 @@ def _train_one(
     return FlyteDirectory(str(result.model_dir))
 
 
-def _track_model(
-    spec: ExpertSpec, run_hash: str, encoded: FlyteDirectory, output_dir: str
-) -> tuple[Tracker, str, MlflowCallback] | None:
+def _track_model(spec: ExpertSpec, run_hash: str, encoded: FlyteDirectory, output_dir: str) -> ModelRun | None:
     """An MLflow run for this model under the execution's run (None when tracking is off)."""
     tracker = tracker_for(output_dir)
     if tracker is None:
         return None
-    info = read_codec_info(encoded.download())
-    c, t, h, w = info["latent_shape"]
+    _, t, h, w = read_codec_info(encoded.download())["latent_shape"]
     pt, ph, pw = spec.expert.patch_size
-    tokens_per_step = spec.expert.batch_size * (t // pt) * (h // ph) * (w // pw)
     params = {"spec_hash": run_hash, "cluster_id": spec.cluster_id, "num_clips": spec.num_clips, "seed": spec.seed,
               "expert": dataclasses.asdict(spec.expert)}  # fmt: skip
     run_id = tracker.model_run(spec.name, params, tags={"ddm.kind": "monolith" if spec.cluster_id < 0 else "expert"})
-    return tracker, run_id, MlflowCallback(tracker, run_id, tokens_per_step, flush_every=spec.expert.log_every)
+    tokens_per_step = spec.expert.batch_size * (t // pt) * (h // ph) * (w // pw)
+    return ModelRun(tracker, run_id, tokens_per_step, flush_every=spec.expert.log_every)
 
 
 @task(container_image=TASK_IMAGE, requests=Resources(cpu="2", mem="4Gi"), retries=2)
