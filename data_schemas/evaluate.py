@@ -3,7 +3,8 @@
 import pandera.pandas as pa
 from pandera.typing import Series
 
-METHOD_PATTERN = r"^(ddm:[a-z0-9_]+|monolith|expert:\d+|real)$"
+_STRATEGY = r"[a-z0-9_]+(:\d+)?"  # a routing strategy (lib.sample.ddm), e.g. topk, random_topk, expert:2
+METHOD_PATTERN = rf"^(ddm:{_STRATEGY}(>{_STRATEGY}@[0-9.]+)*|monolith|expert:\d+|real)$"  # and schedules
 
 
 class EvalReport(pa.DataFrameModel):

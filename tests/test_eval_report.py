@@ -159,3 +159,15 @@ def test_compare_methods_scores_held_out_prompts_against_held_out_reference(tmp_
     with pytest.raises(SplitError, match="role\\(s\\) \\['train'\\]"):
         compare_methods(str(tmp_path), index, attrs, assignments, {"ddm:topk": noise}, train_prompt,
                         EvalConfig(num_real=50, bootstrap=10), net, seed=0)  # fmt: skip
+
+
+def test_method_names_admit_routing_schedules_and_nothing_else():
+    import re
+
+    from data_schemas.evaluate import METHOD_PATTERN
+
+    for ok in ("ddm:topk", "ddm:random_topk", "ddm:sample>top1@0.5", "ddm:full>topk@0.8>top1@0.3", "monolith",
+               "expert:2", "real", "ddm:topk>expert:1@0.5"):  # fmt: skip
+        assert re.match(METHOD_PATTERN, ok), ok
+    for bad in ("ddm:", "ddm:topk>top1", "ddm:Top1", "monolith2", "ddm:topk; drop"):
+        assert not re.match(METHOD_PATTERN, bad), bad
