@@ -19,24 +19,26 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q ".[dev]"
 	touch $@
 
-# Flyte's local cache (under $$HOME/.flyte) points at task outputs: stage folders under outputs/ and tables in temp
-# folders. Keeping the temp folders and the cache itself under outputs/ means a cache hit never returns a path that
-# vanished with /tmp, and deleting outputs/ resets cache and outputs together.
+# Flyte's local cache (under $$HOME/.flyte) points at task outputs: stage folders under the config's output_dir and
+# tables in temp folders. Keeping both the temp folders and the cache inside output_dir means a cache hit never
+# returns a path that vanished with /tmp, and deleting one run's output_dir resets its cache with it (a cache kept
+# elsewhere would hand back the deleted folders). Decks land there too (.flyte-tmp/**/deck.html).
+OUTPUT_DIR = $$($(PY) -c "import sys; from lib.config import load_config; print(load_config(sys.argv[1]).output_dir)" $(CONFIG))
+
 run: install
-	@mkdir -p outputs/.flyte-tmp outputs/.flyte-home; start=$$(date +%s); \
-	TMPDIR=$(CURDIR)/outputs/.flyte-tmp HOME=$(CURDIR)/outputs/.flyte-home \
-	$(VENV)/bin/pyflyte run workflows/pipeline.py pipeline \
-		--cfg $(CONFIG) && \
+	@out=$(OUTPUT_DIR) && mkdir -p "$$out/.flyte-tmp" "$$out/.flyte-home" && out=$$(cd "$$out" && pwd) && \
+	start=$$(date +%s) && TMPDIR="$$out/.flyte-tmp" HOME="$$out/.flyte-home" \
+	$(VENV)/bin/pyflyte run workflows/pipeline.py pipeline --cfg $(CONFIG) && \
 	echo "total time: $$(( $$(date +%s) - start )) s"
+
+# The MLflow UI on a run's local tracking store (every execution, every model's curves): `make ui CONFIG=...`.
+ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(OUTPUT_DIR)/mlflow.db"
 
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/hadolint Dockerfile
 	FLYTE_LOCAL_CACHE_ENABLED=false $(PY) -m pytest
-
-# The MLflow UI on a run's local tracking store (every execution, every model's curves): `make ui CONFIG=...`.
-ui: install
-	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$$($(PY) -c "import sys; from lib.config import load_config; print(load_config(sys.argv[1]).output_dir)" $(CONFIG))/mlflow.db"
 
 lint: install
 	$(VENV)/bin/ruff check .

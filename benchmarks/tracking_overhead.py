@@ -29,10 +29,10 @@ def one_run(config: str, tracking: bool, cold: bool) -> float:
     out = REPO / cfg.output_dir
     if cold:
         shutil.rmtree(out, ignore_errors=True)
-    (REPO / "outputs" / ".flyte-tmp").mkdir(parents=True, exist_ok=True)
-    (REPO / "outputs" / ".flyte-home").mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "DDM_TRACKING": "1" if tracking else "0", "TMPDIR": str(REPO / "outputs" / ".flyte-tmp"),
-           "HOME": str(REPO / "outputs" / ".flyte-home"), "FLYTE_SDK_LOGGING_LEVEL": "40"}  # fmt: skip
+    for sub in (".flyte-tmp", ".flyte-home"):  # as `make run`: Flyte's temp data and cache inside output_dir
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "DDM_TRACKING": "1" if tracking else "0", "TMPDIR": str(out / ".flyte-tmp"),
+           "HOME": str(out / ".flyte-home"), "FLYTE_SDK_LOGGING_LEVEL": "40"}  # fmt: skip
     pyflyte = str(Path(sys.executable).parent / "pyflyte")
     start = time.perf_counter()
     subprocess.run([pyflyte, "run", "workflows/pipeline.py", "pipeline", "--cfg", config], cwd=REPO, env=env,

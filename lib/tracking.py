@@ -67,6 +67,8 @@ class Tracker:
     def __init__(self, uri: str, execution: str, experiment: str = EXPERIMENT) -> None:
         from mlflow.tracking import MlflowClient  # imported here: a process that tracks nothing never loads mlflow
 
+        for name in ("mlflow", "alembic"):  # their INFO lines (database set-up) would interleave with the run's own
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.client = MlflowClient(tracking_uri=uri)
         self.uri, self.execution = uri, execution
         found = self.client.get_experiment_by_name(experiment)
