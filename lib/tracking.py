@@ -11,7 +11,8 @@ tracks nothing (a SQLite file cannot live in a bucket) and says so once. ``DDM_T
 
 Tasks run apart (map-task elements, pods), so they cannot hand each other a run object: each finds its execution's
 run by the tag ``ddm.execution`` and creates it when it is the first. Metrics are sent in batches (one request per
-``flush_every`` steps), so tracking costs the training loop next to nothing.
+``flush_every`` steps), so tracking costs the training loop next to nothing. MLflow itself (import and database
+set-up, about 3 s per process) is only loaded by a task that has something to log.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -121,15 +122,34 @@ class Tracker:
         self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 
-class MlflowCallback(TrainCallback):
-    """Sends the trainer's per-step rows (loss, lr, grad norm, tokens/s) to a model's run, in batches."""
+class ModelRun(TrainCallback):
+    """One model's run, opened when its training starts: a model reused from an earlier execution (the trainer skips
+    it by spec hash and never starts) opens no run, so a rerun that trains nothing pays nothing for tracking. The
+    trainer's per-step rows (loss, lr, grad norm, tokens/s) go to the run in batches of ``flush_every``."""
 
-    def __init__(self, tracker: Tracker, run_id: str, tokens_per_step: int, flush_every: int = 50) -> None:
-        self.tracker, self.run_id = tracker, run_id
+    def __init__(
+        self,
+        open_tracker: Callable[[], Tracker | None],
+        model: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        tokens_per_step: int,
+        flush_every: int = 50,
+    ) -> None:
+        self.open_tracker, self.model, self.params, self.tags = open_tracker, model, params, tags
         self.tokens_per_step, self.flush_every = tokens_per_step, flush_every
+        self.tracker: Tracker | None = None
+        self.run_id = ""
         self.pending: list[dict[str, float]] = []
 
+    def on_start(self, step: int, total: int) -> None:
+        self.tracker = self.open_tracker()
+        if self.tracker is not None:
+            self.run_id = self.tracker.model_run(self.model, self.params, self.tags)
+
     def on_step(self, row: dict[str, float]) -> None:
+        if self.tracker is None:
+            return
         seconds = max(row["seconds"], 1e-9)
         self.pending.append({"step": row["step"], "loss": row["loss"], "lr": row["lr"], "grad_norm": row["grad_norm"],
                              "tokens_per_s": self.tokens_per_step / seconds})  # fmt: skip
@@ -137,25 +157,17 @@ class MlflowCallback(TrainCallback):
             self.flush()
 
     def flush(self) -> None:
-        if self.pending:
+        if self.tracker is not None and self.pending:
             self.tracker.log_metrics(self.run_id, self.pending)
             self.pending = []
 
     def on_end(self, result: TrainResult) -> None:
         self.flush()
+        if self.tracker is not None:
+            self.tracker.finish(self.run_id)
 
-
-class ModelRun:
-    """One model's run while it trains: the callback the trainer feeds, and how the run ends (finished, failed, or
-    reused from an earlier execution, in which case its stored curve is logged so every execution shows every model)."""
-
-    def __init__(self, tracker: Tracker, run_id: str, tokens_per_step: int, flush_every: int) -> None:
-        self.tracker, self.run_id = tracker, run_id
-        self.callback = MlflowCallback(tracker, run_id, tokens_per_step, flush_every)
-
-    def end(self, result: TrainResult | None) -> None:
-        """``result`` None: training raised."""
-        if result is not None and result.skipped:
-            self.tracker.client.set_tag(self.run_id, "ddm.reused", "true")
-            self.tracker.log_metrics(self.run_id, result.log[["step", "loss", "lr", "grad_norm"]].to_dict("records"))
-        self.tracker.finish(self.run_id, failed=result is None)
+    def failed(self) -> None:
+        """Training raised: what was logged stays, and the run is marked failed."""
+        if self.tracker is not None:
+            self.flush()
+            self.tracker.finish(self.run_id, failed=True)

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # Locally every execution is "local/local/local" to flytekit; one `pyflyte run` process is one execution.
 _LOCAL_EXECUTION = f"local-{uuid.uuid4().hex[:12]}"
+# Stages whose task body ran in this process (a Flyte cache hit runs no body): locally, the whole execution.
+_RAN: list[str] = []
 
 
 def _jsonable(value: Any) -> Any:
@@ -48,6 +50,8 @@ def stage_dir(output_dir: str, stage: str, *key_parts: Any, fresh: bool = True) 
         path = Path(output_dir.removeprefix("file://")).resolve() / "stages" / stage / input_key(*key_parts)
     else:
         path = Path(current_context().working_directory) / stage
+    if fresh:  # a fresh folder means the stage computes now (training, which may reuse, says so itself)
+        mark_ran(stage)
     if fresh and path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -59,6 +63,11 @@ def uri_of(item: Any) -> str:
     return item.remote_source or item.path
 
 
+def mark_ran(stage: str) -> None:
+    """Record that a stage computed in this process (for ``tracker_for(..., only_after_work=True)``)."""
+    _RAN.append(stage)
+
+
 def execution_key() -> str:
     """The Flyte execution this task belongs to (project/domain/name), or this process's local execution."""
     eid = current_context().execution_id
@@ -67,9 +76,15 @@ def execution_key() -> str:
     return f"{eid.project}/{eid.domain}/{eid.name}"
 
 
-def tracker_for(output_dir: str) -> Tracker | None:
+def tracker_for(output_dir: str, only_after_work: bool = False) -> Tracker | None:
     """The execution's MLflow tracker (``lib.tracking``), or None when tracking is off or unreachable: tracking
-    never fails a run."""
+    never fails a run.
+
+    ``only_after_work``: for the closing summary. A local rerun served wholly from Flyte's cache recomputed nothing,
+    so it opens no MLflow run (its results are the earlier execution's) and does not pay MLflow's start-up (about
+    3 s, most of such a rerun). On a cluster every task is its own pod and cannot know, so it always tracks."""
+    if only_after_work and is_local(output_dir) and not _RAN:
+        return None
     uri = tracking_uri(output_dir)
     if uri is None:
         return None

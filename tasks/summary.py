@@ -46,7 +46,7 @@ def summarize(
     write_parquet(report, f"{dest}/eval_report.parquet")
     if router_report is not None:  # re-evaluation trains no router
         write_parquet(router_report, f"{dest}/router_report.parquet")
-    tracker = tracker_for(output_dir)
+    tracker = tracker_for(output_dir, only_after_work=True)
     if tracker is not None:  # what a person compares between executions: the table, the GIFs, the headline numbers
         run_id = tracker.execution_run()
         with tempfile.TemporaryDirectory() as tmp:

@@ -42,7 +42,7 @@ from lib.train.distributed import workers_from_env
 from lib.train.router import train_router
 from lib.train.specs import ExpertSpec, clip_ids_for, compute_table, expert_specs, monolith_spec, training_rows
 from lib.train.trainer import ProgressCallback, TrainData, train
-from tasks.common import input_key, is_local, stage_dir, tracker_for, uri_of
+from tasks.common import input_key, is_local, mark_ran, stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
 
 log = logging.getLogger(__name__)
@@ -101,16 +101,16 @@ def _train_one(
         callback = _MirrorCheckpoints(spec.expert.log_every, spec.name, remote)
     encoded_data = load_encoded(encoded.download(), clip_ids_for(spec, assignments))
     data = TrainData(encoded_data.clip_ids, encoded_data.latents, encoded_data.tokens, encoded_data.mask)
-    run = _track_model(spec, run_hash, encoded, output_dir) if workers.is_main else None
-    callbacks = [callback] + ([run.callback] if run else [])
+    run = _model_run(spec, run_hash, encoded, output_dir) if workers.is_main else None
     try:
-        result = train(data, spec.expert, out, spec.seed, spec.name, callbacks=callbacks, spec_hash=run_hash)
+        result = train(data, spec.expert, out, spec.seed, spec.name, callbacks=[callback] + ([run] if run else []),
+                       spec_hash=run_hash)  # fmt: skip
     except BaseException:
         if run:
-            run.end(None)
+            run.failed()
         raise
-    if run:
-        run.end(result)
+    if not result.skipped:
+        mark_ran("train")
     if not is_local(output_dir) and workers.is_main:
         persist(result.model_dir, f"{output_dir.rstrip('/')}/stages/train/{key}/model")
     state = "reused" if result.skipped else f"trained {result.steps} steps"
@@ -121,18 +121,15 @@ def _train_one(
     return FlyteDirectory(str(result.model_dir))
 
 
-def _track_model(spec: ExpertSpec, run_hash: str, encoded: FlyteDirectory, output_dir: str) -> ModelRun | None:
-    """An MLflow run for this model under the execution's run (None when tracking is off)."""
-    tracker = tracker_for(output_dir)
-    if tracker is None:
-        return None
+def _model_run(spec: ExpertSpec, run_hash: str, encoded: FlyteDirectory, output_dir: str) -> ModelRun:
+    """This model's MLflow run under the execution's run, opened only if it trains (``lib.tracking.ModelRun``)."""
     _, t, h, w = read_codec_info(encoded.download())["latent_shape"]
     pt, ph, pw = spec.expert.patch_size
     params = {"spec_hash": run_hash, "cluster_id": spec.cluster_id, "num_clips": spec.num_clips, "seed": spec.seed,
               "expert": dataclasses.asdict(spec.expert)}  # fmt: skip
-    run_id = tracker.model_run(spec.name, params, tags={"ddm.kind": "monolith" if spec.cluster_id < 0 else "expert"})
+    tags = {"ddm.kind": "monolith" if spec.cluster_id < 0 else "expert"}
     tokens_per_step = spec.expert.batch_size * (t // pt) * (h // ph) * (w // pw)
-    return ModelRun(tracker, run_id, tokens_per_step, flush_every=spec.expert.log_every)
+    return ModelRun(lambda: tracker_for(output_dir), spec.name, params, tags, tokens_per_step, spec.expert.log_every)
 
 
 @task(container_image=TASK_IMAGE, requests=Resources(cpu="2", mem="4Gi"), retries=2)
