@@ -73,7 +73,13 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=uri)
         self.uri, self.execution = uri, execution
         found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        # a local SQLite store keeps its artifacts beside it (MLflow's default is ./mlruns under the working directory)
+        local = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:///") else None
+        self.experiment_id = (
+            found.experiment_id
+            if found
+            else self.client.create_experiment(experiment, artifact_location=local.as_uri() if local else None)
+        )
 
     def execution_run(self) -> str:
         """The execution's parent run id, created by the first task that asks."""

@@ -48,6 +48,7 @@ def test_training_stage_leaves_one_run_per_model_under_the_execution(monkeypatch
     losses = client.get_metric_history(expert.info.run_id, "loss")
     assert [m.step for m in losses] == list(range(1, cfg.expert.steps + 1))
     assert all(m.value > 0 for m in client.get_metric_history(expert.info.run_id, "tokens_per_s"))
+    assert experiment.artifact_location == (tmp_path / "out" / "mlartifacts").as_uri()  # beside the store, not ./mlruns
     mono_steps = [m.step for m in client.get_metric_history(children["monolith"].info.run_id, "loss")]
     assert mono_steps == list(range(1, 2 * cfg.expert.steps + 1))  # K x the steps: matched compute, one axis
     assert len(client.get_metric_history(children["router"].info.run_id, "loss")) == cfg.router.steps
