@@ -16,7 +16,7 @@ from lib.evaluate.compare import compare_methods
 from lib.evaluate.featnet import AttrNet, featnet_note, fit_attrnet
 from lib.evaluate.report import report_html
 from lib.io import atomic_write
-from lib.sample.methods import load_sampled
+from lib.sample.methods import gallery_html, load_sampled
 from tasks.common import stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
 
@@ -81,9 +81,8 @@ def evaluate_task(
     model_dir = Path(featnet.download()) / "attrnet"
     model = AttrNet.from_pretrained(model_dir) if model_dir.is_dir() else None
     report = compare_methods(shards.download(), index, attributes, assignments, generated, prompts, cfg, model, seed)
-    gifs = {m: sorted(str(p) for p in (Path(samples.path) / "gifs").glob(f"{m.replace(':', '-')}-*.gif"))
-            for m in generated}  # fmt: skip
-    html = report_html(report, gifs) + f"<p>{featnet_note}</p><p>skipped methods: {skipped or 'none'}</p>"
+    gallery = gallery_html(samples.path, list(generated), prompts["caption"].tolist())
+    html = report_html(report, gallery) + f"<p>{featnet_note}</p><p>skipped methods: {skipped or 'none'}</p>"
     atomic_write(out / "report.html", lambda tmp: tmp.write_text(html))
     Deck("evaluation", html)
     return report

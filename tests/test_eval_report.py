@@ -18,6 +18,7 @@ from lib.evaluate.compare import headline
 from lib.evaluate.featnet import train_attrnet
 from lib.evaluate.frechet import FeatureError
 from lib.evaluate.report import bootstrap_mean, evaluate_methods, fd_feature_spec, report_html
+from lib.sample.methods import gallery_html
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -125,14 +126,14 @@ def test_bootstrap_mean_interval_and_schema_rejects_bad_rows():
 def test_report_html_has_table_chart_and_animations(setup, tmp_path):
     reference, net, generated, prompts_attrs = setup
     report = evaluate_methods(reference, generated, prompts_attrs, EvalConfig(bootstrap=10), featnet=net)
-    gifs = {
-        m: [str(write_gif(tmp_path / f"{m.replace(':', '_')}_{i}.gif", v[i])) for i in range(2)]
-        for m, v in generated.items()
-    }
-    page = report_html(report, gifs)
+    (tmp_path / "gifs").mkdir()
+    for m, v in generated.items():  # the names sample_methods gives its GIFs
+        for i in range(2):
+            write_gif(tmp_path / "gifs" / f"{m.replace(':', '-')}-{i:04d}.gif", v[i])
+    page = report_html(report, gallery_html(tmp_path, list(generated), ["a red ball", "a blue square"]))
     assert page.count("data:image/gif;base64,") == 6 and page.count("data:image/png;base64,") == 1
     assert "<table" in page and "kid_attrnet" in page and "ddm:topk" in page and "paired bootstrap" in page
-    assert (tmp_path / "monolith_0.gif").read_bytes()[:6] == b"GIF89a"
+    assert "a blue square" in page and (tmp_path / "gifs" / "monolith-0000.gif").read_bytes()[:6] == b"GIF89a"
 
 
 def test_compare_methods_scores_held_out_prompts_against_held_out_reference(tmp_path):

@@ -17,11 +17,9 @@ Rules that keep the numbers meaningful:
 from __future__ import annotations
 
 import base64
-import html
 import io
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -262,8 +260,9 @@ def _bar_chart_png(report: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def report_html(report_df: pd.DataFrame, sample_gifs: dict[str, list[str]]) -> str:
-    """Self-contained HTML: the EvalReport table, a bar chart and sample animations side by side per method."""
+def report_html(report_df: pd.DataFrame, samples_html: str) -> str:
+    """Self-contained HTML: the EvalReport table, a bar chart and, below them, the samples (``samples_html``, e.g.
+    ``lib.sample.methods.gallery_html``: GIFs per method on the same prompts)."""
     report = EvalReport.validate(report_df)
     png = base64.b64encode(_bar_chart_png(report)).decode()
     parts = [
@@ -274,13 +273,6 @@ def report_html(report_df: pd.DataFrame, sample_gifs: dict[str, list[str]]) -> s
         "<code>ratio_*</code> = monolith / method.</p>",
         report.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–"),
         f'<img alt="metrics" src="data:image/png;base64,{png}"/>',
-        "<h4>Samples</h4><table>",
+        samples_html,
     ]
-    for method, paths in sample_gifs.items():
-        cells = []
-        for path in paths:
-            data = base64.b64encode(Path(path).read_bytes()).decode()
-            cells.append(f'<td><img alt="{html.escape(Path(path).name)}" src="data:image/gif;base64,{data}"/></td>')
-        parts.append(f"<tr><th>{html.escape(method)}</th>{''.join(cells)}</tr>")
-    parts.append("</table>")
     return "\n".join(parts)
