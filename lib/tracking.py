@@ -71,7 +71,7 @@ class Tracker:
         for name in ("mlflow", "alembic"):  # their INFO lines (database set-up) would interleave with the run's own
             logging.getLogger(name).setLevel(logging.WARNING)
         self.client = MlflowClient(tracking_uri=uri)
-        self.uri, self.execution = uri, execution
+        self.execution = execution
         found = self.client.get_experiment_by_name(experiment)
         # a local SQLite store keeps its artifacts beside it (MLflow's default is ./mlruns under the working directory)
         local = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:///") else None
@@ -99,6 +99,12 @@ class Tracker:
         run_id = self.client.create_run(self.experiment_id, run_name=model, tags=all_tags).info.run_id
         self.log_params(run_id, params)
         return run_id
+
+    def record_model(self, model: str, kind: str, params: Mapping[str, Any], rows: list[dict[str, float]]) -> None:
+        """A finished model's whole run at once (router, evaluation network): params, metric rows, done."""
+        run_id = self.model_run(model, params, tags={"ddm.kind": kind})
+        self.log_metrics(run_id, rows)
+        self.finish(run_id)
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

@@ -48,9 +48,8 @@ def train_featnet(
     tracker = tracker_for(output_dir)
     if tracker is not None:
         params = {"featnet_steps": cfg.featnet_steps, "seed": seed, "train_clips": len(by_role[TRAIN])}
-        run_id = tracker.model_run("attrnet", params, tags={"ddm.kind": "featnet"})
-        tracker.log_metrics(run_id, [{"step": 0, **{k.replace(".", "_"): v for k, v in checks.items()}}])
-        tracker.finish(run_id)
+        tracker.record_model("attrnet", "featnet", params, [{"step": 0, **{k.replace(".", "_"): v
+                                                                          for k, v in checks.items()}}])  # fmt: skip
     note = featnet_note(checks)
     print(note, flush=True)
     return FlyteDirectory(str(out)), note

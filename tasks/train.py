@@ -256,9 +256,7 @@ def train_router_task(
     if tracker is not None:
         params = {"router": dataclasses.asdict(cfg), "num_clusters": num_clusters, "seed": seed,
                   "train_clips": len(rows)}  # fmt: skip
-        run_id = tracker.model_run("router", params, tags={"ddm.kind": "router"})
         curve = [{"step": i + 1, "loss": loss} for i, loss in enumerate(result.losses)]
         buckets = [{"step": i, "accuracy_by_t_bucket": r.accuracy} for i, r in enumerate(result.report.itertuples())]
-        tracker.log_metrics(run_id, curve + buckets)
-        tracker.finish(run_id)
+        tracker.record_model("router", "router", params, curve + buckets)
     return FlyteDirectory(str(result.model_dir)), result.report
