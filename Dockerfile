@@ -5,6 +5,11 @@ FROM pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /root
 
+# gcc: torch.compile on CUDA (expert.compile) has Triton build its kernel launchers with a C compiler, which the
+# runtime base image lacks. Same list as APT_PACKAGES in tasks/image.py; the distribution's current gcc is fine.
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends gcc && rm -rf /var/lib/apt/lists/*
+
 # Dependencies first (cached layer); the base image's CUDA torch satisfies the pyproject range.
 COPY pyproject.toml README.md ./
 # Versions are bounded in pyproject.toml (the single source of dependency ranges).

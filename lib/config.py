@@ -141,6 +141,13 @@ class ClusterConfig:
         _check(self.silhouette_sample > 1, "cluster.silhouette_sample", "must be > 1")
 
 
+# "auto": compile on CUDA, not on CPU (words, not on/off: YAML 1.1 reads on/off/yes/no as booleans)
+COMPILE_MODES = ("auto", "always", "never")
+# ExpertConfig fields that change how a model trains, not what it computes (up to float rounding): a run may be
+# resumed, and a finished model reused, with other values (e.g. a retry on another GPU type with another micro-batch)
+RUN_ONLY_FIELDS = ("checkpoint_every", "log_every", "micro_batch", "compile", "activation_checkpointing")
+
+
 @dataclass(frozen=True)
 class ExpertConfig:
     model: str = "wan"  # diffusers video transformer family built by lib.models.factory
@@ -166,9 +173,13 @@ class ExpertConfig:
     timestep_sampling: str = "logit_normal"  # logit_normal | uniform
     checkpoint_every: int = 100
     log_every: int = 25
+    # how the model runs, not what it computes (RUN_ONLY_FIELDS): GPU throughput levers
+    compile: str = "auto"  # torch.compile of each transformer block: auto (on CUDA only) | always | never
+    activation_checkpointing: bool = False  # recompute block activations in backward: larger micro-batches fit
 
     def __post_init__(self) -> None:
         _one_of(self.model, ("wan",), "expert.model")
+        _one_of(self.compile, COMPILE_MODES, "expert.compile")
         _one_of(self.objective, ("flow", "eps"), "expert.objective")
         _one_of(self.timestep_sampling, ("logit_normal", "uniform"), "expert.timestep_sampling")
         _one_of(self.lr_schedule, ("constant", "cosine"), "expert.lr_schedule")
@@ -262,6 +273,9 @@ class ResourcesConfig:
     # model or batch outgrows one GPU trains on nnodes x nproc_per_node processes, same recipe, same numbers.
     expert_nnodes: int = 1  # > 1: a PyTorchJob per expert (needs the Kubeflow training operator)
     expert_nproc_per_node: int = 1  # processes per node, usually = expert_gpu
+    # A GPU pool YAML (local path or URI; see configs/pools/): when set, lib.plan places each expert on a GPU type
+    # and count of the pool and the expert_gpu/accelerator/nnodes/nproc fields above apply to the monolith only.
+    pool: str = ""
 
     @property
     def expert_world_size(self) -> int:
@@ -449,3 +463,8 @@ def _scalar(raw: str) -> Any:
         except ValueError:
             return value
     return value
+
+
+def build_section(cls: type, values: Any, where: str) -> Any:
+    """A flat config-like dataclass from a mapping, with the same checks as the run config (other YAML files)."""
+    return _build(cls, values, where)

@@ -24,6 +24,7 @@ else:  # pragma: no cover - Python 3.10: the backport pyproject.toml installs th
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_IMAGE = "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime"  # the Dockerfile's FROM; its CUDA torch is kept
+APT_PACKAGES = ["gcc"]  # the Dockerfile's apt-get install: Triton (torch.compile on CUDA) needs a C compiler
 
 
 def project_dependencies(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
@@ -35,6 +36,7 @@ IMAGE_SPEC = ImageSpec(
     name="ddm-flyte",
     base_image=BASE_IMAGE,
     packages=project_dependencies(),
+    apt_packages=APT_PACKAGES,
     registry=os.environ.get("DDM_IMAGE_REGISTRY") or None,
     env={"PYTHONPATH": "/root", "PYTHONUNBUFFERED": "1"},
     source_root=str(ROOT),

@@ -35,6 +35,9 @@ from data_schemas.router import RouterReport
 from lib.config import ResourcesConfig, RouterConfig, RunConfig
 from lib.encode.store import load_encoded, read_codec_info
 from lib.io import persist
+from lib.plan.placement import Placement, plan_experts, plan_table
+from lib.plan.pool import load_pool
+from lib.plan.work import training_work
 from lib.tracking import ModelRun
 from lib.train.checkpoint import MANIFEST
 from lib.train.curves import curves_html
@@ -89,7 +92,8 @@ def _train_one(
 ) -> FlyteDirectory:
     """Body of both training tasks; under DDP every process runs it and rank 0's folder is the output."""
     workers = workers_from_env()
-    run_hash = input_key(spec, uri_of(encoded))  # the encoded folder identifies the data (size, frames, codec)
+    # the spec's identity (not how it runs: micro-batch, compile) and the encoded folder (size, frames, codec)
+    run_hash = input_key(spec.spec_hash(), uri_of(encoded))
     key = f"{spec.name}-{run_hash}"
     out = stage_dir(output_dir, "train", key, fresh=False)
     callback = ProgressCallback(spec.expert.log_every, spec.name)
@@ -186,36 +190,98 @@ train_model_elastic = ElasticTrainTask(
 )
 
 
-def _overrides(res: ResourcesConfig) -> dict[str, Any]:
-    """Per-node resources from the run config (limits = requests, as GPU scheduling requires)."""
-    gpu = str(res.expert_gpu) if res.expert_gpu else None
-    resources = Resources(cpu=res.expert_cpu, mem=res.expert_mem, gpu=gpu)
-    accelerator = GPUAccelerator(res.accelerator) if res.accelerator else None
+def _overrides(res: ResourcesConfig, placed: Placement | None = None) -> dict[str, Any]:
+    """Per-node resources from the run config, GPUs from the plan if placed (limits = requests, as GPU scheduling
+    requires)."""
+    gpus, device = (placed.gpus, placed.accelerator) if placed else (res.expert_gpu, res.accelerator)
+    resources = Resources(cpu=res.expert_cpu, mem=res.expert_mem, gpu=str(gpus) if gpus else None)
+    accelerator = GPUAccelerator(device) if device else None
     return {"requests": resources, "limits": resources, "accelerator": accelerator, "retries": res.retries}
 
 
-def _trainer(cfg: RunConfig) -> tuple[Callable[..., Any], dict[str, Any]]:
-    """The training task for this run's resources and the extra inputs it takes."""
-    res = cfg.resources
-    if res.expert_world_size == 1:
+def _trainer(nnodes: int, nproc_per_node: int) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """The training task for this many processes per expert and the extra inputs it takes."""
+    if nnodes * nproc_per_node == 1:
         return train_model, {}
-    return train_model_elastic.shape(res.expert_nnodes, res.expert_nproc_per_node), {
-        "nnodes": res.expert_nnodes,
-        "nproc_per_node": res.expert_nproc_per_node,
-    }
+    return train_model_elastic.shape(nnodes, nproc_per_node), {"nnodes": nnodes, "nproc_per_node": nproc_per_node}
+
+
+@task(container_image=TASK_IMAGE, requests=Resources(cpu="1", mem="1Gi"), enable_deck=True)
+def place_experts(cfg: RunConfig, specs: list[ExpertSpec], encoded: FlyteDirectory) -> list[Placement]:
+    """Each expert's GPU type, GPU count and micro-batch on ``resources.pool`` (none without a pool).
+
+    Not cached: the pool file can change under the same path, and planning takes milliseconds.
+    """
+    if not cfg.resources.pool:
+        return []
+    info = read_codec_info(encoded.download())
+    c, t, h, w = info["latent_shape"]
+    text = info["text_encoder"]
+    works = [training_work(s.name, s.expert, c, (t, h, w), text["max_tokens"], text["dim"]) for s in specs]
+    plan = plan_experts(works, load_pool(cfg.resources.pool))
+    table = plan_table(plan)
+    head = f"placement on {cfg.resources.pool}: makespan {plan.makespan_s / 3600:.1f} h, cost {plan.cost:.0f}"
+    print(head, flush=True)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"), flush=True)
+    Deck("placement", table.to_html(index=False, float_format=lambda v: f"{v:.2f}"))
+    return list(plan.placements)
+
+
+@task(container_image=TASK_IMAGE, requests=Resources(cpu="1", mem="1Gi"))
+def gather_experts(groups: list[list[FlyteDirectory | None]], order: list[list[int]]) -> list[FlyteDirectory | None]:
+    """The experts of the planned groups back in cluster order (``order[g][i]``: cluster of group g's i-th)."""
+    out: list[FlyteDirectory | None] = [None] * sum(len(o) for o in order)
+    for folders, clusters in zip(groups, order, strict=True):
+        for folder, cluster in zip(folders, clusters, strict=True):
+            out[cluster] = folder
+    return out
+
+
+def _planned_groups(specs: list[ExpertSpec], placements: list[Placement]) -> dict[tuple[str, int], list[int]]:
+    """Indices of the specs that share a GPU type and count: each group is one map task with those resources."""
+    by_name = {p.name: p for p in placements}
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, spec in enumerate(specs):
+        p = by_name[spec.name]
+        groups.setdefault((p.gpu, p.gpus), []).append(i)
+    return groups
+
+
+def _placed(spec: ExpertSpec, p: Placement) -> ExpertSpec:
+    """The spec with its planned micro-batch: run-only fields, so the spec's identity (and its model) is unchanged."""
+    expert = dataclasses.replace(spec.expert, micro_batch=p.micro_batch,
+                                 activation_checkpointing=p.activation_checkpointing)  # fmt: skip
+    return dataclasses.replace(spec, expert=expert)
 
 
 @dynamic(container_image=TASK_IMAGE)
 def train_experts(
-    cfg: RunConfig, specs: list[ExpertSpec], encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment]
+    cfg: RunConfig,
+    specs: list[ExpertSpec],
+    encoded: FlyteDirectory,
+    assignments: DataFrame[ClusterAssignment],
+    placements: list[Placement],
 ) -> list[FlyteDirectory | None]:
-    """The K isolated experts as one map task; resources come from the run config, hence the dynamic."""
-    trainer, shape = _trainer(cfg)
-    experts = map_task(
-        functools.partial(trainer, encoded=encoded, assignments=assignments, output_dir=cfg.output_dir, **shape),
-        min_success_ratio=cfg.resources.min_success_ratio,
-    )
-    return experts(spec=specs).with_overrides(**_overrides(cfg.resources))
+    """The K isolated experts as map tasks; resources come from the run config or the plan, hence the dynamic.
+
+    Without a plan: one map task, every expert with ``resources.expert_*``. With one: one map task per (GPU type,
+    GPU count) of the plan, each element requesting that accelerator and count, gathered back in cluster order.
+    """
+    res = cfg.resources
+    common = {"encoded": encoded, "assignments": assignments, "output_dir": cfg.output_dir}
+    if not placements:
+        trainer, shape = _trainer(res.expert_nnodes, res.expert_nproc_per_node)
+        experts = map_task(functools.partial(trainer, **common, **shape), min_success_ratio=res.min_success_ratio)
+        return experts(spec=specs).with_overrides(**_overrides(res))
+    by_name = {p.name: p for p in placements}
+    outputs, order = [], []
+    for (_, gpus), members in _planned_groups(specs, placements).items():
+        trainer, shape = _trainer(1, gpus)
+        group = map_task(functools.partial(trainer, **common, **shape), min_success_ratio=res.min_success_ratio)
+        node = group(spec=[_placed(specs[i], by_name[specs[i].name]) for i in members])
+        outputs.append(node.with_overrides(**_overrides(res, by_name[specs[members[0]].name])))
+        order.append(members)
+    return gather_experts(groups=outputs, order=order)
 
 
 @dynamic(container_image=TASK_IMAGE)
@@ -223,7 +289,7 @@ def train_monolith(
     cfg: RunConfig, spec: ExpertSpec, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment]
 ) -> FlyteDirectory:
     """The baseline: the same trainer and network on all clusters with K x one expert's samples."""
-    trainer, shape = _trainer(cfg)
+    trainer, shape = _trainer(cfg.resources.expert_nnodes, cfg.resources.expert_nproc_per_node)
     node = trainer(spec=spec, encoded=encoded, assignments=assignments, output_dir=cfg.output_dir, **shape)
     return node.with_overrides(**_overrides(cfg.resources))
 

@@ -47,6 +47,9 @@ def test_unknown_section():
         ({"expert": {"steps": "ten"}}, "expert.steps: expected int, got str"),
         ({"expert": {"lr": True}}, "expert.lr: expected float"),
         ({"cluster": {"method": "spectral"}}, "cluster.method: 'spectral' is not one of"),
+        ({"expert": {"compile": "maybe"}}, "expert.compile: 'maybe' is not one of auto, always, never"),
+        ({"expert": {"compile": True}}, "expert.compile: expected str, got bool True"),  # YAML 1.1 `on`
+        ({"expert": {"activation_checkpointing": "yes"}}, "expert.activation_checkpointing: expected bool"),
         (
             {"cluster": {"num_clusters": 50, "fine_clusters": 64}, "data": {"num_clips": 10}},
             "larger than data.num_clips",
@@ -62,6 +65,22 @@ def test_unknown_section():
 def test_bad_values_name_the_field(values, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict(values)
+
+
+def test_a_yaml_file_with_a_bad_compile_mode_names_file_field_and_the_allowed_values(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("expert:\n  compile: maybe\n  activation_checkpointing: true\n")
+    allowed = "expert.compile: 'maybe' is not one of auto, always, never"
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad))}: {allowed}"):
+        load_config(bad)
+    bad.write_text("expert:\n  compile: on\n")
+    with pytest.raises(ConfigError, match="expert.compile: expected str, got bool True"):
+        load_config(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("expert:\n  compile: always\n  activation_checkpointing: true\n")
+    cfg = load_config(good)
+    assert cfg.expert.compile == "always" and cfg.expert.activation_checkpointing is True
+    assert RunConfig().expert.compile == "auto" and RunConfig().expert.activation_checkpointing is False
 
 
 def test_ints_widen_to_float_and_missing_keys_keep_defaults():

@@ -19,6 +19,7 @@ from pandera.typing import DataFrame
 
 from data_schemas.cluster import ClusterAssignment
 from lib.config import RunConfig, replace_in
+from lib.plan.placement import Placement
 from lib.train.specs import ExpertSpec, expert_specs, monolith_spec
 from tasks.image import IMAGE_SPEC, tomllib
 from tasks.train import train_experts, train_monolith
@@ -120,6 +121,7 @@ def _compile_dynamic(dynamic_task, **inputs):
         "spec": ExpertSpec,
         "encoded": FlyteDirectory,
         "assignments": DataFrame[ClusterAssignment],
+        "placements": list[Placement],
     }
     mode = ExecutionState.Mode.TASK_EXECUTION
     dynamic_task._wf = None  # flytekit compiles a dynamic once per process (a pod on a cluster); each test is a pod
@@ -158,13 +160,14 @@ def _assignments():
     )
 
 
-def _compile_experts(cfg):
+def _compile_experts(cfg, placements=()):
     return _compile_dynamic(
         train_experts,
         cfg=cfg,
         specs=expert_specs(cfg, _assignments()),
         encoded=FlyteDirectory(tempfile.mkdtemp()),
         assignments=_assignments(),
+        placements=list(placements),
     )
 
 
@@ -195,6 +198,56 @@ def test_expert_map_task_carries_configured_resources_accelerator_retries_and_ra
     requests, limits = _resources(inner.task_node.overrides)
     assert requests == limits and set(requests.values()) == {"8", "40Gi", "1"}
     assert inner.task_node.overrides.extended_resources.gpu_accelerator.device == "nvidia-tesla-a100"
+
+
+def _placed(name, gpu, accelerator, gpus):
+    return Placement(name, gpu, accelerator, gpus, list(range(gpus)), 4, False, 0.0, 3600.0, 1.0)
+
+
+def test_planned_experts_request_their_gpu_type_and_count_and_come_back_in_cluster_order():
+    cfg = replace_in(_gpu_cfg(), cluster={"num_clusters": 3, "fine_clusters": 6})
+    assignments = pd.DataFrame(
+        {
+            "clip_id": list("abcdef"),
+            "cluster_id": [0, 1, 2, 0, 1, 2],
+            "distance": [0.1] * 6,
+            "fine_cluster": list(range(6)),
+            "role": ["train"] * 6,
+        }
+    )
+    plan = [
+        _placed("expert-00", "H100", "nvidia-tesla-h100", 2),
+        _placed("expert-01", "L4", "nvidia-l4", 1),
+        _placed("expert-02", "H100", "nvidia-tesla-h100", 2),
+    ]
+    job = _compile_dynamic(
+        train_experts,
+        cfg=cfg,
+        specs=expert_specs(cfg, assignments),
+        encoded=FlyteDirectory(tempfile.mkdtemp()),
+        assignments=assignments,
+        placements=plan,
+    )
+    nodes = [n.to_flyte_idl() for n in job.nodes]
+    arrays = [n.array_node for n in nodes if n.HasField("array_node")]
+    requested = {}
+    for array in arrays:
+        assert array.min_success_ratio == pytest.approx(0.5)  # a failed expert still spares the others
+        inner = array.node
+        requests, limits = _resources(inner.task_node.overrides)
+        assert requests == limits
+        device = inner.task_node.overrides.extended_resources.gpu_accelerator.device
+        shape = {b.var: b.binding.scalar.primitive.integer for b in inner.inputs if b.var == "nproc_per_node"}
+        requested[device] = (sorted(requests.values()), shape.get("nproc_per_node", 1))
+    assert requested == {
+        "nvidia-tesla-h100": (["2", "40Gi", "8"], 2),  # two experts on 2 H100 each: DDP over 2 processes
+        "nvidia-l4": (["1", "40Gi", "8"], 1),
+    }
+    (gather,) = [n for n in nodes if n.task_node.reference_id.name == "tasks.train.gather_experts"]
+    (order,) = [b.binding for b in gather.inputs if b.var == "order"]
+    groups = [[v.scalar.primitive.integer for v in g.collection.bindings] for g in order.collection.bindings]
+    assert sorted(groups) == [[0, 2], [1]]
+    assert job.outputs[0].binding.promise.node_id == gather.id
 
 
 def test_monolith_gets_the_same_resources():

@@ -1,6 +1,7 @@
 """Up to trained models: ``pyflyte run workflows/train.py train_wf --cfg configs/tiny.yaml``.
 
-The experts (a map task), the monolith and the router have no edge between them, so they run in parallel.
+The experts (a map task, or one per GPU type of the plan when ``resources.pool`` names a GPU pool), the monolith and
+the router have no edge between them, so they run in parallel.
 """
 
 from flytekit import workflow
@@ -10,7 +11,14 @@ from pandera.typing import DataFrame
 from data_schemas.cluster import ClusterAssignment
 from data_schemas.router import RouterReport
 from lib.config import RunConfig
-from tasks.train import make_specs, train_experts, train_monolith, train_router_task, training_report
+from tasks.train import (
+    make_specs,
+    place_experts,
+    train_experts,
+    train_monolith,
+    train_router_task,
+    training_report,
+)
 from workflows.cluster import cluster_stage
 
 
@@ -19,7 +27,8 @@ def train_stage(
     cfg: RunConfig, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment]
 ) -> tuple[list[FlyteDirectory | None], FlyteDirectory, FlyteDirectory, DataFrame[RouterReport]]:
     specs, monolith = make_specs(cfg=cfg, assignments=assignments, encoded=encoded)
-    experts = train_experts(cfg=cfg, specs=specs, encoded=encoded, assignments=assignments)
+    placements = place_experts(cfg=cfg, specs=specs, encoded=encoded)
+    experts = train_experts(cfg=cfg, specs=specs, encoded=encoded, assignments=assignments, placements=placements)
     mono = train_monolith(cfg=cfg, spec=monolith, encoded=encoded, assignments=assignments)
     training_report(experts=experts, monolith=mono)
     router, report = train_router_task(

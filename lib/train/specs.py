@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 
-from lib.config import ExpertConfig, RunConfig
+from lib.config import RUN_ONLY_FIELDS, ExpertConfig, RunConfig
 from lib.data.split import TRAIN, rows_with_role
 from lib.seeding import derive_seed
 from lib.train.compute import flops_per_step
@@ -37,8 +37,16 @@ class ExpertSpec:
     expert: ExpertConfig  # its ``steps`` and ``batch_size`` are this model's (the monolith's: see the rule above)
 
     def spec_hash(self) -> str:
-        """Identity of the training job; an unchanged spec with a finished model is never retrained."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """Identity of the trained model; an unchanged spec with a finished model is never retrained.
+
+        The expert config's ``RUN_ONLY_FIELDS`` (micro-batch, compile, activation checkpointing, checkpoint and log
+        intervals) are left out: they change how the model trains, not what it computes. A planner may place the
+        same expert on another GPU type with another micro-batch, or a retry may land there; that must find the
+        finished model (or resume its checkpoints), not train it again.
+        """
+        values = asdict(self)
+        values["expert"] = {k: v for k, v in values["expert"].items() if k not in RUN_ONLY_FIELDS}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def training_rows(assignments: pd.DataFrame) -> pd.DataFrame:

@@ -11,13 +11,18 @@ checkpoint); everything else here is a small pure helper. What it guarantees:
   and the log so far (the learning rate is a pure function of the step, ``lr_at``, so the step is the whole
   scheduler state); a run interrupted at any point and restarted on the same ``out_dir`` ends with bit-identical
   weights on CPU. Callers that retry (Flyte retries) must therefore pass a stable ``out_dir``; checkpoints of a
-  different run (config, seed, name, clips or spec_hash) found there are removed, not resumed from. Only
-  ``checkpoint_every``, ``log_every`` and ``micro_batch`` may change across a resume (e.g. a retry on another GPU).
+  different run (config, seed, name, clips or spec_hash) found there are removed, not resumed from. Only the
+  ``RUN_ONLY_FIELDS`` of ``lib.config`` (checkpoint and log intervals, micro-batch, compile, activation
+  checkpointing) may change across a resume (e.g. a retry on another GPU).
 - Fail fast: a non-finite loss or gradient norm raises ``NonFiniteLossError`` naming the step and the clips,
   before the optimizer step, so no checkpoint or model is ever written from a poisoned state.
 - Data parallelism (``lib.train.distributed``): under torchrun / Flyte ``Elastic`` every rank draws the same
   global batch and computes its slice; DDP averages the gradients, so N processes train the same recipe as one
   (up to float rounding) and rank 0 alone logs, checkpoints and writes the model.
+- GPU throughput (``expert.compile``, ``expert.activation_checkpointing``): each transformer block compiled in place
+  (so state-dict keys, checkpoints and saved models stay plain), activations recomputed in backward so larger
+  micro-batches fit, fused AdamW and bf16 autocast on CUDA (weights, optimizer state and EMA stay fp32), each
+  step's batch copied to the device once (pinned, asynchronous), and one device-to-host sync per step.
 - Idempotence: ``out_dir/model`` holds the EMA weights (diffusers ``save_pretrained``), ``training.json`` (with
   the weights' sha256 and the caller's ``spec_hash``) and the TrainingLog; a second call with the same
   ``spec_hash`` returns that result without training.
@@ -46,7 +51,7 @@ from diffusers import ModelMixin
 from pandera.typing import DataFrame
 
 from data_schemas.train import TrainingLog
-from lib.config import ExpertConfig
+from lib.config import RUN_ONLY_FIELDS, ExpertConfig
 from lib.io import atomic_write
 from lib.models.factory import TRAINING_INFO, build_expert, count_parameters, expert_forward, weights_sha256
 from lib.progress import progress
@@ -60,7 +65,6 @@ log = logging.getLogger(__name__)
 COSINE_FLOOR = 0.1  # cosine schedule ends at this fraction of cfg.lr (nanoGPT's min_lr = lr / 10)
 EMA_WARMUP = 10  # EMA decay ramps as (1 + step) / (EMA_WARMUP + step) so short runs do not keep the init weights
 LOG_FILE = "training_log.parquet"
-RUN_ONLY_FIELDS = ("checkpoint_every", "log_every", "micro_batch")  # may change between an interruption and resume
 
 
 class NonFiniteLossError(ValueError):
@@ -199,6 +203,40 @@ def ema_decay_at(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (EMA_WARMUP + step))
 
 
+def compiler_for(device: torch.device) -> str | None:
+    """The compiler torch.compile builds its kernels with on ``device``: Triton's C compiler on CUDA ($CC, gcc or
+    clang), inductor's C++ compiler on the CPU ($CXX or g++); None where there is none (PyTorch's CUDA *runtime*
+    images ship without one)."""
+    if device.type == "cuda":
+        return os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def compiles(mode: str, device: torch.device) -> bool:
+    """Whether ``expert.compile`` = ``mode`` compiles the transformer blocks on ``device``: ``always``, or ``auto`` on
+    CUDA. Without a compiler (``compiler_for``) ``auto`` trains uncompiled with a warning and ``always`` raises."""
+    if mode == "never" or (mode == "auto" and device.type != "cuda"):
+        return False
+    if compiler_for(device) is None:
+        what = "C compiler ($CC, gcc or clang) for Triton" if device.type == "cuda" else "C++ compiler ($CXX, g++)"
+        if mode == "always":
+            raise RuntimeError(
+                f"expert.compile=always: torch.compile on {device.type} needs a {what}; none is installed here. "
+                "Install one (the Dockerfile adds gcc) or set expert.compile: never"
+            )
+        log.warning("expert.compile=auto: no %s on this node; training without torch.compile", what)
+        return False
+    return True
+
+
+def batch_to_device(tensors: Sequence[torch.Tensor], rows: slice, device: torch.device) -> list[torch.Tensor]:
+    """``rows`` of each batch tensor (built on the CPU) on ``device``: on CUDA one pinned, asynchronous copy each
+    (the host moves on; the stream orders the copies before the kernels that read them), on the CPU views."""
+    if device.type != "cuda":
+        return [x[rows] for x in tensors]
+    return [x[rows].pin_memory().to(device, non_blocking=True) for x in tensors]
+
+
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model (buffers are copied); one multi-tensor kernel on GPUs, where a
@@ -263,7 +301,7 @@ class BatchSampler:
 
 
 def _fingerprint(data: TrainData, cfg: ExpertConfig, seed: int, name: str, spec_hash: str | None) -> str:
-    """Identity of a run for resuming: everything that changes the math (not how often we log or checkpoint)."""
+    """Identity of a run for resuming: everything that changes the math (not ``RUN_ONLY_FIELDS``, how it runs)."""
     values = {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY_FIELDS}
     clips = hashlib.sha256("\n".join(data.clip_ids).encode()).hexdigest()
     key = {
@@ -414,17 +452,21 @@ def train(
     workers = workers_from_env()
     rows_here = workers.shard(cfg.batch_size)  # this rank's slice of every global batch
     device = workers.device()
+    compile_blocks = compiles(cfg.compile, device)  # before any work: a missing compiler fails fast
     callbacks = [ProgressCallback(cfg.log_every, name)] if callbacks is None else list(callbacks)
     callbacks = callbacks if workers.is_main else []
     fingerprint = _fingerprint(data, cfg, seed, name, spec_hash)
 
     model = build_expert(cfg, data.in_channels, data.text_dim, data.sample_shape, seed=derive_seed(seed, name))
     model = model.to(device).train()
-    ema = copy.deepcopy(model).requires_grad_(False)
+    ema = copy.deepcopy(model).requires_grad_(False)  # fp32 and plain: neither checkpointed nor compiled
+    if cfg.activation_checkpointing:
+        model.enable_gradient_checkpointing()  # diffusers: each block's activations are recomputed in backward
     net = model  # what the forward pass runs: the DDP wrapper (gradient all-reduce) when distributed
     if workers.distributed:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fused = True if device.type == "cuda" else None  # one kernel for all parameters on GPUs; CPU keeps the default
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     gen = torch_generator(seed, name, "train")  # batches, timesteps, noise, caption dropout
     sampler = BatchSampler(len(data), cfg.batch_size, gen)
     # Rank 0 resumes first (and removes foreign checkpoints); the others then read what it kept.
@@ -435,14 +477,15 @@ def train(
     resumed_from = step
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
-    def forward_loss(x_t, t, target, tokens, mask, module=net) -> torch.Tensor:  # per-sample MSE [b]
+    def forward_loss(x_t, t, target, tokens, mask, module=net) -> torch.Tensor:  # on the device; per-sample MSE [b]
         with autocast:
-            pred = expert_forward(module, x_t.to(device), t.to(device), tokens.to(device), mask.to(device))
-        return (pred.float() - target.to(device)).pow(2).flatten(1).mean(1)
+            pred = expert_forward(module, x_t, t, tokens, mask)
+        return (pred.float() - target).pow(2).flatten(1).mean(1)
 
     def probe(n: int) -> None:  # forward + backward on n samples, to measure memory (CUDA only)
-        z, tokens, mask = torch.zeros(n, *data.latents.shape[1:]), data.tokens[:1], data.mask[:1]
-        z_t = torch.full((n,), 0.5)  # the bare model, not the DDP wrapper: probing must not all-reduce
+        z, tokens, mask = torch.zeros(n, *data.latents.shape[1:], device=device), data.tokens[:1], data.mask[:1]
+        tokens, mask, z_t = tokens.to(device), mask.to(device), torch.full((n,), 0.5, device=device)
+        # the bare model, not the DDP wrapper: probing must not all-reduce
         forward_loss(z, z_t, z, tokens.expand(n, -1, -1), mask.expand(n, -1), module=model).sum().backward()
         model.zero_grad(set_to_none=True)
 
@@ -451,6 +494,8 @@ def train(
     micro = cfg.micro_batch or probe_micro_batch(probe, local_batch, device, reserve_bytes=adam_bytes)
     accum = math.ceil(local_batch / min(micro, local_batch))
     micro = math.ceil(local_batch / accum)  # even micro-batches: 16 + 16, not 31 + 1
+    if compile_blocks:  # after the probe: eager memory bounds the compiled one, and its sizes 1, 2 are not compiled
+        model.compile_repeated_blocks(dynamic=False)  # each block in place (same keys); one graph per micro shape
     log.info("%s: %d clips, %d params, batch %d = %d process(es) x %d x %d on %s", name, len(data),
              count_parameters(model), cfg.batch_size, workers.world, accum, micro, device)  # fmt: skip
     for cb in callbacks:
@@ -469,12 +514,13 @@ def train(
         keep = torch.rand(len(idx), generator=gen) >= cfg.caption_dropout  # [B], False: train unconditionally
         x_t, target = flow_matching_batch(x0, t, eps, cfg.objective)
         tokens, mask = data.tokens[idx], data.mask[idx] & keep[:, None]
+        x_t, t, target, tokens, mask = batch_to_device([x_t, t, target, tokens, mask], rows_here, device)
         per_sample = []
         # Gradient accumulation over this rank's rows: the micro losses sum to its share of the batch mean, scaled
         # by the world size because DDP averages (not sums) the ranks' gradients, in the last backward only.
-        starts = range(rows_here.start, rows_here.stop, micro)
+        starts = range(0, local_batch, micro)
         for lo in starts:
-            sl = slice(lo, min(lo + micro, rows_here.stop))
+            sl = slice(lo, min(lo + micro, local_batch))
             sync = lo == starts[-1] or not workers.distributed
             with contextlib.nullcontext() if sync else net.no_sync():
                 loss_i = forward_loss(x_t[sl], t[sl], target[sl], tokens[sl], mask[sl])

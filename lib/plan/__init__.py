@@ -1,0 +1,1 @@
+"""Placing isolated experts on a heterogeneous GPU pool, and simulating that plan against a synchronous monolith."""

@@ -1,0 +1,164 @@
+"""GPU throughput levers (``expert.compile``, ``expert.activation_checkpointing``): they change how a model trains,
+not what it computes, so on a tiny model on the CPU they give the plain path's losses and weights, save the same
+plain state dict, resume across each other, and leave a model's identity (``ExpertSpec.spec_hash``) alone."""
+
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+from safetensors.torch import load_file
+from tiny_clips import tiny_train_data
+
+from data_schemas.train import TrainingLog
+from lib.config import RUN_ONLY_FIELDS, ExpertConfig
+from lib.models.factory import load_expert
+from lib.train import checkpoint as ckpt
+from lib.train.specs import ExpertSpec
+from lib.train.trainer import TrainCallback, TrainData, batch_to_device, compiles, train
+
+TINY = ExpertConfig(
+    num_layers=2,
+    num_heads=2,
+    head_dim=16,
+    ffn_dim=64,
+    patch_size=[2, 4, 4],
+    steps=6,
+    batch_size=8,
+    lr=2e-3,
+    warmup_steps=2,
+    checkpoint_every=100,
+    log_every=4,
+    compile="never",
+)
+
+
+@pytest.fixture(scope="module")
+def data() -> TrainData:
+    return tiny_train_data(16)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+
+
+def _column(result, col) -> torch.Tensor:
+    return torch.tensor(result.log[col].values)
+
+
+def test_compile_auto_means_cuda_only(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")  # compilers installed
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert [compiles(m, cpu) for m in ("auto", "always", "never")] == [False, True, False]
+    assert [compiles(m, cuda) for m in ("auto", "always", "never")] == [True, True, False]
+
+
+def test_compile_without_a_compiler_trains_uncompiled_on_auto_and_fails_fast_on_always(monkeypatch, caplog):
+    cuda = torch.device("cuda", 0)
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    assert compiles("auto", cuda) is False
+    assert "no C compiler ($CC, gcc or clang) for Triton on this node; training without torch.compile" in caplog.text
+    with pytest.raises(RuntimeError, match=r"expert.compile=always: .* needs a C compiler .*expert.compile: never"):
+        compiles("always", cuda)
+    monkeypatch.setenv("CC", "/opt/cc")
+    assert compiles("auto", cuda) is True
+
+
+def test_the_task_image_has_the_c_compiler_triton_needs():
+    from tasks.image import APT_PACKAGES, IMAGE_SPEC
+
+    assert "gcc" in APT_PACKAGES and IMAGE_SPEC.apt_packages == APT_PACKAGES
+    dockerfile = (Path(__file__).resolve().parents[1] / "Dockerfile").read_text()
+    assert f"apt-get install -y --no-install-recommends {' '.join(APT_PACKAGES)} &&" in dockerfile
+
+
+def test_batch_goes_to_the_cpu_as_views_of_this_ranks_rows():
+    x, t = torch.arange(12.0).view(6, 2), torch.arange(6.0)
+    xs, ts = batch_to_device([x, t], slice(2, 5), torch.device("cpu"))
+    assert torch.equal(xs, x[2:5]) and torch.equal(ts, t[2:5]) and xs.data_ptr() == x[2:5].data_ptr()
+
+
+def test_run_only_fields_do_not_change_the_spec_hash_but_the_recipe_does():
+    spec = ExpertSpec("expert-00", 0, seed=1, num_clips=10, data_hash="d", expert=ExpertConfig())
+    assert {"micro_batch", "compile", "activation_checkpointing", "checkpoint_every"} <= set(RUN_ONLY_FIELDS)
+    for change in (
+        {"micro_batch": 3},
+        {"compile": "always"},
+        {"compile": "never"},
+        {"activation_checkpointing": True},
+        {"checkpoint_every": 7},
+        {"log_every": 5},
+    ):
+        assert replace(spec, expert=replace(spec.expert, **change)).spec_hash() == spec.spec_hash(), change
+    assert replace(spec, expert=replace(spec.expert, lr=1e-3)).spec_hash() != spec.spec_hash()
+    assert replace(spec, data_hash="e").spec_hash() != spec.spec_hash()
+
+
+def test_activation_checkpointing_gives_the_same_losses_and_weights(data: TrainData, tmp_path: Path):
+    plain = train(data, TINY, tmp_path / "plain", seed=0, name="ac", callbacks=[])
+    ac = train(data, replace(TINY, activation_checkpointing=True), tmp_path / "ac", seed=0, name="ac", callbacks=[])
+    for col in (TrainingLog.loss, TrainingLog.grad_norm):  # recomputing the same ops in backward: same floats
+        torch.testing.assert_close(_column(ac, col), _column(plain, col), rtol=0, atol=0)
+    wa, wb = _weights(plain.model_dir), _weights(ac.model_dir)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_plain_save_plain_keys_and_resume(data: TrainData, tmp_path: Path, monkeypatch):
+    """One layer, four steps: inductor builds the block's forward and backward once (tens of seconds on a
+    cold cache), the resumed run reuses them."""
+    calls, compile_blocks = [], WanTransformer3DModel.compile_repeated_blocks
+
+    def spy(model, *args, **kwargs):
+        calls.append(kwargs)
+        compile_blocks(model, *args, **kwargs)
+
+    monkeypatch.setattr(WanTransformer3DModel, "compile_repeated_blocks", spy)
+    cfg = replace(TINY, num_layers=1, steps=4, checkpoint_every=2)
+    plain = train(data, cfg, tmp_path / "plain", seed=0, name="c", callbacks=[])
+    assert calls == []  # compile="never"
+    compiled = replace(cfg, compile="always")
+    partial = train(data, compiled, tmp_path / "compiled", seed=0, name="c", callbacks=[], max_steps=2)
+    groups, _ = ckpt.load_checkpoint(ckpt.complete_checkpoints(tmp_path / "compiled" / "checkpoints")[-1][1])
+    assert groups["model"].keys() == groups["ema"].keys() == _weights(plain.model_dir).keys()  # no _orig_mod.
+    resumed = train(data, compiled, tmp_path / "compiled", seed=0, name="c", callbacks=[])
+    assert partial.steps == 2 and resumed.resumed_from == 2 and resumed.steps == cfg.steps
+    assert calls == [{"dynamic": False}] * 2
+    # inductor fuses and reorders float32 arithmetic: equal up to rounding (seen: <= 1 ulp in the gradient norm)
+    for col in (TrainingLog.loss, TrainingLog.grad_norm):
+        torch.testing.assert_close(_column(resumed, col), _column(plain, col), rtol=1e-5, atol=1e-6)
+    ours = WanTransformer3DModel.from_pretrained(resumed.model_dir)
+    reference = load_expert(plain.model_dir)
+    assert ours.state_dict().keys() == reference.state_dict().keys()
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+class _SyncsPerStep(TrainCallback):
+    def __init__(self, caught: list) -> None:
+        self.caught, self.counts, self.seen = caught, [], 0
+
+    def on_step(self, row: dict[str, float]) -> None:
+        self.counts.append(len(self.caught) - self.seen)
+        self.seen = len(self.caught)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_levers_train_with_one_host_sync_per_step(data: TrainData, tmp_path: Path):
+    cfg = replace(TINY, compile="always", activation_checkpointing=True, micro_batch=4, steps=5)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            syncs = _SyncsPerStep(caught)
+            result = train(data, cfg, tmp_path, seed=0, name="gpu", callbacks=[syncs])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert result.model_dir is not None and result.log[TrainingLog.loss].notna().all()
+    assert syncs.counts[1:] == [1] * (cfg.steps - 1), [str(w.message) for w in caught]  # step 1 compiles
