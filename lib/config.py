@@ -299,6 +299,22 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Distilling the DDM into one dense student (``workflows/distill.py``); the student is the expert network."""
+
+    strategy: str = "topk"  # the teacher's routing: top1 | topk | full (deterministic, so a resumed run repeats it)
+    top_k: int = 2
+    guidance_scale: float = 1.0  # teacher CFG baked into the student's conditional velocity (1: plain, CFG at sampling)
+    size: str = "expert"  # expert | monolith: the student trains with the expert's or the monolith's steps and batch
+
+    def __post_init__(self) -> None:
+        _one_of(self.strategy, ("top1", "topk", "full"), "distill.strategy")
+        _one_of(self.size, ("expert", "monolith"), "distill.size")
+        _check(self.top_k >= 1, "distill.top_k", f"must be >= 1, got {self.top_k}")
+        _check(self.guidance_scale >= 1.0, "distill.guidance_scale", f"must be >= 1, got {self.guidance_scale}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     output_dir: str = "outputs"  # local folder or fsspec URI where results are persisted
@@ -311,6 +327,7 @@ class RunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
@@ -391,6 +408,7 @@ _SECTIONS: dict[str, type] = {
     "sample": SampleConfig,
     "eval": EvalConfig,
     "resources": ResourcesConfig,
+    "distill": DistillConfig,
 }
 
 

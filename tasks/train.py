@@ -190,7 +190,7 @@ train_model_elastic = ElasticTrainTask(
 )
 
 
-def _overrides(res: ResourcesConfig, placed: Placement | None = None) -> dict[str, Any]:
+def resource_overrides(res: ResourcesConfig, placed: Placement | None = None) -> dict[str, Any]:
     """Per-node resources from the run config, GPUs from the plan if placed (limits = requests, as GPU scheduling
     requires)."""
     gpus, device = (placed.gpus, placed.accelerator) if placed else (res.expert_gpu, res.accelerator)
@@ -272,14 +272,14 @@ def train_experts(
     if not placements:
         trainer, shape = _trainer(res.expert_nnodes, res.expert_nproc_per_node)
         experts = map_task(functools.partial(trainer, **common, **shape), min_success_ratio=res.min_success_ratio)
-        return experts(spec=specs).with_overrides(**_overrides(res))
+        return experts(spec=specs).with_overrides(**resource_overrides(res))
     by_name = {p.name: p for p in placements}
     outputs, order = [], []
     for (_, gpus), members in _planned_groups(specs, placements).items():
         trainer, shape = _trainer(1, gpus)
         group = map_task(functools.partial(trainer, **common, **shape), min_success_ratio=res.min_success_ratio)
         node = group(spec=[_placed(specs[i], by_name[specs[i].name]) for i in members])
-        outputs.append(node.with_overrides(**_overrides(res, by_name[specs[members[0]].name])))
+        outputs.append(node.with_overrides(**resource_overrides(res, by_name[specs[members[0]].name])))
         order.append(members)
     return gather_experts(groups=outputs, order=order)
 
@@ -291,7 +291,7 @@ def train_monolith(
     """The baseline: the same trainer and network on all clusters with K x one expert's samples."""
     trainer, shape = _trainer(cfg.resources.expert_nnodes, cfg.resources.expert_nproc_per_node)
     node = trainer(spec=spec, encoded=encoded, assignments=assignments, output_dir=cfg.output_dir, **shape)
-    return node.with_overrides(**_overrides(cfg.resources))
+    return node.with_overrides(**resource_overrides(cfg.resources))
 
 
 @task(container_image=TASK_IMAGE, requests=Resources(cpu="1", mem="1Gi"), enable_deck=True)

@@ -429,7 +429,8 @@ class DDMPipeline:
              for key in keys]
         )  # fmt: skip
 
-    def _handle(self, k: int) -> ExpertHandle:
+    def handle(self, k: int) -> ExpertHandle:
+        """Expert k as the sampler calls it (autocast as in training); also the teacher of distillation."""
         model = self.experts[k]
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
@@ -494,7 +495,7 @@ class DDMPipeline:
         emb = self.text_encoder.encode(list(prompts))  # all at once: a prompt's embedding ignores sampler batching
         noise = self.noise(len(prompts), seed, prompt_keys)
         uniforms = self.route_uniforms(len(prompts), num_steps, seed, prompt_keys)
-        handles = {k: (self._handle(k) if m is not None else None) for k, m in self.experts.items()}
+        handles = {k: (self.handle(k) if m is not None else None) for k, m in self.experts.items()}
         results = []
         bar = progress(total=len(prompts), desc=f"sample {strategy}", unit="video")
         for lo in range(0, len(prompts), batch_size):

@@ -40,7 +40,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,6 +227,20 @@ def compiles(mode: str, device: torch.device) -> bool:
         log.warning("expert.compile=auto: no %s on this node; training without torch.compile", what)
         return False
     return True
+
+
+Teacher = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def teacher_targets(
+    teacher: Teacher, x_t: torch.Tensor, t: torch.Tensor, idx: torch.Tensor, keep: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    """Distillation targets: ``teacher(x_t, t, clip indices, caption kept)`` -> velocity, in chunks of the
+    micro-batch so the teacher never holds more activations than the student does."""
+    parts = [teacher(x_t[i : i + chunk], t[i : i + chunk], idx[i : i + chunk], keep[i : i + chunk])
+             for i in range(0, len(x_t), chunk)]  # fmt: skip
+    return torch.cat(parts).float()
 
 
 def batch_to_device(tensors: Sequence[torch.Tensor], rows: slice, device: torch.device) -> list[torch.Tensor]:
@@ -424,6 +438,7 @@ def train(
     callbacks: Sequence[TrainCallback] | None = None,
     max_steps: int | None = None,
     spec_hash: str | None = None,
+    teacher: Teacher | None = None,
 ) -> TrainResult:
     """Train one expert (or the monolith) with flow matching; resume from ``out_dir/checkpoints`` if present.
 
@@ -436,8 +451,11 @@ def train(
         callbacks: hooks around the loop; default ``[ProgressCallback]`` (bar + logging).
         max_steps: stop after this many optimizer steps in total (a checkpoint is written there) without
             writing ``model/``; a later call continues from it. None: run all ``cfg.steps``.
-        spec_hash: caller's identity of the run (config + data); an existing ``model/`` with the same one is
-            returned as is, without training.
+        spec_hash: caller's identity of the run (config + data, and the teacher's when distilling); an existing
+            ``model/`` with the same one is returned as is, without training.
+        teacher: distillation (``lib.distill``): ``teacher(x_t, t, clip indices, caption kept)`` gives the velocity
+            the model learns instead of the data's flow-matching target (noise, times and caption dropout are
+            drawn as always, so the student also learns the unconditional velocity CFG needs).
 
     Returns:
         TrainResult with the model folder, the TrainingLog and the step count.
@@ -453,6 +471,8 @@ def train(
     rows_here = workers.shard(cfg.batch_size)  # this rank's slice of every global batch
     device = workers.device()
     compile_blocks = compiles(cfg.compile, device)  # before any work: a missing compiler fails fast
+    if teacher is not None and cfg.objective != "flow":
+        raise ValueError(f"{name}: a teacher gives velocities; distilling needs objective flow, not {cfg.objective}")
     callbacks = [ProgressCallback(cfg.log_every, name)] if callbacks is None else list(callbacks)
     callbacks = callbacks if workers.is_main else []
     fingerprint = _fingerprint(data, cfg, seed, name, spec_hash)
@@ -515,6 +535,8 @@ def train(
         x_t, target = flow_matching_batch(x0, t, eps, cfg.objective)
         tokens, mask = data.tokens[idx], data.mask[idx] & keep[:, None]
         x_t, t, target, tokens, mask = batch_to_device([x_t, t, target, tokens, mask], rows_here, device)
+        if teacher is not None:  # distillation: the teacher's velocity replaces the data's target
+            target = teacher_targets(teacher, x_t, t, idx[rows_here], keep[rows_here], micro)
         per_sample = []
         # Gradient accumulation over this rank's rows: the micro losses sum to its share of the batch mean, scaled
         # by the world size because DDP averages (not sums) the ranks' gradients, in the last backward only.

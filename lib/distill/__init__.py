@@ -1,0 +1,1 @@
+"""Distilling a DDM into one dense model: the routed mixture of experts as the teacher of a single student."""
