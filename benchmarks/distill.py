@@ -18,7 +18,6 @@ import json
 import logging
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -100,14 +99,17 @@ def main(argv: list[str] | None = None) -> None:
 
     train_ids = sorted(rows_with_role(semantic.assignments, TRAIN)["clip_id"].astype(str))
     data = load_encoded(ctx.encoded, train_ids)
-    started = time.perf_counter()
     with timer("student"):
-        result, teacher = distill_student(cfg, args.ddm, data, work / "student")
-    student_seconds = time.perf_counter() - started
+        result, _ = distill_student(cfg, args.ddm, data, work / "student")
+    student_seconds = float(result.log["seconds"].sum())  # the training steps' own time, also when reused
     scfg = student_config(cfg)
     student_flops = 3 * forward_flops_per_sample(ctx, scfg) * scfg.batch_size * scfg.steps
     expert_flops = 3 * forward_flops_per_sample(ctx, cfg.expert) * cfg.expert.batch_size * cfg.expert.steps
-    teacher_flops = forward_flops_per_sample(ctx, cfg.expert) * teacher.stats.total_rows  # experts' forwards
+    # the teacher's expert forwards: every sample of every step goes to the experts its routing keeps (topk: k of
+    # them); CFG of the teacher doubles the captioned rows
+    kept = {"top1": 1, "topk": min(cfg.distill.top_k, cfg.cluster.num_clusters), "full": cfg.cluster.num_clusters}
+    rows = scfg.steps * scfg.batch_size * kept[cfg.distill.strategy] * (2 if cfg.distill.guidance_scale != 1 else 1)
+    teacher_flops = forward_flops_per_sample(ctx, cfg.expert) * rows
     sample("student", DDMPipeline.from_single(result.model_dir, ctx.info), "expert:0")
     rows, results = evaluate()
     main_rows = rows[rows["cluster"] == -1]

@@ -168,7 +168,7 @@ def test_method_names_admit_routing_schedules_and_nothing_else():
     from data_schemas.evaluate import METHOD_PATTERN
 
     for ok in ("ddm:topk", "ddm:random_topk", "ddm:sample>top1@0.5", "ddm:full>topk@0.8>top1@0.3", "monolith",
-               "expert:2", "real", "ddm:topk>expert:1@0.5"):  # fmt: skip
+               "expert:2", "real", "ddm:topk>expert:1@0.5", "student"):  # fmt: skip
         assert re.match(METHOD_PATTERN, ok), ok
-    for bad in ("ddm:", "ddm:topk>top1", "ddm:Top1", "monolith2", "ddm:topk; drop"):
+    for bad in ("ddm:", "ddm:topk>top1", "ddm:Top1", "monolith2", "ddm:topk; drop", "students"):
         assert not re.match(METHOD_PATTERN, bad), bad
