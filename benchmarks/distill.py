@@ -164,9 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     out.write_text(json.dumps(record, indent=1) + "\n")
     (RESULTS / "distill").mkdir(exist_ok=True)
     bench.plot_samples(ctx, videos, prompts, RESULTS / "distill" / "samples.png")
-    table = pd.DataFrame(methods).T
+    table = pd.DataFrame(methods).T.rename_axis("method").reset_index()
     (RESULTS / "distill" / "summary.md").write_text(
-        "# Distilled student vs DDM vs monolith\n\n" + table.to_markdown() + "\n"
+        "# Distilled student vs DDM vs monolith\n\n" + bench.markdown(table) + "\n"
     )
     print(table.to_string())
     print(f"-> {out}")
