@@ -9,24 +9,12 @@ import sys
 from dataclasses import replace
 
 import torch
-from tiny_clips import tiny_train_data
+from tiny_clips import TINY_EXPERT, tiny_train_data
 
-from lib.config import ExpertConfig
 from lib.train.trainer import train
 
-CFG = ExpertConfig(
-    num_layers=2,
-    num_heads=2,
-    head_dim=16,
-    ffn_dim=64,
-    patch_size=[2, 4, 4],
-    steps=6,
-    batch_size=7,  # uneven shards across 2 processes (3 + 4 rows)
-    lr=2e-3,
-    warmup_steps=2,
-    checkpoint_every=3,
-    log_every=3,
-)
+# uneven shards across 2 processes (3 + 4 rows)
+CFG = replace(TINY_EXPERT, steps=6, batch_size=7, log_every=3)
 STOP_AT = 3
 NUM_CLIPS = 12
 SEED, NAME = 0, "expert-00"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_clips import tiny_train_data
+from tiny_clips import TINY_EXPERT, tiny_train_data
 
 from data_schemas.train import TrainingLog
 from lib.config import ExpertConfig
@@ -27,19 +27,7 @@ from lib.train.trainer import (
     update_ema,
 )
 
-TINY = ExpertConfig(
-    num_layers=2,
-    num_heads=2,
-    head_dim=16,
-    ffn_dim=64,
-    patch_size=[2, 4, 4],
-    steps=12,
-    batch_size=8,
-    lr=2e-3,
-    warmup_steps=2,
-    checkpoint_every=3,
-    log_every=4,
-)
+TINY = TINY_EXPERT
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file
-from tiny_clips import tiny_train_data
+from tiny_clips import TINY_EXPERT, tiny_train_data
 
 from data_schemas.train import TrainingLog
 from lib.config import RUN_ONLY_FIELDS, ExpertConfig
@@ -19,20 +19,7 @@ from lib.train import checkpoint as ckpt
 from lib.train.specs import ExpertSpec
 from lib.train.trainer import TrainCallback, TrainData, batch_to_device, compiles, train
 
-TINY = ExpertConfig(
-    num_layers=2,
-    num_heads=2,
-    head_dim=16,
-    ffn_dim=64,
-    patch_size=[2, 4, 4],
-    steps=6,
-    batch_size=8,
-    lr=2e-3,
-    warmup_steps=2,
-    checkpoint_every=100,
-    log_every=4,
-    compile="never",
-)
+TINY = replace(TINY_EXPERT, steps=6, checkpoint_every=100, compile="never")
 
 
 @pytest.fixture(scope="module")

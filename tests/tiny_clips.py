@@ -1,9 +1,25 @@
-"""A few built-in clips as training data, shared by the trainer tests and the torchrun worker."""
+"""A few built-in clips as training data and a tiny expert, shared by the trainer tests and the torchrun worker."""
 
 import torch
 
+from lib.config import ExpertConfig
 from lib.data.procedural import iter_builtin_clips
 from lib.train.trainer import TrainData
+
+# 2 layers of width 32 on 4x16x16 clips: seconds per run; each test file replaces what it varies
+TINY_EXPERT = ExpertConfig(
+    num_layers=2,
+    num_heads=2,
+    head_dim=16,
+    ffn_dim=64,
+    patch_size=[2, 4, 4],
+    steps=12,
+    batch_size=8,
+    lr=2e-3,
+    warmup_steps=2,
+    checkpoint_every=3,
+    log_every=4,
+)
 
 
 def tiny_train_data(num_clips: int) -> TrainData:
