@@ -10,22 +10,13 @@ from flytekit.types.directory import FlyteDirectory
 
 from lib.config import RunConfig
 from tasks.distill import distill_student_task
-from tasks.sample import assemble_ddm_task
 from workflows.cluster import cluster_stage
-from workflows.train import train_stage
+from workflows.train import ddm_stage
 
 
 @workflow
 def distill_wf(cfg: RunConfig = RunConfig()) -> FlyteDirectory:
     """Returns the student's model folder."""
     _, _, _, encoded, assignments, _, centroids = cluster_stage(cfg=cfg)
-    experts, _, router, _ = train_stage(cfg=cfg, encoded=encoded, assignments=assignments)
-    ddm = assemble_ddm_task(
-        encode_cfg=cfg.encode,
-        experts=experts,
-        router=router,
-        encoded=encoded,
-        centroids=centroids,
-        output_dir=cfg.output_dir,
-    )
+    ddm, _, _ = ddm_stage(cfg=cfg, encoded=encoded, assignments=assignments, centroids=centroids)
     return distill_student_task(cfg=cfg, ddm=ddm, encoded=encoded, assignments=assignments)

@@ -9,32 +9,23 @@ from flytekit import LaunchPlan, workflow
 
 from lib.config import RunConfig
 from tasks.evaluate import train_featnet
-from tasks.sample import assemble_ddm_task
 from tasks.summary import summarize
 from workflows.cluster import cluster_stage
 from workflows.evaluate import evaluate_stage
-from workflows.train import train_stage
+from workflows.train import ddm_stage
 
 
 @workflow
 def pipeline(cfg: RunConfig = RunConfig()) -> str:
     """Returns where the results (DDM folder, monolith, samples, reports) were persisted."""
     shards, index, attributes, encoded, assignments, _, centroids = cluster_stage(cfg=cfg)
-    experts, monolith, router, router_report = train_stage(cfg=cfg, encoded=encoded, assignments=assignments)
+    ddm, monolith, router_report = ddm_stage(cfg=cfg, encoded=encoded, assignments=assignments, centroids=centroids)
     featnet, featnet_note = train_featnet(
         cfg=cfg["eval"],  # cfg.eval would hit Promise.eval
         seed=cfg.seed,
         shards=shards,
         index=index,
         attributes=attributes,
-        output_dir=cfg.output_dir,
-    )
-    ddm = assemble_ddm_task(
-        encode_cfg=cfg.encode,
-        experts=experts,
-        router=router,
-        encoded=encoded,
-        centroids=centroids,
         output_dir=cfg.output_dir,
     )
     report, samples = evaluate_stage(

@@ -6,11 +6,13 @@ the router have no edge between them, so they run in parallel.
 
 from flytekit import workflow
 from flytekit.types.directory import FlyteDirectory
+from flytekit.types.file import FlyteFile
 from pandera.typing import DataFrame
 
 from data_schemas.cluster import ClusterAssignment
 from data_schemas.router import RouterReport
 from lib.config import RunConfig
+from tasks.sample import assemble_ddm_task
 from tasks.train import (
     make_specs,
     place_experts,
@@ -40,6 +42,23 @@ def train_stage(
         output_dir=cfg.output_dir,
     )
     return experts, mono, router, report
+
+
+@workflow
+def ddm_stage(
+    cfg: RunConfig, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment], centroids: FlyteFile
+) -> tuple[FlyteDirectory, FlyteDirectory, DataFrame[RouterReport]]:
+    """Trained models up to the loadable DDM folder: the DDM, the monolith and the router report."""
+    experts, mono, router, report = train_stage(cfg=cfg, encoded=encoded, assignments=assignments)
+    ddm = assemble_ddm_task(
+        encode_cfg=cfg.encode,
+        experts=experts,
+        router=router,
+        encoded=encoded,
+        centroids=centroids,
+        output_dir=cfg.output_dir,
+    )
+    return ddm, mono, report
 
 
 @workflow
