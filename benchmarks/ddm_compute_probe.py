@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
 
     result = ingest(cfg.data, cfg.seed, work / "shards")
     encode_dataset(work / "shards", result.index, cfg.encode, work / "encoded", device="cpu")
-    x = compute_embeddings(cfg.cluster, work / "shards", result.index, pooled_text=None, device="cpu")
+    x, _ = compute_embeddings(cfg.cluster, work / "shards", result.index, pooled_text=None, device="cpu")
     clusters = cluster_embeddings(x, cfg.cluster, cfg.seed)
     clip_ids = np.array(result.index["clip_id"].tolist())
     k = cfg.cluster.num_clusters

@@ -226,7 +226,7 @@ def prepare(cfg: RunConfig, work: Path, device: str, timer: StageTimer) -> Share
     with timer("embed"):
         clip_ids = result.index["clip_id"].tolist()
         pooled = load_encoded(encoded, clip_ids).pooled.numpy() if "text" in cfg.cluster.embedders else None
-        x = compute_embeddings(cfg.cluster, shards, result.index, pooled_text=pooled, device=device)
+        x, _ = compute_embeddings(cfg.cluster, shards, result.index, pooled_text=pooled, device=device)
     parts = [cfg.seed, dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.encode)]
     if learned is not None:  # models trained on another codec's latents are never reused
         parts.append(dataclasses.asdict(cfg.codec))

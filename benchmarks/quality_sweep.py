@@ -89,7 +89,7 @@ def clusters(cfg: RunConfig, work: Path, shards: Path, index: pd.DataFrame) -> p
     path = work / f"assignments-{_key(shards.name, dataclasses.asdict(cfg.cluster))}.parquet"
     if path.is_file():
         return pd.read_parquet(path)
-    x = compute_embeddings(cfg.cluster, shards, index)
+    x, _ = compute_embeddings(cfg.cluster, shards, index)
     roles = index["role"].to_numpy()
     frame = assignment_frame(index["clip_id"].tolist(), cluster_fit_on(x, roles == TRAIN, cfg.cluster, cfg.seed), roles)
     atomic_write(path, lambda tmp: frame.to_parquet(tmp))

@@ -16,6 +16,11 @@ QUARANTINE_REASONS = (
     "non_text_caption",  # caption that is not text (a number, a list ...)
     "caption_not_utf8",  # caption bytes that are not valid UTF-8 in the manifest file
     "duplicate_id",  # clip id already used by an earlier row
+    "no_caption",  # a raw video with neither a manifest caption nor a sidecar caption file (never invented)
+    "scene_too_short",  # a detected scene shorter than one clip window or than data.min_scene_seconds
+    "cut_failed",  # scene cutting of a raw video crashed its task (the map task element failed)
+    "missing_member",  # a WebDataset sample without its video or caption member (txt/json)
+    "bad_json",  # a WebDataset sample whose json member does not parse as a JSON object
 )
 
 
@@ -60,6 +65,9 @@ class ClipIndex(pa.DataFrameModel):
     caption: Series[str] = pa.Field(str_length={"min_value": 1})
     source: Series[str]
     role: Series[str] = pa.Field(isin=list(ROLES))
+    # quality scores (lib.data.filters) of decoded manifest/raw clips; absent for the built-in dataset
+    motion: Series[float] | None = pa.Field(ge=0, nullable=True)
+    aesthetic: Series[float] | None = pa.Field(nullable=True)  # NaN when no aesthetic head is configured
 
     class Config:
         strict = True
@@ -82,6 +90,32 @@ class ClipAttributes(pa.DataFrameModel):
     color2: Series[str]
     size2: Series[str]
     motion2: Series[str]
+
+    class Config:
+        strict = True
+        coerce = True
+
+
+FILTER_RULES = (
+    "min_motion",  # mean flow below data.min_motion: a still or nearly still clip
+    "max_motion",  # mean flow above data.max_motion: a shaky clip or one across a cut the detector missed
+    "min_aesthetic",  # LAION aesthetic score below data.min_aesthetic
+)
+
+
+class FilteredClip(pa.DataFrameModel):
+    """A decodable clip that a quality rule kept out of the shards, with its scores: filtering is a choice the
+    user makes with thresholds, so every dropped clip stays visible and can be re-admitted by changing one."""
+
+    row: Series[int] = pa.Field(ge=0)
+    clip_id: Series[str]
+    path: Series[str]
+    start: Series[float] = pa.Field(nullable=True)
+    end: Series[float] = pa.Field(nullable=True)
+    motion: Series[float] = pa.Field(ge=0)
+    aesthetic: Series[float] = pa.Field(nullable=True)  # NaN when no aesthetic head is configured
+    rule: Series[str] = pa.Field(isin=list(FILTER_RULES))
+    detail: Series[str]
 
     class Config:
         strict = True

@@ -19,6 +19,9 @@ from typing import Any
 
 import yaml
 
+from lib.data.columns import MANIFEST_COLUMNS
+from lib.data.procedural import SCENES
+
 
 class ConfigError(ValueError):
     """A config file or value that cannot describe a run."""
@@ -35,8 +38,16 @@ def _one_of(value: str, allowed: tuple[str, ...], where: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "builtin"  # "builtin" (procedural dataset) or "manifest" (CSV/Parquet of real videos)
+    source: str = "builtin"  # "builtin" (procedural), "manifest" (CSV/Parquet of videos) or "webdataset" (tars)
     manifest: str = ""  # path or fsspec URI of the manifest when source == "manifest"
+    # source == "raw": long videos cut into scenes (lib.data.raw): a folder, a glob or a CSV/Parquet manifest
+    # (path, optional caption and clip_id columns), local or fsspec URI; captions from the manifest or sidecars
+    raw: str = ""
+    # tar shards when source == "webdataset": local paths or fsspec URIs, brace patterns, "::" between patterns
+    webdataset: str = ""
+    # project column -> the user's column (manifests) or JSON key (WebDataset samples), e.g. WebVid's
+    # {caption: name, path: contentUrl, clip_id: videoid}; Open-Sora's names (text) need none (lib.data.columns)
+    columns: dict[str, str] = field(default_factory=dict)
     num_clips: int = 1200  # built-in dataset size
     frames: int = 8  # T, frames per clip
     height: int = 32  # H after resize + centre crop
@@ -44,6 +55,7 @@ class DataConfig:
     fps: float = 8.0  # frame rate clips are resampled to (manifest videos)
     max_objects: int = 2  # built-in clips hold 1..max_objects objects
     themed_scenes: bool = False  # built-in: each scene family has its own shapes and motions (lib.data.procedural)
+    scenes: list[str] = field(default_factory=lambda: list(SCENES))  # built-in: the scene families drawn from
     shard_size: int = 256  # clips per shard file
     max_bad_fraction: float = 0.1  # ingest fails when more than this fraction of manifest rows is quarantined
     max_source_pixels: int = 4096 * 4096  # frames larger than this are quarantined (decode bomb guard)
@@ -51,19 +63,59 @@ class DataConfig:
     validation_fraction: float = 0.05  # feature-net accuracy, held-out losses, tuning sweeps
     reference_fraction: float = 0.15  # real statistics of the distances
     prompt_fraction: float = 0.15  # prompts to generate from; their clips are the ``real`` method
+    # scene cutting (source == "raw", lib.data.scenes): PySceneDetect over the PyAV backend
+    scene_detector: str = "content"  # "content" (HSV/edge change vs a fixed threshold) or "adaptive" (vs its window)
+    scene_threshold: float = 27.0  # content: ContentDetector threshold; adaptive: AdaptiveDetector ratio (e.g. 3)
+    scene_detect_width: int = 256  # frames are downscaled to about this width for detection (cost, not accuracy)
+    min_scene_seconds: float = 0.5  # the detector's minimum scene length; shorter scenes are quarantined
+    max_scene_seconds: float = 60.0  # longer scenes are windowed as consecutive pieces of at most this length
+    windows_per_scene: int = 1  # clip windows (data.frames at data.fps) per scene piece, evenly spaced, disjoint
+    # quality filters (lib.data.filters), on every decoded manifest/raw clip; a filtered clip is a FilteredClip row
+    min_motion: float = 0.0  # mean Farneback flow, pixels per frame at HxW and data.fps; 0: no lower bound
+    max_motion: float = 0.0  # 0: no upper bound (a clip across a missed cut scores high)
+    min_aesthetic: float = 0.0  # LAION aesthetic score (about 1..10); 0: off; needs aesthetic_path
+    aesthetic_path: str = ""  # local LAION aesthetic-predictor head (.pth/.safetensors) on CLIP ViT-L/14 embeddings
+    aesthetic_clip_path: str = ""  # local CLIP folder whose image embeddings the head scores (as eval.clip_path)
 
     def __post_init__(self) -> None:
-        _one_of(self.source, ("builtin", "manifest"), "data.source")
+        _one_of(self.source, ("builtin", "manifest", "webdataset", "raw"), "data.source")
+        _check(self.source != "raw" or bool(self.raw), "data.raw", "required when source=raw")
         _check(self.source != "manifest" or bool(self.manifest), "data.manifest", "required when source=manifest")
+        ok = self.source != "webdataset" or bool(self.webdataset)
+        _check(ok, "data.webdataset", "required when source=webdataset")
+        _check(isinstance(self.columns, dict), "data.columns", f"expected a mapping, got {self.columns!r}")
+        for project, user in self.columns.items():
+            _one_of(project, MANIFEST_COLUMNS, "data.columns")
+            _check(isinstance(user, str) and bool(user), f"data.columns.{project}", f"expected a name, got {user!r}")
+        used = list(self.columns.values())
+        _check(len(set(used)) == len(used), "data.columns", f"one user column per project column, got {used}")
         for name in ("num_clips", "frames", "height", "width", "shard_size", "max_source_pixels"):
             _check(getattr(self, name) > 0, f"data.{name}", f"must be > 0, got {getattr(self, name)}")
         _check(self.fps > 0, "data.fps", f"must be > 0, got {self.fps}")
         _check(1 <= self.max_objects <= 2, "data.max_objects", f"must be 1 or 2, got {self.max_objects}")
+        for scene in self.scenes:
+            _one_of(scene, SCENES, "data.scenes")
+        _check(len(set(self.scenes)) == len(self.scenes) > 0, "data.scenes", f"distinct families of {SCENES}")
         _check(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must lie in [0, 1]")
         for name in ("validation_fraction", "reference_fraction", "prompt_fraction"):
             _check(0.0 < getattr(self, name) < 1.0, f"data.{name}", f"must lie in (0, 1), got {getattr(self, name)}")
         held = self.validation_fraction + self.reference_fraction + self.prompt_fraction
         _check(held < 0.9, "data.prompt_fraction", f"held-out fractions sum to {held:.2f}; keep >= 0.1 for training")
+        _one_of(self.scene_detector, ("content", "adaptive"), "data.scene_detector")
+        for name in ("scene_threshold", "scene_detect_width", "max_scene_seconds", "windows_per_scene"):
+            _check(getattr(self, name) > 0, f"data.{name}", f"must be > 0, got {getattr(self, name)}")
+        _check(self.min_scene_seconds >= 0, "data.min_scene_seconds", f"must be >= 0, got {self.min_scene_seconds}")
+        clip = self.frames / self.fps
+        _check(self.max_scene_seconds >= clip, "data.max_scene_seconds",
+               f"{self.max_scene_seconds} s is shorter than one clip (data.frames / data.fps: {clip:g} s)")  # fmt: skip
+        for name in ("min_motion", "max_motion", "min_aesthetic"):
+            _check(getattr(self, name) >= 0, f"data.{name}", f"must be >= 0 (0: off), got {getattr(self, name)}")
+        _check(self.max_motion == 0 or self.max_motion > self.min_motion, "data.max_motion",
+               f"{self.max_motion} must be above data.min_motion ({self.min_motion}) or 0 (off)")  # fmt: skip
+        _check(self.min_aesthetic == 0 or bool(self.aesthetic_path), "data.aesthetic_path",
+               "required when data.min_aesthetic > 0")  # fmt: skip
+        _check(not self.aesthetic_path or bool(self.aesthetic_clip_path), "data.aesthetic_clip_path",
+               "required with data.aesthetic_path (the CLIP ViT-L/14 folder the head was trained on)")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -315,6 +367,33 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class ExtendConfig:
+    """New data for a grown DDM (``workflows/extend.py``): the run's ``data`` section with these fields replaced,
+    and when a new clip joins an existing cluster rather than founding a new one."""
+
+    source: str = "builtin"  # builtin | manifest, as data.source
+    manifest: str = ""  # the new clips' manifest when source == "manifest"
+    num_clips: int = 400  # built-in: clips drawn (all roles)
+    scenes: list[str] = field(default_factory=lambda: ["checker"])  # built-in: the new data's scene families
+    join_distance: float = 0.3  # cosine distance to the nearest parent centroid up to which a clip joins its cluster
+    new_clusters: int = 1  # clusters (= new experts) the far clips are split into
+
+    def __post_init__(self) -> None:
+        _one_of(self.source, ("builtin", "manifest"), "extend.source")
+        _check(self.source != "manifest" or bool(self.manifest), "extend.manifest", "required when source=manifest")
+        _check(self.num_clips > 0, "extend.num_clips", f"must be > 0, got {self.num_clips}")
+        for scene in self.scenes:
+            _one_of(scene, SCENES, "extend.scenes")
+        _check(0.0 <= self.join_distance <= 2.0, "extend.join_distance", "a cosine distance: must lie in [0, 2]")
+        _check(self.new_clusters >= 1, "extend.new_clusters", f"must be >= 1, got {self.new_clusters}")
+
+    def data_config(self, parent: DataConfig) -> DataConfig:
+        """The new data's config: the parent's frames, size and split, with this section's source and clips."""
+        return dataclasses.replace(parent, source=self.source, manifest=self.manifest, num_clips=self.num_clips,
+                                   scenes=list(self.scenes))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     output_dir: str = "outputs"  # local folder or fsspec URI where results are persisted
@@ -328,6 +407,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    extend: ExtendConfig = field(default_factory=ExtendConfig)
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
@@ -409,6 +489,7 @@ _SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "resources": ResourcesConfig,
     "distill": DistillConfig,
+    "extend": ExtendConfig,
 }
 
 

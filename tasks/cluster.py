@@ -15,39 +15,42 @@ from data_schemas.cluster import ClusterAssignment, ClusterSummary
 from data_schemas.ingest import ClipAttributes, ClipIndex
 from lib.cluster.embedders import compute_embeddings
 from lib.cluster.kmeans import cluster_fit_on
-from lib.cluster.report import assignment_frame, cluster_report
+from lib.cluster.report import SCORE_COLUMNS, assignment_frame, cluster_report
 from lib.config import ClusterConfig
 from lib.data.split import TRAIN
 from lib.encode.store import load_encoded
 from lib.io import atomic_write
-from tasks.common import stage_dir, tracker_for, uri_of
+from tasks.common import publish_stage, stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
 
 
-@task(container_image=TASK_IMAGE, cache=Cache(version="embed-v1"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+@task(container_image=TASK_IMAGE, cache=Cache(version="embed-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
 def embed_clips(
     cfg: ClusterConfig, shards: FlyteDirectory, encoded: FlyteDirectory, index: DataFrame[ClipIndex], output_dir: str
 ) -> FlyteFile:
-    """Embeddings [N, D] in ClipIndex order, with the clip ids in the file's metadata."""
+    """Embeddings [N, D] in ClipIndex order, the clip ids in the file's metadata, the embedders' fitted state beside."""
     embed_cfg = (cfg.embedders, cfg.image_tower_path, cfg.image_tower_frames)
     out = stage_dir(output_dir, "embed", embed_cfg, uri_of(shards), uri_of(encoded))
     clip_ids = index["clip_id"].tolist()
     pooled = load_encoded(encoded.download(), clip_ids).pooled.numpy() if "text" in cfg.embedders else None
-    x = compute_embeddings(cfg, shards.download(), index, pooled_text=pooled)
+    x, standard = compute_embeddings(cfg, shards.download(), index, pooled_text=pooled)
     path = out / "embeddings.safetensors"
-    atomic_write(path, lambda tmp: save_file({"embeddings": x}, str(tmp), metadata={"clip_ids": json.dumps(clip_ids)}))
-    return FlyteFile(str(path))
+    arrays = {"embeddings": x, **standard}
+    atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata={"clip_ids": json.dumps(clip_ids)}))
+    return FlyteFile(publish_stage(output_dir, path))
 
 
-def _read_embeddings(path: str) -> tuple[np.ndarray, list[str]]:
+def _read_embeddings(path: str) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
+    """Embeddings, their clip ids and the embedders' fitted state."""
     with safe_open(path, framework="numpy") as f:
         clip_ids = json.loads(f.metadata()["clip_ids"])
-    return load_file(path)["embeddings"], clip_ids
+    arrays = load_file(path)
+    return arrays.pop("embeddings"), clip_ids, arrays
 
 
 @task(
     container_image=TASK_IMAGE,
-    cache=Cache(version="cluster-v2"),
+    cache=Cache(version="cluster-v3"),
     requests=Resources(cpu="2", mem="4Gi"),
     enable_deck=True,
 )
@@ -60,19 +63,20 @@ def cluster_clips(
     output_dir: str,
 ) -> tuple[DataFrame[ClusterAssignment], DataFrame[ClusterSummary], FlyteFile]:
     """Cluster assignment of every clip (centroids fitted on the train role), per-cluster summary and the centroids
-    (safetensors); the report goes to a Deck."""
+    (safetensors, with the embedders' fitted state: what places new clips later); the report goes to a Deck."""
     out = stage_dir(output_dir, "cluster", cfg, seed, uri_of(embeddings))
-    x, clip_ids = _read_embeddings(embeddings.download())
+    x, clip_ids, state = _read_embeddings(embeddings.download())
     roles = index.set_index("clip_id").loc[clip_ids, "role"].to_numpy()
     result = cluster_fit_on(x, roles == TRAIN, cfg, seed)
     captions = index.set_index("clip_id").loc[clip_ids, "caption"].tolist()
     attrs = attributes.set_index("clip_id").loc[clip_ids].reset_index() if len(attributes) else None
-    report = cluster_report(x, result, captions, attrs, seed, cfg.silhouette_sample, out / "projection.png")
+    scores = index.set_index("clip_id").loc[clip_ids, [c for c in SCORE_COLUMNS if c in index.columns]]
+    report = cluster_report(x, result, captions, attrs, seed, cfg.silhouette_sample, out / "projection.png", scores)
     html = report.to_html()
     atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(html))
     Deck("clusters", html)
     centroids = out / "centroids.safetensors"
-    atomic_write(centroids, lambda tmp: save_file({"centroids": result.centroids}, str(tmp)))
+    atomic_write(centroids, lambda tmp: save_file({"centroids": result.centroids, **state}, str(tmp)))
     tracker = tracker_for(output_dir)
     if tracker is not None:  # the clustering belongs to the execution: its plot and report on the execution's run
         run_id = tracker.execution_run()
@@ -80,4 +84,5 @@ def cluster_clips(
         tracker.log_artifact(run_id, out / "report.html", "clusters")
     ami = ", ".join(f"{k} {v:.2f}" for k, v in report.ami.items())
     print(f"cluster: sizes {report.sizes}, silhouette {report.silhouette:.3f}, AMI {ami} -> {out}", flush=True)
-    return assignment_frame(clip_ids, result, roles), report.summary_frame(), FlyteFile(str(centroids))
+    centroids_uri = publish_stage(output_dir, centroids)  # with the report and plot beside it
+    return assignment_frame(clip_ids, result, roles), report.summary_frame(), FlyteFile(centroids_uri)

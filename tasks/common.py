@@ -3,8 +3,9 @@
 Flyte's local cache stores the path a task returned; when that path is a temporary folder that later vanishes,
 a cache hit hands back a missing path (a known flytekit behaviour). So when ``output_dir`` is a local folder, a
 task writes under ``<output_dir>/stages/<stage>/<key>``, a persistent folder keyed by the task's inputs, and a
-cache hit stays valid as long as the outputs are kept. On a cluster (``output_dir`` is a URI) tasks write to their
-working directory and Flyte uploads the result to its blob store, which is persistent by itself.
+cache hit stays valid as long as the outputs are kept. When ``output_dir`` is a URI (``s3://bucket/prefix``, on a
+cluster or locally) a task assembles its outputs in a scratch folder of its working directory and publishes them to
+``<output_dir>/stages/<stage>/<key>`` (``lib.storage``), returning the bucket URI as its FlyteFile/FlyteDirectory.
 """
 
 import dataclasses
@@ -18,6 +19,7 @@ from typing import Any
 
 from flytekit import current_context
 
+from lib.storage import check_output_dir, is_remote, publish_dir, stable_uri
 from lib.tracking import Tracker, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -41,15 +43,25 @@ def input_key(*parts: Any) -> str:
 
 
 def is_local(output_dir: str) -> bool:
-    return "://" not in output_dir or output_dir.startswith("file://")
+    return not is_remote(output_dir)
+
+
+def _scratch() -> Path:
+    """Where a task assembles its outputs before publishing them to a remote ``output_dir``."""
+    return Path(current_context().working_directory) / "scratch"
 
 
 def stage_dir(output_dir: str, stage: str, *key_parts: Any, fresh: bool = True) -> Path:
-    """A folder for one task's outputs; emptied first when ``fresh`` (a rerun must not mix in stale files)."""
+    """A folder for one task's outputs; emptied first when ``fresh`` (a rerun must not mix in stale files).
+
+    With a remote ``output_dir`` it is a local scratch folder laid out like ``<output_dir>/stages/<stage>/<key>``,
+    which ``publish_stage`` uploads; the output location is checked first (``lib.storage.check_output_dir``).
+    """
     if is_local(output_dir):
         path = Path(output_dir.removeprefix("file://")).resolve() / "stages" / stage / input_key(*key_parts)
     else:
-        path = Path(current_context().working_directory) / stage
+        check_output_dir(output_dir)
+        path = _scratch() / "stages" / stage / input_key(*key_parts)
     if fresh:  # a fresh folder means the stage computes now (training, which may reuse, says so itself)
         mark_ran(stage)
     if fresh and path.exists():
@@ -58,9 +70,27 @@ def stage_dir(output_dir: str, stage: str, *key_parts: Any, fresh: bool = True) 
     return path
 
 
+def publish_stage(output_dir: str, path: Path) -> str:
+    """The path or URI a task returns for ``path``, a file or folder inside a ``stage_dir`` folder.
+
+    Locally that folder is already in place. With a remote ``output_dir`` the stage folder is published to
+    ``<output_dir>/stages/<stage>/<key>`` (``lib.storage.publish_dir``: a fresh attempt, the pointer last) and the
+    URI of ``path`` inside the published attempt is returned: downstream tasks read the bucket, and a Flyte cache
+    hit hands back a URI that outlives this task's working directory.
+    """
+    if is_local(output_dir):
+        return str(path)
+    rel = path.relative_to(_scratch())
+    stage_root = Path(*rel.parts[:3])  # stages/<stage>/<key>
+    attempt = publish_dir(_scratch() / stage_root, f"{output_dir.rstrip('/')}/{stage_root.as_posix()}")
+    rest = Path(*rel.parts[3:]).as_posix() if len(rel.parts) > 3 else ""
+    return f"{attempt}/{rest}" if rest else attempt
+
+
 def uri_of(item: Any) -> str:
-    """Stable identity of a FlyteFile/FlyteDirectory input: its blob URI on a cluster, its path locally."""
-    return item.remote_source or item.path
+    """Stable identity of a FlyteFile/FlyteDirectory input: its blob URI on a cluster, its path locally; a
+    published stage is named without its attempt (``lib.storage.stable_uri``), so reruns key on the same stage."""
+    return stable_uri(item.remote_source or item.path)
 
 
 def mark_ran(stage: str) -> None:

@@ -11,7 +11,7 @@ from lib.encode.store import load_encoded
 from lib.train.specs import training_rows
 from tasks.common import input_key, mark_ran, stage_dir, uri_of
 from tasks.image import TASK_IMAGE
-from tasks.train import resource_overrides
+from tasks.train import published_model, remote_run, resource_overrides
 
 
 @task(container_image=TASK_IMAGE, requests=Resources(cpu="2", mem="4Gi"), retries=2)
@@ -21,10 +21,11 @@ def train_student(
     """Not Flyte-cached, like the experts: the trainer reuses a finished student and resumes a half-trained one
     from its stable folder (keyed by the DDM and the encoded data)."""
     ids = sorted(training_rows(assignments)["clip_id"].astype(str))
-    out = stage_dir(cfg.output_dir, "distill", input_key(cfg.distill, cfg.expert, uri_of(ddm), uri_of(encoded)),
-                    fresh=False)  # fmt: skip
+    key = input_key(cfg.distill, cfg.expert, uri_of(ddm), uri_of(encoded))
+    out = stage_dir(cfg.output_dir, "distill", key, fresh=False)
+    callback, remote = remote_run(cfg.output_dir, "distill", key, out, cfg.expert.log_every, STUDENT)
     data = load_encoded(encoded.download(), ids)
-    result, teacher = distill_student(cfg, ddm.download(), data, out)
+    result, teacher = distill_student(cfg, ddm.download(), data, out, callbacks=[callback])
     if not result.skipped:
         mark_ran("distill")
     state = "reused" if result.skipped else f"trained {result.steps} steps"
@@ -33,7 +34,7 @@ def train_student(
     print(f"{STUDENT}: {state} on {len(ids)} clips against the DDM ({cfg.distill.strategy}, CFG "
           f"{cfg.distill.guidance_scale:g}; {calls} teacher expert rows this run), final loss {final:.4f} "
           f"-> {result.model_dir}", flush=True)  # fmt: skip
-    return FlyteDirectory(str(result.model_dir))
+    return FlyteDirectory(published_model(result, remote))
 
 
 @dynamic(container_image=TASK_IMAGE)

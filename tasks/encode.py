@@ -10,7 +10,7 @@ from lib.config import CodecConfig, EncodeConfig
 from lib.encode.learned import VAE_DIR
 from lib.encode.prepare import fit_codec
 from lib.encode.store import encode_dataset
-from tasks.common import stage_dir, uri_of
+from tasks.common import publish_stage, stage_dir, uri_of
 from tasks.image import TASK_IMAGE
 
 
@@ -25,7 +25,7 @@ def train_codec(
     if encode.codec == "learned":
         _, report = fit_codec(cfg, seed, shards.download(), index, out)
         print(report.summary(), flush=True)
-    return FlyteDirectory(str(out))
+    return FlyteDirectory(publish_stage(output_dir, out))
 
 
 @task(container_image=TASK_IMAGE, cache=Cache(version="encode-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
@@ -35,4 +35,4 @@ def encode_clips(
     out = stage_dir(output_dir, "encode", cfg, uri_of(shards), uri_of(codec))
     learned = f"{codec.download()}/{VAE_DIR}" if cfg.codec == "learned" else None
     encoded_index = encode_dataset(shards.download(), index, cfg, out, learned_codec=learned)
-    return FlyteDirectory(str(out)), encoded_index
+    return FlyteDirectory(publish_stage(output_dir, out)), encoded_index

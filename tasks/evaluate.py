@@ -17,7 +17,7 @@ from lib.evaluate.featnet import AttrNet, featnet_note, fit_attrnet
 from lib.evaluate.report import report_html
 from lib.io import atomic_write
 from lib.sample.methods import gallery_html, load_sampled
-from tasks.common import stage_dir, tracker_for, uri_of
+from tasks.common import publish_stage, stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
 
 
@@ -37,7 +37,8 @@ def train_featnet(
     """
     out = stage_dir(output_dir, "featnet", cfg.featnet_steps, seed, uri_of(shards))
     if cfg.i3d_path or attributes.empty:
-        return FlyteDirectory(str(out)), "AttrNet not trained (I3D configured or no generating attributes)"
+        note = "AttrNet not trained (I3D configured or no generating attributes)"
+        return FlyteDirectory(publish_stage(output_dir, out)), note
     by_role = {role: attributes[attributes["clip_id"].isin(rows_with_role(index, role)["clip_id"])]
                for role in (TRAIN, VALIDATION)}  # fmt: skip
     videos = {role: load_clips(shards.download(), index, rows["clip_id"].tolist()) for role, rows in by_role.items()}
@@ -52,7 +53,7 @@ def train_featnet(
                                                                           for k, v in checks.items()}}])  # fmt: skip
     note = featnet_note(checks)
     print(note, flush=True)
-    return FlyteDirectory(str(out)), note
+    return FlyteDirectory(publish_stage(output_dir, out)), note
 
 
 @task(
@@ -83,5 +84,6 @@ def evaluate_task(
     gallery = gallery_html(samples.path, list(generated), prompts["caption"].tolist())
     html = report_html(report, gallery) + f"<p>{featnet_note}</p><p>skipped methods: {skipped or 'none'}</p>"
     atomic_write(out / "report.html", lambda tmp: tmp.write_text(html))
+    publish_stage(output_dir, out)
     Deck("evaluation", html)
     return report

@@ -24,7 +24,9 @@ else:  # pragma: no cover - Python 3.10: the backport pyproject.toml installs th
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_IMAGE = "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime"  # the Dockerfile's FROM; its CUDA torch is kept
-APT_PACKAGES = ["gcc"]  # the Dockerfile's apt-get install: Triton (torch.compile on CUDA) needs a C compiler
+# the Dockerfile's apt-get install: Triton (torch.compile on CUDA) needs a C compiler; opencv-python (scenedetect's
+# dependency) links libGL and GLib
+APT_PACKAGES = ["gcc", "libgl1", "libglib2.0-0"]
 
 
 def project_dependencies(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:

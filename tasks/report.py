@@ -7,7 +7,7 @@ from flytekit import task
 from flytekit.types.directory import FlyteDirectory
 from pandera.typing import DataFrame
 
-from data_schemas.ingest import ClipAttributes, ClipIndex, QuarantineRecord
+from data_schemas.ingest import ClipAttributes, ClipIndex, FilteredClip, QuarantineRecord
 from lib.io import write_parquet
 from tasks.common import uri_of
 from tasks.image import TASK_IMAGE
@@ -20,15 +20,19 @@ def report_ingest(
     index: DataFrame[ClipIndex],
     quarantine: DataFrame[QuarantineRecord],
     attributes: DataFrame[ClipAttributes],
+    filtered: DataFrame[FilteredClip],
 ) -> str:
     dest = f"{output_dir.rstrip('/')}/ingest"
-    for name, table in (("clip_index", index), ("quarantine", quarantine), ("attributes", attributes)):
+    tables = {"clip_index": index, "quarantine": quarantine, "attributes": attributes, "filtered": filtered}
+    for name, table in tables.items():
         write_parquet(table, f"{dest}/{name}.parquet")
     reasons = quarantine["reason"].value_counts().to_dict()
+    rules = filtered["rule"].value_counts().to_dict()
     print(
         f"ingest: {len(index)} clips in {index['shard'].nunique()} shard(s) -> {uri_of(shards)}\n"
-        f"ingest: tables -> {dest}/clip_index.parquet, {dest}/quarantine.parquet, {dest}/attributes.parquet\n"
-        f"ingest: quarantined {len(quarantine)} row(s) {reasons if reasons else ''}",
+        f"ingest: tables -> {', '.join(f'{dest}/{name}.parquet' for name in tables)}\n"
+        f"ingest: quarantined {len(quarantine)} row(s) {reasons if reasons else ''}\n"
+        f"ingest: filtered {len(filtered)} clip(s) by quality rule {rules if rules else ''}",
         flush=True,
     )
     return dest

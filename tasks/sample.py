@@ -11,18 +11,19 @@ from safetensors.numpy import load_file
 from data_schemas.cluster import ClusterAssignment
 from data_schemas.ingest import ClipIndex
 from data_schemas.sample import PromptSet
-from lib.config import EncodeConfig, SampleConfig
+from lib.config import ClusterConfig, EncodeConfig, SampleConfig
 from lib.encode.store import read_codec_info
 from lib.sample.methods import gallery_html, sample_methods
-from lib.sample.pipeline import DDMPipeline, assemble_ddm
+from lib.sample.pipeline import DDMPipeline, assemble_ddm, clustering_record
 from lib.sample.prompts import stratified_prompts
-from tasks.common import stage_dir, uri_of
+from tasks.common import publish_stage, stage_dir, uri_of
 from tasks.image import TASK_IMAGE
 
 
-@task(container_image=TASK_IMAGE, cache=Cache(version="assemble-v1"), requests=Resources(cpu="1", mem="2Gi"))
+@task(container_image=TASK_IMAGE, cache=Cache(version="assemble-v2"), requests=Resources(cpu="1", mem="2Gi"))
 def assemble_ddm_task(
     encode_cfg: EncodeConfig,
+    cluster_cfg: ClusterConfig,
     experts: list[FlyteDirectory | None],
     router: FlyteDirectory,
     encoded: FlyteDirectory,
@@ -34,11 +35,13 @@ def assemble_ddm_task(
     out = stage_dir(output_dir, "ddm", sources, uri_of(router), uri_of(centroids)) / "ddm"
     folders = {k: (e.download() if e is not None else None) for k, e in enumerate(experts)}
     info = read_codec_info(encoded.download())
-    assemble_ddm(out, folders, router.download(), info, load_file(centroids.download())["centroids"], encode_cfg)
+    arrays = load_file(centroids.download())
+    clustering = {**clustering_record(cluster_cfg), "state": {k: v for k, v in arrays.items() if k != "centroids"}}
+    assemble_ddm(out, folders, router.download(), info, arrays["centroids"], encode_cfg, clustering)
     missing = [k for k, e in folders.items() if e is None]
     print(f"ddm: {len(experts) - len(missing)}/{len(experts)} experts -> {out}"
           + (f"; missing (failed training): {missing}" if missing else ""), flush=True)  # fmt: skip
-    return FlyteDirectory(str(out))
+    return FlyteDirectory(publish_stage(output_dir, out))
 
 
 @task(container_image=TASK_IMAGE, cache=Cache(version="prompts-v2"))
@@ -73,4 +76,4 @@ def sample_task(
     Deck("samples", gallery_html(out, list(result.videos), prompts["caption"].tolist()))
     rates = {m: round(len(prompts) / s, 2) for m, s in result.seconds.items()}
     print(f"sample: videos/s per method {json.dumps(rates)}; skipped {result.skipped or 'none'} -> {out}", flush=True)
-    return FlyteDirectory(str(out))
+    return FlyteDirectory(publish_stage(output_dir, out))

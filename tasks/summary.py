@@ -1,6 +1,7 @@
 """The end of a run: persist the results to ``output_dir`` and print what a person reads first."""
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from pandera.typing import DataFrame
 from data_schemas.evaluate import EvalReport
 from data_schemas.router import RouterReport
 from lib.evaluate.compare import headline
-from lib.io import persist, write_parquet
+from lib.io import persist
+from lib.storage import StorageError, check_output_dir, is_remote, publish_dir, resolve
 from tasks.common import tracker_for
 from tasks.image import TASK_IMAGE
 
@@ -21,10 +23,15 @@ from tasks.image import TASK_IMAGE
 @task(container_image=TASK_IMAGE, cache=False)
 def as_directory(uri: str) -> FlyteDirectory:
     """A trained model folder given by path or URI, checked to hold a model, as a typed Flyte edge."""
-    fs, root = fsspec.core.url_to_fs(uri)
-    if not fs.exists(f"{root}/ddm.json") and not fs.exists(f"{root}/config.json"):
+    target = (resolve(uri) if is_remote(uri) else None) or uri  # a published folder: its pointed attempt
+    fs, root = fsspec.core.url_to_fs(target)
+    try:
+        found = fs.exists(f"{root}/ddm.json") or fs.exists(f"{root}/config.json")
+    except OSError as exc:
+        raise StorageError(f"{uri}: cannot be read: {exc}") from exc
+    if not found:
         raise ValueError(f"{uri}: not a DDM folder (no ddm.json) nor a model folder (no config.json)")
-    return FlyteDirectory(uri)
+    return FlyteDirectory(target)
 
 
 @task(container_image=TASK_IMAGE, cache=False)
@@ -38,14 +45,23 @@ def summarize(
     samples: FlyteDirectory,
     router_report: DataFrame[RouterReport] | None = None,
 ) -> str:
-    """Copies the DDM folder, monolith, samples and reports to ``<output_dir>/<results_name>``; returns that path."""
+    """Copies the DDM folder, monolith, samples and reports to ``<output_dir>/<results_name>``; returns that path.
+
+    On an object store the results are published as one folder (``lib.storage.publish_dir``): ``<dest>/ddm`` and
+    the others resolve through ``<dest>/PUBLISHED.json``, and two runs finishing at once never mix their files."""
     dest = f"{output_dir.rstrip('/')}/{results_name}"
-    persist(ddm.download(), f"{dest}/ddm")
-    persist(monolith.download(), f"{dest}/monolith")
-    persist(samples.download(), f"{dest}/samples")
-    write_parquet(report, f"{dest}/eval_report.parquet")
-    if router_report is not None:  # re-evaluation trains no router
-        write_parquet(router_report, f"{dest}/router_report.parquet")
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp)
+        for name, folder in (("ddm", ddm), ("monolith", monolith), ("samples", samples)):
+            shutil.copytree(folder.download(), staged / name)
+        report.to_parquet(staged / "eval_report.parquet", index=False)
+        if router_report is not None:  # re-evaluation trains no router
+            router_report.to_parquet(staged / "router_report.parquet", index=False)
+        if is_remote(output_dir):
+            check_output_dir(output_dir)
+            publish_dir(staged, dest)
+        else:
+            persist(staged, dest)
     tracker = tracker_for(output_dir, only_after_work=True)
     if tracker is not None:  # what a person compares between executions: the table, the GIFs, the headline numbers
         run_id = tracker.execution_run()

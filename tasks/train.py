@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import torch
 from flytekit import Cache, Deck, Resources, TaskMetadata, dynamic, map_task, task
 from flytekit.extras.accelerators import GPUAccelerator
@@ -34,18 +33,18 @@ from data_schemas.cluster import ClusterAssignment
 from data_schemas.router import RouterReport
 from lib.config import ResourcesConfig, RouterConfig, RunConfig
 from lib.encode.store import load_encoded, read_codec_info
-from lib.io import persist
 from lib.plan.placement import Placement, plan_experts, plan_table
 from lib.plan.pool import load_pool
 from lib.plan.work import training_work
+from lib.storage import download_dir, download_published, publish_dir, resolve
 from lib.tracking import ModelRun
-from lib.train.checkpoint import MANIFEST
+from lib.train.checkpoint import complete_checkpoints, mirror_checkpoint
 from lib.train.curves import curves_html
 from lib.train.distributed import workers_from_env
 from lib.train.router import train_router
 from lib.train.specs import ExpertSpec, clip_ids_for, compute_table, expert_specs, monolith_spec, training_rows
-from lib.train.trainer import ProgressCallback, TrainData, train
-from tasks.common import input_key, is_local, mark_ran, stage_dir, tracker_for, uri_of
+from lib.train.trainer import ProgressCallback, TrainData, TrainResult, train
+from tasks.common import input_key, is_local, mark_ran, publish_stage, stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
 
 log = logging.getLogger(__name__)
@@ -69,22 +68,48 @@ def make_specs(
 
 
 class _MirrorCheckpoints(ProgressCallback):
-    """Copies each new checkpoint to the persistent URI (manifest last, so a partial copy is never loaded)."""
+    """Copies each new checkpoint to the persistent URI (manifest last, so a partial copy is never loaded) and keeps
+    there only the checkpoints kept locally."""
 
     def __init__(self, log_every: int, name: str, remote: str):
         super().__init__(log_every, name)
         self.remote = remote
 
     def on_checkpoint(self, step: int, folder: Path) -> None:
-        target = f"{self.remote}/checkpoints/{folder.name}"
-        for file in sorted(folder.iterdir(), key=lambda p: p.name == MANIFEST):
-            persist(file, f"{target}/{file.name}")
+        keep = [f.name for _, f in complete_checkpoints(folder.parent)]
+        mirror_checkpoint(folder, f"{self.remote}/checkpoints", keep)
 
 
 def _fetch(remote: str, local: Path) -> None:
-    fs, root = fsspec.core.url_to_fs(remote)
-    if fs.exists(root):
-        fs.get(root, str(local), recursive=True)
+    """What the bucket holds of this run: its checkpoints (complete or not: the trainer reads only complete ones)
+    and its published model."""
+    download_dir(f"{remote}/checkpoints", local / "checkpoints")
+    download_published(f"{remote}/model", local / "model")
+
+
+def remote_run(
+    output_dir: str, stage: str, key: str, out: Path, log_every: int, name: str
+) -> tuple[ProgressCallback, str | None]:
+    """A training run's progress callback and, with a remote ``output_dir``, its folder there: what the bucket holds
+    of the run is fetched into ``out`` first (so a retry on another node resumes, a rerun reuses a finished model)
+    and every checkpoint is mirrored back. Locally ``out`` itself persists: (ProgressCallback, None)."""
+    if is_local(output_dir):
+        return ProgressCallback(log_every, name), None
+    remote = f"{output_dir.rstrip('/')}/stages/{stage}/{key}"
+    workers = workers_from_env()
+    if workers.local_rank == 0:  # one download per node; the node's other processes read it
+        _fetch(remote, out)
+    workers.barrier()
+    return _MirrorCheckpoints(log_every, name, remote), remote
+
+
+def published_model(result: TrainResult, remote: str | None) -> str:
+    """Where a training task's model is returned from: its local folder, or (remote run) the published model in the
+    bucket; a reused model is the one it was fetched from, a new one is published now."""
+    if remote is None:
+        return str(result.model_dir)
+    published = resolve(f"{remote}/model") if result.skipped else None
+    return published or publish_dir(result.model_dir, f"{remote}/model")
 
 
 def _train_one(
@@ -96,13 +121,7 @@ def _train_one(
     run_hash = input_key(spec.spec_hash(), uri_of(encoded))
     key = f"{spec.name}-{run_hash}"
     out = stage_dir(output_dir, "train", key, fresh=False)
-    callback = ProgressCallback(spec.expert.log_every, spec.name)
-    if not is_local(output_dir):
-        remote = f"{output_dir.rstrip('/')}/stages/train/{key}"
-        if workers.local_rank == 0:  # one download per node; the node's other processes read it
-            _fetch(remote, out)
-        workers.barrier()
-        callback = _MirrorCheckpoints(spec.expert.log_every, spec.name, remote)
+    callback, remote = remote_run(output_dir, "train", key, out, spec.expert.log_every, spec.name)
     encoded_data = load_encoded(encoded.download(), clip_ids_for(spec, assignments))
     data = TrainData(encoded_data.clip_ids, encoded_data.latents, encoded_data.tokens, encoded_data.mask)
     run = _model_run(spec, run_hash, encoded, output_dir) if workers.is_main else None
@@ -115,14 +134,13 @@ def _train_one(
         raise
     if not result.skipped:
         mark_ran("train")
-    if not is_local(output_dir) and workers.is_main:
-        persist(result.model_dir, f"{output_dir.rstrip('/')}/stages/train/{key}/model")
+    model = published_model(result, remote if workers.is_main else None)
     state = "reused" if result.skipped else f"trained {result.steps} steps"
     final = result.log["loss"].tail(20).mean() if len(result.log) else float("nan")
     if workers.is_main:
         summary = f"{spec.name}: {state} on {spec.num_clips} clips, final loss {final:.4f} -> {result.model_dir}"
         print(summary, flush=True)
-    return FlyteDirectory(str(result.model_dir))
+    return FlyteDirectory(model)
 
 
 def _model_run(spec: ExpertSpec, run_hash: str, encoded: FlyteDirectory, output_dir: str) -> ModelRun:
@@ -325,4 +343,4 @@ def train_router_task(
         curve = [{"step": i + 1, "loss": loss} for i, loss in enumerate(result.losses)]
         buckets = [{"step": i, "accuracy_by_t_bucket": r.accuracy} for i, r in enumerate(result.report.itertuples())]
         tracker.record_model("router", "router", params, curve + buckets)
-    return FlyteDirectory(str(result.model_dir)), result.report
+    return FlyteDirectory(publish_stage(output_dir, result.model_dir)), result.report

@@ -24,7 +24,9 @@ def _cfg(tmp_path, **cluster):
 
 def test_tasks_chain_and_outputs_live_in_output_dir(tmp_path):
     cfg = _cfg(tmp_path, embedders=["visual_stats", "text"])
-    shards, index, _, attributes = ingest_clips(cfg=cfg.data, seed=cfg.seed, output_dir=cfg.output_dir)
+    shards, index, _, attributes, _ = ingest_clips(
+        cfg=cfg.data, seed=cfg.seed, output_dir=cfg.output_dir, videos=[], cuts=[]
+    )
     codec = train_codec(
         encode=cfg.encode, cfg=cfg.codec, seed=cfg.seed, shards=shards, index=index, output_dir=cfg.output_dir
     )
@@ -63,7 +65,7 @@ def test_learned_codec_task_feeds_encode_and_is_carried_by_the_encoded_folder(tm
         encode={"codec": "learned"},
         codec={"block_out_channels": [8, 16], "norm_num_groups": 8, "steps": 3, "batch_size": 4, "warmup_steps": 1},
     )
-    shards, index, _, _ = ingest_clips(cfg=cfg.data, seed=cfg.seed, output_dir=cfg.output_dir)
+    shards, index, _, _, _ = ingest_clips(cfg=cfg.data, seed=cfg.seed, output_dir=cfg.output_dir, videos=[], cuts=[])
     codec = train_codec(
         encode=cfg.encode, cfg=cfg.codec, seed=cfg.seed, shards=shards, index=index, output_dir=cfg.output_dir
     )

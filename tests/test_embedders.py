@@ -86,21 +86,34 @@ def test_visual_stats_values_on_known_clips():
 def test_standardise_groups_gives_equal_group_weight():
     rng = np.random.default_rng(0)
     raw = rng.normal(size=(500, DIM)) * rng.uniform(0.01, 100, DIM)
-    z = standardise_groups(raw)
+    z, fitted = standardise_groups(raw)
     offsets = np.cumsum([0, *VISUAL_GROUPS.values()])
     energy = [np.mean(np.sum(z[:, a:b] ** 2, axis=1)) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     np.testing.assert_allclose(energy, 1.0, rtol=1e-4)
+    # the same standard applied to other rows: no re-fit (their group energies are not normalised to 1)
+    again, _ = standardise_groups(raw[:50] * 3.0, fitted)
+    weights = np.concatenate([np.full(n, n**-0.5) for n in VISUAL_GROUPS.values()])
+    expected = (raw[:50] * 3.0 - raw.mean(axis=0)) / raw.std(axis=0) * weights
+    np.testing.assert_allclose(again, expected, rtol=1e-3, atol=1e-4)
+    with pytest.raises(EmbedderError, match="standard has shape"):
+        standardise_groups(raw[:, :10], fitted)
 
 
 def test_visual_stats_separates_scene_families(builtin200):
     shards, index, attrs = builtin200
-    emb = compute_embeddings(ClusterConfig(), shards, index)
+    emb, standard = compute_embeddings(ClusterConfig(), shards, index)
     assert emb.shape == (200, DIM) and emb.dtype == np.float32
+    assert standard["visual_stats_mean"].shape == standard["visual_stats_std"].shape == (DIM,)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
-    assert np.array_equal(emb, compute_embeddings(ClusterConfig(), shards, index)), "deterministic"
+    assert np.array_equal(emb, compute_embeddings(ClusterConfig(), shards, index)[0]), "deterministic"
     # rows follow the clip index order, whatever order it comes in
     shuffled = index.iloc[::-1]
-    assert np.allclose(compute_embeddings(ClusterConfig(), shards, shuffled), emb[::-1], atol=1e-6)
+    assert np.allclose(compute_embeddings(ClusterConfig(), shards, shuffled)[0], emb[::-1], atol=1e-6)
+    # a subset embedded with the whole corpus's standard lands where the whole corpus put it; fitted on itself, not
+    sub = index.iloc[:40]
+    np.testing.assert_allclose(compute_embeddings(ClusterConfig(), shards, sub, standard=standard)[0], emb[:40],
+                               atol=1e-5)
+    assert not np.allclose(compute_embeddings(ClusterConfig(), shards, sub)[0], emb[:40], atol=1e-3)
 
     sim = emb @ emb.T
     np.fill_diagonal(sim, -np.inf)
@@ -117,11 +130,12 @@ def test_concatenation_normalises_each_part(builtin200):
     shards, index, _ = builtin200
     pooled = np.random.default_rng(0).normal(size=(200, 384)).astype(np.float32) * 1000
     cfg = ClusterConfig(embedders=["visual_stats", "text"])
-    emb = compute_embeddings(cfg, shards, index, pooled_text=pooled)
+    emb, _ = compute_embeddings(cfg, shards, index, pooled_text=pooled)
     assert emb.shape == (200, DIM + 384)
     np.testing.assert_allclose(np.linalg.norm(emb[:, :DIM], axis=1), 2**-0.5, rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(emb[:, DIM:], axis=1), 2**-0.5, rtol=1e-5)
-    text_only = compute_embeddings(ClusterConfig(embedders=["text"]), shards, index, pooled_text=pooled)
+    text_only, fitted = compute_embeddings(ClusterConfig(embedders=["text"]), shards, index, pooled_text=pooled)
+    assert fitted == {}
     np.testing.assert_allclose(text_only, pooled / np.linalg.norm(pooled, axis=1, keepdims=True), rtol=1e-5)
 
 
@@ -162,9 +176,9 @@ def test_image_tower_dinov2_frame_average(builtin200, tmp_path):
     model = _tiny_dinov2(tmp_path / "dino")
     sub = index.iloc[:20]
     cfg = ClusterConfig(embedders=["image_tower"], image_tower_path=str(tmp_path / "dino"), image_tower_frames=3)
-    emb = compute_embeddings(cfg, shards, sub)
+    emb, _ = compute_embeddings(cfg, shards, sub)
     assert emb.shape == (20, 32)
-    assert np.array_equal(emb, compute_embeddings(cfg, shards, sub))
+    assert np.array_equal(emb, compute_embeddings(cfg, shards, sub)[0])
 
     frames = load_clips(shards, index, [sub["clip_id"].iloc[5]])[0][[0, 4, 7]]  # 3 evenly spaced of 8 frames
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255  # 32x32 is the model's image_size

@@ -13,7 +13,7 @@ from data_schemas.ingest import ClipAttributes, ClipIndex
 from lib.config import RunConfig
 from tasks.cluster import cluster_clips, embed_clips
 from tasks.encode import encode_clips, train_codec
-from tasks.ingest import ingest_clips
+from workflows.ingest import ingest_stage
 
 
 @workflow
@@ -29,7 +29,7 @@ def cluster_stage(
     FlyteFile,
 ]:
     """Clip shards, index, attributes, encoded latents/text, each clip's cluster, a per-cluster summary, centroids."""
-    shards, index, _, attributes = ingest_clips(cfg=cfg.data, seed=cfg.seed, output_dir=cfg.output_dir)
+    shards, index, _, attributes, _ = ingest_stage(cfg=cfg)
     codec = train_codec(
         encode=cfg.encode, cfg=cfg.codec, seed=cfg.seed, shards=shards, index=index, output_dir=cfg.output_dir
     )

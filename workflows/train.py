@@ -52,6 +52,7 @@ def ddm_stage(
     experts, mono, router, report = train_stage(cfg=cfg, encoded=encoded, assignments=assignments)
     ddm = assemble_ddm_task(
         encode_cfg=cfg.encode,
+        cluster_cfg=cfg.cluster,
         experts=experts,
         router=router,
         encoded=encoded,

@@ -1,9 +1,11 @@
 """Clip embeddings for clustering: what "semantically similar" means when the data is split among experts.
 
 ``compute_embeddings(cfg, shards_dir, clip_index, pooled_text)`` returns one float32 row per clip of
-``clip_index`` (same order). ``cluster.embedders`` names one embedder or several; several are concatenated after
-each part is L2-normalised (and the whole divided by sqrt(#parts)), so every part weighs the same in the
-cosine geometry the k-means uses whatever its dimension or scale, and every row has unit norm.
+``clip_index`` (same order), and the state it fitted (the ``visual_stats`` standardisation), which the DDM folder
+keeps so that new data can be placed among its clusters later. ``cluster.embedders`` names one embedder or
+several; several are concatenated after each part is L2-normalised (and the whole divided by sqrt(#parts)), so every
+part weighs the same in the cosine geometry the k-means uses whatever its dimension or scale, and every row has unit
+norm.
 
 Embedders:
 
@@ -135,22 +137,38 @@ def visual_stats_features(frames: np.ndarray) -> np.ndarray:
     return np.concatenate([colour, np.sqrt(hist), layout, texture, motion], axis=1).astype(np.float32)
 
 
-def standardise_groups(features: np.ndarray) -> np.ndarray:
-    """z-score every column over the dataset, then weight each group by 1/sqrt(its size) (equal group weight)."""
-    z = (features - features.mean(axis=0)) / np.maximum(features.std(axis=0), _EPS)
+def standardise_groups(
+    features: np.ndarray, standard: dict[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """z-score every column, then weight each group by 1/sqrt(its size) (equal group weight).
+
+    The z-score uses ``standard`` (``visual_stats_mean``/``visual_stats_std``) when given, else the statistics of
+    ``features`` themselves, which it returns: clips added to a clustering later (a grown DDM) must be standardised
+    with the statistics its centroids were fitted in, or their distances to those centroids mean nothing.
+    """
+    if standard is None:
+        standard = {"visual_stats_mean": features.mean(axis=0), "visual_stats_std": features.std(axis=0)}
+    mean, std = standard["visual_stats_mean"], standard["visual_stats_std"]
+    if mean.shape != features.shape[1:] or std.shape != features.shape[1:]:
+        raise EmbedderError(f"visual_stats standard has shape {mean.shape}, features {features.shape[1:]}")
+    z = (features - mean) / np.maximum(std, _EPS)
     weights = np.concatenate([np.full(size, 1.0 / math.sqrt(size)) for size in VISUAL_GROUPS.values()])
-    return (z * weights).astype(np.float32)
+    fitted = {k: np.asarray(v, dtype=np.float32) for k, v in standard.items()}
+    return (z * weights).astype(np.float32), fitted
 
 
-def embed_visual_stats(shards_dir: str | Path, clip_index: pd.DataFrame) -> np.ndarray:
-    """``visual_stats`` embedding of every clip of ``clip_index`` (rows in its order), shard by shard."""
+def embed_visual_stats(
+    shards_dir: str | Path, clip_index: pd.DataFrame, standard: dict[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``visual_stats`` embedding of every clip of ``clip_index`` (rows in its order), shard by shard, and the
+    standardisation it used (``standardise_groups``)."""
     where = _positions(clip_index)
     out = np.zeros((len(clip_index), sum(VISUAL_GROUPS.values())), np.float32)
     with progress(total=len(clip_index), desc="embed visual_stats", unit="clip") as bar:
         for rows, frames in iter_shards(shards_dir, clip_index):
             out[where.loc[rows["clip_id"].to_numpy()].to_numpy()] = visual_stats_features(frames)
             bar.update(len(rows))
-    return standardise_groups(out)
+    return standardise_groups(out, standard)
 
 
 class ImageTower:
@@ -274,7 +292,8 @@ def compute_embeddings(
     clip_index: pd.DataFrame,
     pooled_text: np.ndarray | None = None,
     device: str | torch.device = "cpu",
-) -> np.ndarray:
+    standard: dict[str, np.ndarray] | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Embeddings named by ``cfg.embedders`` for every clip of ``clip_index``, concatenated (module docstring).
 
     Args:
@@ -283,19 +302,21 @@ def compute_embeddings(
         clip_index: ClipIndex rows to embed; output rows follow its order.
         pooled_text: float [N, P] pooled caption vectors aligned with ``clip_index`` (needed for ``text``).
         device: where the image tower runs.
+        standard: the fitted state of an earlier call (``visual_stats`` standardisation), to embed new clips in the
+            same space; None fits it on these clips.
 
     Returns:
-        float32 [N, D] with unit-norm rows.
+        float32 [N, D] with unit-norm rows, and the fitted state (empty without ``visual_stats``).
     """
     unknown = [e for e in cfg.embedders if e not in EMBEDDERS]
     if unknown:
         raise EmbedderError(f"unknown embedder(s) {unknown}; expected one of {', '.join(EMBEDDERS)}")
     if len(set(cfg.embedders)) != len(cfg.embedders):
         raise EmbedderError(f"cluster.embedders lists an embedder twice: {cfg.embedders}")
-    parts = []
+    parts, fitted = [], {}
     for name in cfg.embedders:
         if name == "visual_stats":
-            part = embed_visual_stats(shards_dir, clip_index)
+            part, fitted = embed_visual_stats(shards_dir, clip_index, standard or None)
         elif name == "text":
             if pooled_text is None or len(pooled_text) != len(clip_index) or np.ndim(pooled_text) != 2:
                 got = "none" if pooled_text is None else str(np.shape(pooled_text))
@@ -307,4 +328,4 @@ def compute_embeddings(
             raise EmbedderError(f"{name} embedder produced non-finite values")
         parts.append(l2_normalise(part))
         log.info("embedder %s: %d x %d", name, *part.shape)
-    return (np.concatenate(parts, axis=1) / math.sqrt(len(parts))).astype(np.float32)
+    return (np.concatenate(parts, axis=1) / math.sqrt(len(parts))).astype(np.float32), fitted

@@ -32,6 +32,8 @@ EXAMPLES_PER_CLUSTER = 5
 ATTRIBUTE_KEY = "clip_id"  # identifier column of attribute tables; not an attribute to score
 PLOT_MAX_POINTS = 5000  # points drawn in the projection (a seeded sample beyond that; PCA still sees all)
 CAPTION_SEPARATOR = " | "
+SCORE_COLUMNS = ("motion", "aesthetic")  # ClipIndex quality scores (lib.data.filters), when ingestion measured them
+SCORE_BINS = 30
 
 
 @dataclass
@@ -48,6 +50,7 @@ class ClusterReport:
         examples: per cluster, up to 5 captions of the members closest to the centroid.
         ami: adjusted mutual information of the labels with each attribute column.
         plot_path: PNG of the 2-D PCA projection coloured by cluster.
+        score_plot_path: PNG of the quality-score histograms per cluster (None when the clips carry no scores).
     """
 
     method: str
@@ -59,6 +62,7 @@ class ClusterReport:
     examples: dict[int, list[str]]
     plot_path: Path
     ami: dict[str, float] = field(default_factory=dict)
+    score_plot_path: Path | None = None
 
     def summary_frame(self) -> pd.DataFrame:
         """One row per cluster, validated against ``ClusterSummary``."""
@@ -93,13 +97,17 @@ class ClusterReport:
             for row in summary.itertuples(index=False)
         )
         png = base64.b64encode(Path(self.plot_path).read_bytes()).decode("ascii")
+        scores = ""
+        if self.score_plot_path is not None:
+            score_png = base64.b64encode(Path(self.score_plot_path).read_bytes()).decode("ascii")
+            scores = f'<img alt="quality scores per cluster" src="data:image/png;base64,{score_png}"/>'
         return (
             '<div class="cluster-report">'
             f'<table class="cluster-metrics">{metric_rows}</table>'
             '<table class="cluster-sizes"><tr><th>cluster</th><th>size</th><th>fraction</th>'
             f"<th>example captions</th></tr>{cluster_rows}</table>"
             f'<img alt="PCA projection coloured by cluster" src="data:image/png;base64,{png}"/>'
-            "</div>"
+            f"{scores}</div>"
         )
 
 
@@ -185,6 +193,29 @@ def _plot(xn: np.ndarray, result: ClusterResult, seed: int, path: Path) -> Path:
     return path
 
 
+def _score_plot(scores: pd.DataFrame, labels: np.ndarray, num_clusters: int, path: Path) -> Path | None:
+    """One histogram per measured quality score, stacked by cluster (shared bins), written atomically as PNG: a
+    cluster made of still or ugly clips shows here before an expert trains on it. None when nothing was measured."""
+    columns = [c for c in SCORE_COLUMNS if c in scores.columns and scores[c].notna().any()]
+    if not columns:
+        return None
+    fig = Figure(figsize=(5 * len(columns), 3.5), dpi=100)
+    for i, column in enumerate(columns):
+        ax = fig.add_subplot(1, len(columns), i + 1)
+        values = scores[column].to_numpy(dtype=np.float64)
+        ok = np.isfinite(values)
+        bins = np.histogram_bin_edges(values[ok], bins=SCORE_BINS)
+        per_cluster = [values[ok & (labels == c)] for c in range(num_clusters)]
+        ax.hist(per_cluster, bins=bins, stacked=True, label=[f"cluster {c}" for c in range(num_clusters)])
+        ax.set_title(f"{column} ({ok.sum()} clips)")
+        ax.set_xlabel(column)
+        ax.set_ylabel("clips")
+    ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return path
+
+
 def cluster_report(
     x: np.ndarray,
     result: ClusterResult,
@@ -193,6 +224,7 @@ def cluster_report(
     seed: int,
     silhouette_sample: int,
     plot_path: str | Path,
+    scores: pd.DataFrame | None = None,
 ) -> ClusterReport:
     """Measure a clustering of ``x`` and draw it.
 
@@ -205,6 +237,8 @@ def cluster_report(
         seed: run seed; the silhouette and plot samples derive from it.
         silhouette_sample: at most this many points enter the silhouette.
         plot_path: where the projection PNG is written.
+        scores: optional N-row table of quality scores (``motion``/``aesthetic`` columns of the ClipIndex); their
+            histograms per cluster go to ``scores.png`` beside the projection.
 
     Returns:
         ClusterReport.
@@ -226,4 +260,7 @@ def cluster_report(
         examples=_examples(result, captions),
         plot_path=_plot(xn, result, seed, Path(plot_path)),
         ami=_ami(result.labels, attributes) if attributes is not None else {},
+        score_plot_path=None
+        if scores is None
+        else _score_plot(scores, result.labels, result.num_clusters, Path(plot_path).with_name("scores.png")),
     )

@@ -12,14 +12,17 @@ import logging
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import fsspec
 import pandas as pd
 
-from data_schemas.ingest import ClipAttributes, ClipIndex, QuarantineRecord, VideoManifest
+from data_schemas.ingest import ClipAttributes, ClipIndex, FilteredClip, QuarantineRecord, VideoManifest
 from lib.config import DataConfig
+from lib.data.columns import ColumnError, map_columns
+from lib.data.filters import QualityFilter
 from lib.data.procedural import iter_builtin_clips
 from lib.data.shards import ShardWriter
 from lib.data.split import assign_roles, role_counts
@@ -28,6 +31,11 @@ from lib.data.video import VideoDecodeError, decode_clip
 log = logging.getLogger(__name__)
 
 QUARANTINE_COLUMNS = ["row", "clip_id", "path", "reason", "detail"]
+FILTERED_COLUMNS = list(FilteredClip.to_schema().columns)
+
+
+def empty_filtered() -> pd.DataFrame:
+    return FilteredClip.validate(pd.DataFrame(columns=FILTERED_COLUMNS))
 
 
 class ManifestError(ValueError):
@@ -44,6 +52,8 @@ class IngestResult:
     quarantine: pd.DataFrame  # QuarantineRecord
     attributes: pd.DataFrame  # ClipAttributes (empty for manifests)
     seconds: float
+    # FilteredClip: decodable clips a quality rule (lib.data.filters) kept out of the shards
+    filtered: pd.DataFrame = field(default_factory=empty_filtered)
 
     def summary(self) -> str:
         reasons = Counter(self.quarantine["reason"]) if len(self.quarantine) else {}
@@ -51,6 +61,10 @@ class IngestResult:
         text = f"{len(self.index)} clips in {shards} shard(s), {len(self.quarantine)} quarantined"
         if reasons:
             text += " (" + ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items())) + ")"
+        rules = Counter(self.filtered["rule"]) if len(self.filtered) else {}
+        text += f", {len(self.filtered)} filtered"
+        if rules:
+            text += " (" + ", ".join(f"{r}: {n}" for r, n in sorted(rules.items())) + ")"
         rate = len(self.index) / self.seconds if self.seconds > 0 else float("inf")
         roles = ", ".join(f"{r} {n}" for r, n in role_counts(self.index).items())
         return f"{text}; roles: {roles}; {self.seconds:.1f} s, {rate:.0f} clips/s"
@@ -62,7 +76,8 @@ def ingest_builtin(cfg: DataConfig, seed: int, out_dir: str | Path) -> IngestRes
     writer = ShardWriter(out_dir, cfg.shard_size, source="builtin")
     attributes = []
     clips = iter_builtin_clips(
-        seed, cfg.num_clips, cfg.frames, cfg.height, cfg.width, cfg.max_objects, themed=cfg.themed_scenes
+        seed, cfg.num_clips, cfg.frames, cfg.height, cfg.width, cfg.max_objects, themed=cfg.themed_scenes,
+        scenes=tuple(cfg.scenes),
     )
     for clip in clips:
         writer.add(clip.clip_id, clip.frames, clip.caption)
@@ -73,27 +88,34 @@ def ingest_builtin(cfg: DataConfig, seed: int, out_dir: str | Path) -> IngestRes
     return IngestResult(index, quarantine, attrs, time.perf_counter() - t0)
 
 
-def read_manifest(uri: str) -> pd.DataFrame:
+def read_table(uri: str, what: str) -> pd.DataFrame:
+    """A CSV (every cell a string, nothing read as NaN, bad bytes replaced) or Parquet table; errors name ``what``."""
+    kind = "Parquet" if uri.lower().endswith(".parquet") else "CSV"
+    try:
+        with fsspec.open(uri, "rb") as f:
+            if kind == "Parquet":
+                return pd.read_parquet(f)
+            return pd.read_csv(f, dtype=object, keep_default_na=False, na_values=[], encoding_errors="replace")
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{uri}: {what} not found") from exc
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise ManifestError(f"{uri}: cannot read {what} as {kind}: {exc}") from exc
+
+
+def read_manifest(uri: str, columns: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Read a CSV or Parquet manifest. Missing required columns are an error naming the file.
+
+    ``columns`` is ``data.columns`` (project column -> user column, ``lib.data.columns``); Open-Sora's names
+    (``text`` for the caption) are recognised without it.
 
     Caption bytes that are not UTF-8 are decoded with replacement characters so that the row can be
     quarantined as ``caption_not_utf8`` instead of failing the whole file.
     """
+    df = read_table(uri, "manifest")
     try:
-        with fsspec.open(uri, "rb") as f:
-            if uri.endswith(".parquet"):
-                df = pd.read_parquet(f)
-            else:
-                df = pd.read_csv(f, dtype=object, keep_default_na=False, na_values=[], encoding_errors="replace")
-    except FileNotFoundError as exc:
-        raise ManifestError(f"{uri}: manifest not found") from exc
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise ManifestError(
-            f"{uri}: cannot read manifest as {'Parquet' if uri.endswith('.parquet') else 'CSV'}: {exc}"
-        ) from exc
-    missing = [c for c in ("path", "caption") if c not in df.columns]
-    if missing:
-        raise ManifestError(f"{uri}: missing required column(s) {', '.join(missing)}; found {list(df.columns)}")
+        df = map_columns(df, columns or {}, uri)
+    except ColumnError as exc:
+        raise ManifestError(str(exc)) from None
     for column in ("start", "end"):
         if column in df.columns:
             df[column] = pd.to_numeric(df[column].replace("", None), errors="coerce")
@@ -103,7 +125,7 @@ def read_manifest(uri: str) -> pd.DataFrame:
     return VideoManifest.validate(df)
 
 
-def _caption_problem(caption: object) -> tuple[str, str] | None:
+def caption_problem(caption: object) -> tuple[str, str] | None:
     if caption is None or (isinstance(caption, float) and math.isnan(caption)):
         return "empty_caption", "caption is missing"
     if not isinstance(caption, str):
@@ -122,11 +144,15 @@ def _resolve(path: str, manifest_uri: str) -> str:
     return f"{manifest_uri.rsplit('/', 1)[0]}/{path}" if "/" in manifest_uri else path
 
 
-def ingest_manifest(cfg: DataConfig, out_dir: str | Path) -> IngestResult:
-    """Decode every manifest row into a clip, quarantining the rows that cannot give one."""
+def ingest_manifest(cfg: DataConfig, out_dir: str | Path, source: str = "manifest") -> IngestResult:
+    """Decode every manifest row into a clip, quarantining the rows that cannot give one and setting aside (as
+    FilteredClip rows) the clips a quality rule refuses. ``source`` is the ClipIndex source (``raw`` when the
+    manifest holds scene windows)."""
     t0 = time.perf_counter()
-    manifest = read_manifest(cfg.manifest)
-    writer = ShardWriter(out_dir, cfg.shard_size, source="manifest")
+    manifest = read_manifest(cfg.manifest, cfg.columns)
+    writer = ShardWriter(out_dir, cfg.shard_size, source=source)
+    quality = QualityFilter(cfg)
+    scores, filtered = [], []
     quarantine: list[dict[str, object]] = []
     seen: set[str] = set()
     for row, rec in enumerate(manifest.to_dict("records")):
@@ -141,7 +167,7 @@ def ingest_manifest(cfg: DataConfig, out_dir: str | Path) -> IngestResult:
             refuse("duplicate_id", f"clip id {clip_id!r} already used by an earlier row")
             continue
         seen.add(clip_id)
-        problem = _caption_problem(rec["caption"])
+        problem = caption_problem(rec["caption"])
         if problem:
             refuse(*problem)
             continue
@@ -160,12 +186,21 @@ def ingest_manifest(cfg: DataConfig, out_dir: str | Path) -> IngestResult:
         except VideoDecodeError as exc:
             refuse(exc.reason, exc.detail)
             continue
+        score = quality.score(frames)
+        verdict = quality.verdict(score)
+        if verdict:
+            filtered.append({"row": row, "clip_id": clip_id, "path": path, "start": start, "end": end,
+                             "motion": score.motion, "aesthetic": score.aesthetic, "rule": verdict[0],
+                             "detail": verdict[1]})  # fmt: skip
+            continue
         writer.add(clip_id, frames, rec["caption"].strip())
-    index = writer.close()
+        scores.append(score)
+    index = writer.close().assign(motion=[s.motion for s in scores], aesthetic=[s.aesthetic for s in scores])
     quarantine_df = QuarantineRecord.validate(pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS))
     check_bad_fraction(quarantine_df, len(manifest), cfg.max_bad_fraction, cfg.manifest)
     attrs = ClipAttributes.validate(pd.DataFrame(columns=list(ClipAttributes.to_schema().columns)))
-    return IngestResult(index, quarantine_df, attrs, time.perf_counter() - t0)
+    filtered_df = FilteredClip.validate(pd.DataFrame(filtered, columns=FILTERED_COLUMNS))
+    return IngestResult(index, quarantine_df, attrs, time.perf_counter() - t0, filtered_df)
 
 
 def check_bad_fraction(quarantine: pd.DataFrame, total: int, threshold: float, where: str) -> None:
@@ -183,9 +218,28 @@ def check_bad_fraction(quarantine: pd.DataFrame, total: int, threshold: float, w
     )
 
 
-def ingest(cfg: DataConfig, seed: int, out_dir: str | Path) -> IngestResult:
-    """Ingest from whichever source the config names, and give every kept clip its role (lib.data.split)."""
-    result = ingest_builtin(cfg, seed, out_dir) if cfg.source == "builtin" else ingest_manifest(cfg, out_dir)
+def ingest(
+    cfg: DataConfig,
+    seed: int,
+    out_dir: str | Path,
+    videos: list | None = None,
+    cuts: list[pd.DataFrame | None] | None = None,
+) -> IngestResult:
+    """Ingest from whichever source the config names, and give every kept clip its role (lib.data.split).
+
+    ``videos``/``cuts``: for ``source: raw``, the listed RawVideos and their SceneWindow tables when a Flyte map task
+    already cut them (None for a video whose cutting crashed); when omitted, videos are listed and cut here in turn.
+    """
+    if cfg.source == "raw":
+        from lib.data.raw import ingest_raw  # here: it builds on this module's manifest ingestion
+
+        result = ingest_raw(cfg, out_dir, videos, cuts)
+    elif cfg.source == "webdataset":
+        from lib.data.webdataset_source import ingest_webdataset  # here: it imports this module's helpers
+
+        result = ingest_webdataset(cfg, out_dir)
+    else:
+        result = ingest_builtin(cfg, seed, out_dir) if cfg.source == "builtin" else ingest_manifest(cfg, out_dir)
     roles = assign_roles(
         result.index["clip_id"].tolist(), seed, cfg.validation_fraction, cfg.reference_fraction, cfg.prompt_fraction
     )

@@ -179,10 +179,21 @@ def _start_position(rng: np.random.Generator, motion: str) -> tuple[float, float
     return float(x), float(y)
 
 
-def clip_spec(seed: int, index: int, max_objects: int = 2, themed: bool = False) -> ClipSpec:
-    """Draw clip ``index`` of the dataset with ``seed``; independent of every other clip."""
+def clip_spec(
+    seed: int, index: int, max_objects: int = 2, themed: bool = False, scenes: tuple[str, ...] = SCENES
+) -> ClipSpec:
+    """Draw clip ``index`` of the dataset with ``seed``; independent of every other clip.
+
+    ``scenes`` restricts the scene families (a corpus without one family, and later that family as new data for a
+    grown DDM). All four draw exactly the clips of the default; a subset names itself in the clip ids, so two
+    corpora of the same seed never share an id for different pixels.
+    """
+    unknown = sorted(set(scenes) - set(SCENES))
+    if unknown or not scenes:
+        raise ValueError(f"scenes must be a non-empty subset of {SCENES}, got {list(scenes)}")
+    subset = "" if tuple(scenes) == SCENES else "+".join(scenes)
     rng = np.random.default_rng([seed, index])
-    scene = str(_pick(rng, SCENES))
+    scene = str(_pick(rng, scenes))
     background = str(_pick(rng, BACKGROUNDS[scene]))
     n_obj = 1 if max_objects == 1 or rng.random() < 0.65 else 2
     shapes, scene_motions = THEMES[scene] if themed else (SHAPES, MOTIONS)
@@ -207,7 +218,7 @@ def clip_spec(seed: int, index: int, max_objects: int = 2, themed: bool = False)
         )
     caption = _caption(rng, scene, background, objects)
     return ClipSpec(
-        clip_id=f"builtin-{seed}-{index:07d}",
+        clip_id=f"builtin-{seed}-{index:07d}" if subset == "" else f"builtin-{seed}-{subset}-{index:07d}",
         scene=scene,
         background=background,
         objects=tuple(objects),
@@ -308,8 +319,9 @@ def iter_builtin_clips(
     max_objects: int = 2,
     start: int = 0,
     themed: bool = False,
+    scenes: tuple[str, ...] = SCENES,
 ) -> Iterator[Clip]:
     """Stream clips ``start .. num_clips-1``; one clip in memory at a time."""
     for index in range(start, num_clips):
-        spec = clip_spec(seed, index, max_objects, themed)
+        spec = clip_spec(seed, index, max_objects, themed, scenes)
         yield Clip(spec.clip_id, render(spec, frames, height, width), spec.caption, spec.attributes())

@@ -87,6 +87,16 @@ class ClipSimilarity:
         return F.normalize(_embedding(self.model.get_text_features(**tokens)), dim=-1)  # [N, D]
 
     @torch.no_grad()
+    def image_embeddings(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames [N, H, W, 3] -> unit-norm image embeddings [N, D], ``batch_size`` frames per call."""
+        return torch.cat(
+            [
+                F.normalize(_embedding(self.model.get_image_features(pixel_values=self.preprocess(chunk))), dim=-1)
+                for chunk in frames.split(self.batch_size)
+            ]
+        )
+
+    @torch.no_grad()
     def scores(self, videos: np.ndarray | torch.Tensor, prompts: list[str]) -> np.ndarray:
         """Per-video clip_sim [N] (float64).
 
@@ -99,11 +109,6 @@ class ClipSimilarity:
             raise ClipError(f"clip_sim: {len(prompts)} prompts for {clips.shape[0]} videos")
         n, t = clips.shape[:2]
         frames = clips.reshape(n * t, *clips.shape[2:])
-        image = torch.cat(
-            [
-                F.normalize(_embedding(self.model.get_image_features(pixel_values=self.preprocess(chunk))), dim=-1)
-                for chunk in frames.split(self.batch_size)
-            ]
-        ).view(n, t, -1)  # [N, T, D]
+        image = self.image_embeddings(frames).view(n, t, -1)  # [N, T, D]
         text = self.text_embeddings(list(prompts))  # [N, D]
         return torch.einsum("ntd,nd->nt", image, text).mean(dim=1).double().numpy()

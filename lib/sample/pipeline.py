@@ -7,7 +7,7 @@ folder so that sampling, evaluation and a scheduled re-evaluation load the same 
     ddm.json                 manifest (format_version, K, experts, codec, text encoder, router)
     experts/expert-00/       diffusers save_pretrained folders as the trainer wrote them (+ training.json)
     router/                  RouterModel save_pretrained folder
-    centroids.safetensors    cluster centroids [K, E] (when given), for routing or inspecting new data
+    centroids.safetensors    cluster centroids [K, E] (when given) and the embedders' fitted state, to place new data
 
 Experts that failed training are recorded as missing and the sampler renormalises the router over the survivors.
 The weights' sha256 are recorded in the manifest and checked on load, so a truncated or swapped file is refused.
@@ -37,7 +37,7 @@ import torch
 from diffusers import ModelMixin
 from safetensors.torch import load_file, save_file
 
-from lib.config import EncodeConfig
+from lib.config import ClusterConfig, EncodeConfig
 from lib.data.video import write_gif, write_mp4
 from lib.encode.codec import LatentCodec, PixelCodec, load_vae_codec
 from lib.encode.learned import VAE_DIR
@@ -136,7 +136,7 @@ def _router_entry(src: Path, k: int, codec: dict[str, Any], text: dict[str, Any]
     return {"path": ROUTER_DIR, "weights_sha256": weights_sha256(src)}
 
 
-def _codec_and_text(encoded_info: dict[str, Any], encode_cfg: EncodeConfig) -> tuple[dict, dict]:
+def codec_and_text(encoded_info: dict[str, Any], encode_cfg: EncodeConfig) -> tuple[dict, dict]:
     """Codec and text-encoder records from ``codec.json``, checked against the encode config that made them."""
     missing = {"name", "latent_shape", "video_shape", "text_encoder"} - set(encoded_info)
     if missing:
@@ -166,6 +166,12 @@ def _codec_and_text(encoded_info: dict[str, Any], encode_cfg: EncodeConfig) -> t
     return codec, text
 
 
+def clustering_record(cfg: ClusterConfig) -> dict[str, Any]:
+    """What of the cluster config decides where a clip lands: the embedders and the image tower they may use."""
+    return {"embedders": list(cfg.embedders), "image_tower_path": cfg.image_tower_path,
+            "image_tower_frames": cfg.image_tower_frames}  # fmt: skip
+
+
 def assemble_ddm(
     out_dir: str | Path,
     experts: dict[int, str | Path | None],
@@ -173,6 +179,8 @@ def assemble_ddm(
     encoded_info: dict[str, Any],
     centroids: np.ndarray | None,
     encode_cfg: EncodeConfig,
+    clustering: dict[str, Any] | None = None,
+    lineage: dict[str, Any] | None = None,
 ) -> Path:
     """Write a self-contained DDM folder (see module docstring); built in a temporary sibling, then renamed.
 
@@ -183,6 +191,10 @@ def assemble_ddm(
         encoded_info: the encode stage's ``codec.json`` (codec name, latent/video shape, text encoder).
         centroids: cluster centroids [K, E], saved for inspection; None to skip.
         encode_cfg: the encode config of the run; must agree with ``encoded_info``.
+        clustering: how clips were placed among the clusters: ``embedders`` (+ image tower fields) in JSON and
+            ``state``, the embedders' fitted arrays (the ``visual_stats`` standardisation), saved beside the
+            centroids. A grown DDM places new data with them (``lib.extend``).
+        lineage: where this DDM came from when it was grown from another (``lib.extend.grow``).
 
     Returns:
         ``out_dir``.
@@ -195,7 +207,7 @@ def assemble_ddm(
         raise DDMLoadError("no expert is present: every expert failed training")
     if centroids is not None and (centroids.ndim != 2 or centroids.shape[0] != k):
         raise DDMLoadError(f"centroids must be [K={k}, E], got {centroids.shape}")
-    codec, text = _codec_and_text(encoded_info, encode_cfg)
+    codec, text = codec_and_text(encoded_info, encode_cfg)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -217,8 +229,10 @@ def assemble_ddm(
         if router_dir is not None:
             router = _router_entry(Path(router_dir), k, codec, text)
             shutil.copytree(router_dir, tmp / ROUTER_DIR)
+        state = dict((clustering or {}).get("state", {}))
         if centroids is not None:
-            save_file({"centroids": torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))},
+            arrays = {"centroids": centroids, **state}
+            save_file({name: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for name, a in arrays.items()},
                       str(tmp / CENTROIDS))  # fmt: skip
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -229,6 +243,9 @@ def assemble_ddm(
             "codec": codec,
             "text_encoder": text,
             "centroids": CENTROIDS if centroids is not None else None,
+            "clustering": ({k: v for k, v in clustering.items() if k != "state"} | {"state": sorted(state)}
+                           if clustering is not None and centroids is not None else None),  # fmt: skip
+            "lineage": lineage,
         }
         atomic_write(tmp / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2)))
         if out_dir.exists():
@@ -384,7 +401,7 @@ class DDMPipeline:
             text_encoder=text["name"], max_tokens=text["max_tokens"], codec=encoded_info["name"],
             vae_path=encoded_info.get("vae_path", "") if encoded_info["name"] == "vae" else "",
         )  # fmt: skip
-        codec, text = _codec_and_text(encoded_info, cfg)
+        codec, text = codec_and_text(encoded_info, cfg)
         entry = _expert_entry(0, model_dir, codec, text)  # checks sha against training.json and shapes
         model = load_expert(model_dir, verify=False)
         encoder = TextEncoder.from_config(cfg, device)

@@ -16,10 +16,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import torch
 from safetensors.torch import load_file, save_file
 
 from lib.io import atomic_write
+from lib.storage import upload_file
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,28 @@ def prune_checkpoints(root: Path, keep: int = KEEP_LAST) -> None:
         shutil.rmtree(folder)
     for leftover in root.glob(f".{PREFIX}*.tmp"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def mirror_checkpoint(folder: Path, remote_root: str, keep: list[str]) -> None:
+    """Copy complete checkpoint ``folder`` to ``<remote_root>/<folder name>`` and drop remote checkpoints not in
+    ``keep`` (the names kept locally).
+
+    An object store cannot rename a folder, so the manifest plays the rename's part: a stale manifest of the same
+    step is deleted first and the new one is uploaded last. A copy that fails half-way therefore leaves a folder
+    without a manifest, which ``complete_checkpoints`` ignores: the previous checkpoint stays the one resumed from.
+    A failed upload raises ``lib.storage.StorageError`` naming the file's URI.
+    """
+    target = f"{remote_root.rstrip('/')}/{folder.name}"
+    fs, root = fsspec.core.url_to_fs(target)
+    if fs.exists(f"{root}/{MANIFEST}"):
+        fs.rm_file(f"{root}/{MANIFEST}")
+    for file in sorted(folder.iterdir(), key=lambda p: p.name == MANIFEST):
+        upload_file(file, f"{target}/{file.name}")
+    base = root.rsplit("/", 1)[0]
+    for entry in fs.ls(base, detail=False):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith(PREFIX) and name not in keep and name != folder.name:
+            fs.rm(entry, recursive=True)
 
 
 def remove_checkpoints(root: Path) -> None:

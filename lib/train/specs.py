@@ -76,15 +76,16 @@ def _spec(cfg: RunConfig, name: str, cluster_id: int, expert: ExpertConfig, clip
     )
 
 
-def expert_specs(cfg: RunConfig, assignments: pd.DataFrame) -> list[ExpertSpec]:
-    """One spec per cluster 0..K-1; an empty cluster is an error (its expert could never be trained)."""
+def expert_specs(cfg: RunConfig, assignments: pd.DataFrame, cluster_ids: list[int] | None = None) -> list[ExpertSpec]:
+    """One spec per cluster 0..K-1 (or per ``cluster_ids``: a grown DDM's new clusters); an empty cluster is an
+    error (its expert could never be trained)."""
     k = cfg.cluster.num_clusters
     assignments = training_rows(assignments)
     specs = []
-    for cluster_id in range(k):
+    for cluster_id in range(k) if cluster_ids is None else cluster_ids:
         ids = sorted(assignments.loc[assignments["cluster_id"] == cluster_id, "clip_id"].astype(str))
         if not ids:
-            raise ValueError(f"cluster {cluster_id} of {k} has no clips: cannot train expert-{cluster_id:02d}")
+            raise ValueError(f"cluster {cluster_id} has no training clips: cannot train expert-{cluster_id:02d}")
         specs.append(_spec(cfg, f"expert-{cluster_id:02d}", cluster_id, cfg.expert, ids))
     return specs
 

@@ -1,0 +1,244 @@
+"""Grown DDM vs a DDM retrained from scratch vs the parent, on old-data and new-data prompts.
+
+Protocol: ``benchmarks/results/extend/protocol.md`` (fixed before the run). Old data = the headline corpus's plain,
+gradient and stripes families; new data = its checker family. The parent (K = 3 on old data) grows one expert for
+the new data (``lib.extend``); the retrained DDM (K = 4) trains every expert on old + new data. Reuses the
+headline's shards-to-latents work (``--encoded``) and AttrNet (``--featnet``).
+
+Usage: ``python benchmarks/extend.py --encoded outputs/bench-v4/encoded --featnet outputs/bench-v4/featnet-<key>
+--work outputs/bench-extend --threads 1`` (``--smoke`` for a minutes-long check). Writes
+``benchmarks/results/extend.json`` and ``extend/summary.md``, ``extend/samples_old.png``, ``extend/samples_new.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import ddm_vs_monolith as bench  # noqa: E402
+
+from lib.cluster.embedders import compute_embeddings  # noqa: E402
+from lib.cluster.kmeans import cluster_fit_on  # noqa: E402
+from lib.cluster.report import assignment_frame  # noqa: E402
+from lib.config import RunConfig, replace_in  # noqa: E402
+from lib.data.ingest import ingest  # noqa: E402
+from lib.data.split import TRAIN  # noqa: E402
+from lib.encode.store import load_encoded, read_codec_info  # noqa: E402
+from lib.evaluate.compare import compare_methods, reference_clip_ids  # noqa: E402
+from lib.evaluate.featnet import AttrNet  # noqa: E402
+from lib.extend.assign import place_new_clips  # noqa: E402
+from lib.extend.grow import grow_ddm, read_parent  # noqa: E402
+from lib.io import atomic_write  # noqa: E402
+from lib.sample.pipeline import DDMPipeline, assemble_ddm, clustering_record  # noqa: E402
+from lib.sample.prompts import stratified_prompts  # noqa: E402
+from lib.train.compute import flops_per_step  # noqa: E402
+from lib.train.router import train_router  # noqa: E402
+from lib.train.specs import expert_specs, training_rows  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+PROTOCOL = RESULTS / "extend" / "protocol.md"
+NEW_SCENES = ("checker",)
+
+
+def router(ctx: bench.Shared, name: str, assignments: pd.DataFrame, k: int) -> Path:
+    """A router over ``k`` clusters on the train rows of ``assignments``; reused when its inputs are unchanged."""
+    cfg = ctx.cfg
+    rows = training_rows(assignments)
+    src = [ctx.data_key, cfg.seed, dataclasses.asdict(cfg.router), k, rows["clip_id"].tolist(),
+           rows["cluster_id"].tolist()]  # fmt: skip
+    out = ctx.work / "router" / f"{name}-{hashlib.sha256(json.dumps(src).encode()).hexdigest()[:16]}"
+    if (out / "router" / "config.json").is_file():
+        return out / "router"
+    data = load_encoded(ctx.encoded, rows["clip_id"].tolist())
+    labels = torch.tensor(rows["cluster_id"].to_numpy(), dtype=torch.int64)
+    result = train_router(data.latents, data.pooled, labels, cfg.router, k, cfg.seed, out)
+    bench.say(f"router {name}: accuracy per t bucket {result.report['accuracy'].round(2).tolist()}")
+    return result.model_dir
+
+
+def train_all(ctx: bench.Shared, cfg: RunConfig, assignments: pd.DataFrame, ids: list[int] | None) -> tuple:
+    """The experts of ``ids`` (all of ``cfg.cluster.num_clusters`` when None): folders and training records."""
+    folders, rows = {}, []
+    for spec in expert_specs(cfg, assignments, cluster_ids=ids):
+        result = bench.train_spec(ctx, spec, assignments)
+        folders[spec.cluster_id] = result.model_dir
+        rows.append({**bench.train_row("", cfg.seed, spec, result), "cluster_id": spec.cluster_id})
+    return folders, rows
+
+
+def method_scores(rows: pd.DataFrame, results: dict, methods: list[str]) -> dict:
+    main = rows[rows["cluster"] == -1]
+    out = {}
+    for method in methods:
+        mine = main[main["method"] == method].set_index("metric")["mean"]
+        entry = {a: round(float(mine[f"attr_acc_attrnet.{a}"]), 4) for a in bench.ATTRS}
+        entry["mean_attr_acc"] = round(float(np.mean([entry[a] for a in bench.ATTRS])), 4)
+        entry["object_found"] = round(float(mine["object_found_attrnet"]), 4)
+        entry["kid"] = [round(v, 1) for v in results[method].kid.as_list()]  # FD∞ needs >= 512 per set at D = 128
+        out[method] = entry
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/bench.yaml")
+    parser.add_argument("--encoded", required=True, help="the headline's encoded folder (its codec and latents)")
+    parser.add_argument("--featnet", required=True, help="the headline's AttrNet folder (featnet-<key>)")
+    parser.add_argument("--work", default="outputs/bench-extend")
+    parser.add_argument("--steps", type=int, default=1440, help="training steps per expert (protocol: 1440)")
+    parser.add_argument("--prompts", type=int, default=256, help="prompts (and reference clips) per set")
+    parser.add_argument("--smoke", action="store_true", help="tiny steps and prompts: check the script end to end")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bench.logging.basicConfig(level=bench.logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    steps, n_prompts = (8, 16) if args.smoke else (args.steps, args.prompts)
+    cfg = bench.bench_config(args.config, False, [f"expert.steps={steps}", f"eval.num_real={n_prompts}"])
+    if args.smoke:
+        cfg = replace_in(cfg, router={"steps": 4}, sample={"num_steps": 4})
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    timer = bench.StageTimer()
+
+    with timer("ingest"):
+        shards = work / "shards"
+        shutil.rmtree(shards, ignore_errors=True)
+        data = ingest(cfg.data, cfg.seed, shards)
+    encoded = Path(args.encoded)
+    info = read_codec_info(encoded)
+    data_key = hashlib.sha256(str(encoded.resolve()).encode()).hexdigest()[:12]  # models are keyed by their latents
+    index, attrs = data.index, data.attributes
+    is_new = attrs.set_index("clip_id").loc[index["clip_id"], "scene"].isin(NEW_SCENES).to_numpy()
+    old_index, new_index = index[~is_new].reset_index(drop=True), index[is_new].reset_index(drop=True)
+    with timer("embed"):
+        x_all, _ = compute_embeddings(cfg.cluster, shards, index)
+        x_old, standard = compute_embeddings(cfg.cluster, shards, old_index)
+        x_new, _ = compute_embeddings(cfg.cluster, shards, new_index, standard=standard)
+    ctx = bench.Shared(cfg, work, "cpu", shards, index, attrs, encoded, info, x_all, data_key)
+    featnet_dir = Path(args.featnet)  # the headline's, trained on the same corpus's train clips
+    featnet, checks = (
+        AttrNet.from_pretrained(featnet_dir / "attrnet"),
+        json.loads((featnet_dir / "checks.json").read_text()),
+    )
+
+    # parent: K = 3 on the old data
+    old_roles = old_index["role"].to_numpy()
+    fit = cluster_fit_on(x_old, old_roles == TRAIN, cfg.cluster, cfg.seed)
+    parent_assign = assignment_frame(old_index["clip_id"].tolist(), fit, old_roles)
+    with timer("train parent"):
+        parent_experts, parent_rows = train_all(ctx, cfg, parent_assign, None)
+        parent_router = router(ctx, "parent", parent_assign, 3)
+    clustering = {**clustering_record(cfg.cluster), "state": standard}
+    parent_dir = assemble_ddm(work / "ddm" / "parent", parent_experts, parent_router, info, fit.centroids, cfg.encode,
+                              clustering)  # fmt: skip
+
+    # grown: the parent's experts + one expert for the new data, router refit
+    parent = read_parent(parent_dir)
+    new_roles = new_index["role"].to_numpy()
+    placed = place_new_clips(x_new, new_index["clip_id"].tolist(), new_roles, parent.centroids,
+                             training_rows(parent_assign)["distance"].to_numpy(), cfg.extend, cfg.cluster.niter,
+                             cfg.seed)  # fmt: skip
+    bench.say(f"placement: {json.dumps(placed.summary)}")
+    both = pd.concat([parent_assign, placed.assignments], ignore_index=True)
+    with timer("grow"):
+        new_experts, new_rows = train_all(ctx, cfg, placed.assignments, placed.new_cluster_ids)
+        grown_router = router(ctx, "grown", both, len(placed.centroids))
+    grown_dir = grow_ddm(work / "ddm" / "grown", parent, new_experts, grown_router, info, placed.centroids,
+                         cfg.encode, placed.summary)  # fmt: skip
+
+    # retrained: K = 4 on old + new
+    cfg4 = replace_in(cfg, cluster={"num_clusters": 4})
+    roles = index["role"].to_numpy()
+    fit4 = cluster_fit_on(x_all, roles == TRAIN, cfg4.cluster, cfg.seed)
+    all_assign = assignment_frame(index["clip_id"].tolist(), fit4, roles)
+    with timer("train retrained"):
+        re_experts, re_rows = train_all(ctx, cfg4, all_assign, None)
+        re_router = router(ctx, "retrained", all_assign, 4)
+    re_dir = assemble_ddm(work / "ddm" / "retrained", re_experts, re_router, info, fit4.centroids, cfg.encode,
+                          {**clustering_record(cfg.cluster), "state": {}})  # fmt: skip
+
+    folders = {"parent": parent_dir, "grown": grown_dir, "retrained": re_dir}
+    pipes = {name: DDMPipeline.from_pretrained(d) for name, d in folders.items()}
+    # sampled videos are cached under the exact model set: the manifest names every weight file's sha256
+    keys = {name: hashlib.sha256((d / "ddm.json").read_bytes()).hexdigest()[:16] for name, d in folders.items()}
+    sets = {"old": (old_index, parent_assign), "new": (new_index, placed.assignments)}
+    figures = work if args.smoke else RESULTS / "extend"
+    scores = {}
+    for set_name, (set_index, set_assign) in sets.items():
+        prompts = stratified_prompts(set_assign, set_index, n_prompts, cfg.seed)
+        reference = reference_clip_ids(set_index, n_prompts, cfg.seed)
+        videos = {}
+        for name, pipe in pipes.items():
+            with timer(f"sample {name} {set_name}"):
+                # named as the headline names its control DDM (ddm:random_topk): the DDM, then the strategy
+                videos[f"ddm:{name}_{cfg.sample.strategy}"] = bench.sample_cached(
+                    ctx, pipe, cfg.sample.strategy, prompts, keys[name]
+                )
+        with timer(f"evaluate {set_name}"):
+            rows = compare_methods(str(shards), set_index, attrs, set_assign, videos, prompts, cfg.eval, featnet,
+                                   cfg.seed)  # fmt: skip
+            real = bench.load_clips(shards, index, prompts["clip_id"].tolist())
+            results, _ = bench.distance_replicates(featnet, ctx, reference, {**videos, "real": real}, cfg)
+        scores[set_name] = method_scores(rows, results, [*videos, "real"])
+        bench.plot_samples(ctx, videos, prompts, figures / f"samples_{set_name}.png")
+
+    c, t, h, w = info["latent_shape"]
+    text = info["text_encoder"]
+    expert_flops = flops_per_step(cfg.expert, c, (t, h, w), text["max_tokens"], text["dim"]) * cfg.expert.steps
+    n_new = len(placed.new_cluster_ids)
+    compute = {
+        "one_expert_flops": expert_flops,
+        "parent_experts": 3 * expert_flops,
+        "extension_experts": n_new * expert_flops,
+        "retrained_experts": 4 * expert_flops,
+        "extension_fraction_of_retraining": round(n_new / 4, 4),
+        "router_steps": cfg.router.steps,
+    }
+    seconds = {
+        "parent_experts": round(sum(r["s_per_step"] * r["steps"] for r in parent_rows), 1),
+        "extension_experts": round(sum(r["s_per_step"] * r["steps"] for r in new_rows), 1),
+        "retrained_experts": round(sum(r["s_per_step"] * r["steps"] for r in re_rows), 1),
+    }
+    lineage = json.loads((grown_dir / "ddm.json").read_text())["lineage"]
+    record = {
+        "protocol": str(PROTOCOL.relative_to(REPO)),
+        "protocol_sha256": hashlib.sha256(PROTOCOL.read_bytes()).hexdigest(),
+        "smoke": args.smoke,
+        "steps_per_expert": steps,
+        "prompts_per_set": n_prompts,
+        "placement": placed.summary,
+        "lineage": {k: lineage[k] for k in ("version", "new_experts")}
+        | {"reused_experts": [e["cluster_id"] for e in lineage["reused_experts"]]},
+        "compute": compute,
+        "train_seconds_estimate": seconds,
+        "featnet": checks,
+        "scores": scores,
+        "stage_seconds": {name: round(s, 1) for name, s in timer.seconds.items()},
+    }
+    out = RESULTS / ("extend_smoke.json" if args.smoke else "extend.json")
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(bench.json_safe(record), indent=1) + "\n"))
+    lines = ["# Grown DDM vs retrained vs parent\n"]
+    for set_name, table in scores.items():
+        frame = pd.DataFrame(table).T.rename_axis("method").reset_index()
+        lines += [f"## {set_name} prompts ({n_prompts})\n", bench.markdown(frame), ""]
+    (RESULTS / "extend" / ("summary_smoke.md" if args.smoke else "summary.md")).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Stage folders on an object store (``output_dir: s3://bucket/prefix``, ``gs://``, any fsspec URI).
+
+An object store has no atomic folder rename, so a folder is *published*: its files go under a fresh attempt
+prefix, ``<dest>/attempts/<attempt>/...``, and only then is ``<dest>/PUBLISHED.json`` (one object, so one atomic
+PUT) written, naming that attempt and its files. Readers resolve a folder through that pointer and nothing else.
+So a crash mid-upload leaves no pointer (or the previous one), and two runs publishing the same stage at once each
+write a complete attempt of their own, the last pointer winning: a reader never sees a mix of two runs' files, and
+an attempt, once pointed to, is never written again. Losing attempts stay as orphans; they cost storage, not
+correctness (deleting them could pull files from under a reader that resolved them a moment before).
+
+Every failure of the store is raised as ``StorageError`` naming the URI that failed: a bucket that does not exist,
+credentials the store refuses, a write that fails half-way. ``check_output_dir`` runs before a stage does any work,
+so a typo in a bucket name fails in seconds, not after an hour of training (and fsspec's ``auto_mkdir`` never gets
+to create a bucket from a typo).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+POINTER = "PUBLISHED.json"
+ATTEMPTS = "attempts"
+EMPTY = ".empty"  # the one object of an attempt that published an empty folder
+_ATTEMPT_PART = re.compile(rf"/{ATTEMPTS}/[0-9]{{8}}T[0-9]{{6}}-[0-9a-f]{{8}}(?=/|$)")
+_checked: set[str] = set()  # output dirs found usable by this process
+
+
+class StorageError(OSError):
+    """An output location that cannot be used; the message starts with the URI."""
+
+
+def is_remote(uri: str) -> bool:
+    """True for fsspec URIs other than local files (``s3://``, ``gs://``, ``memory://`` ...)."""
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(uri)
+
+
+def _explain(uri: str, exc: BaseException, doing: str) -> StorageError:
+    if isinstance(exc, PermissionError):
+        why = f"access refused by the store (check the credentials and their permissions): {exc}"
+    elif isinstance(exc, FileNotFoundError):
+        why = f"not found: {exc}"
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+    return StorageError(f"{uri}: {doing} failed: {why}")
+
+
+def check_output_dir(uri: str) -> None:
+    """Fail early, naming ``uri``, when its bucket does not exist or the credentials cannot write there.
+
+    Writes and removes one small probe object; checked once per process and URI.
+    """
+    if not is_remote(uri) or uri in _checked:
+        return
+    fs, root = _fs(uri)
+    bucket = root.split("/", 1)[0]
+    try:
+        try:
+            fs.info(bucket)  # not ``exists``: s3fs answers False there when the credentials are refused
+        except FileNotFoundError:
+            raise StorageError(f"{uri}: bucket {bucket!r} does not exist (create it, or fix output_dir)") from None
+        probe = f"{root.rstrip('/')}/.write-probe-{uuid.uuid4().hex[:8]}"
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise _explain(uri, exc, "writing to the output location") from exc
+    _checked.add(uri)
+
+
+def upload_file(local: str | Path, uri: str) -> None:
+    """Copy one local file to ``uri``; a failure names the destination."""
+    fs, root = _fs(uri)
+    try:
+        fs.put_file(str(local), root)
+    except OSError as exc:
+        raise _explain(uri, exc, "upload") from exc
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """One object, written whole (object stores make a single PUT atomic)."""
+    fs, root = _fs(uri)
+    try:
+        fs.pipe_file(root, data)
+    except OSError as exc:
+        raise _explain(uri, exc, "write") from exc
+
+
+def publish_dir(local: str | Path, dest: str) -> str:
+    """Upload the files of folder ``local`` as a new attempt of ``dest`` and point ``dest`` at it (pointer last).
+
+    Returns:
+        The URI of the published attempt, which holds exactly the files of ``local``.
+    """
+    local, dest = Path(local), dest.rstrip("/")
+    attempt = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    target = f"{dest}/{ATTEMPTS}/{attempt}"
+    files = {}
+    for src in sorted(p for p in local.rglob("*") if p.is_file()):
+        rel = src.relative_to(local).as_posix()
+        upload_file(src, f"{target}/{rel}")
+        files[rel] = src.stat().st_size
+    if not files:  # an object store has no empty folders: one empty object makes the attempt exist
+        write_bytes(f"{target}/{EMPTY}", b"")
+    pointer = {"attempt": attempt, "files": files, "published_at": time.time()}
+    write_bytes(f"{dest}/{POINTER}", json.dumps(pointer, indent=1).encode())
+    return target
+
+
+def _pointer(dest: str) -> dict[str, Any] | None:
+    fs, root = _fs(dest)
+    try:
+        with fs.open(f"{root.rstrip('/')}/{POINTER}", "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _explain(dest, exc, "reading the publication pointer") from exc
+
+
+def resolve(uri: str) -> str | None:
+    """The attempt URI that published folder ``uri`` (or a path inside one) stands for; None if unpublished.
+
+    ``s3://b/p/results/ddm`` resolves through ``s3://b/p/results/PUBLISHED.json`` to
+    ``s3://b/p/results/attempts/<attempt>/ddm``: users and launch plans keep stable names.
+    """
+    uri = uri.rstrip("/")
+    scheme, _, path = uri.partition("://")
+    parts = path.split("/")
+    for cut in range(len(parts), 1, -1):  # the folder itself first, then its parents (never the bare bucket)
+        base = f"{scheme}://{'/'.join(parts[:cut])}"
+        pointer = _pointer(base)
+        if pointer is not None:
+            rest = "/".join(parts[cut:])
+            return f"{base}/{ATTEMPTS}/{pointer['attempt']}" + (f"/{rest}" if rest else "")
+    return None
+
+
+def stable_uri(uri: str) -> str:
+    """``uri`` without its attempt part: the identity of what was published, the same across republishing."""
+    return _ATTEMPT_PART.sub("", uri)
+
+
+def download_dir(uri: str, local: str | Path) -> bool:
+    """Copy the folder at ``uri``, as it is, into ``local``; False when there is none."""
+    fs, root = _fs(uri)
+    try:
+        if not fs.isdir(root):
+            return False
+        fs.get(root.rstrip("/") + "/", str(local), recursive=True)
+    except OSError as exc:
+        raise _explain(uri, exc, "download") from exc
+    return True
+
+
+def download_published(uri: str, local: str | Path) -> bool:
+    """Copy the published folder ``uri`` (its pointed attempt) into ``local``; False when nothing is published."""
+    target = resolve(uri)
+    return target is not None and download_dir(target, local)
