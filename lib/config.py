@@ -302,6 +302,7 @@ class SampleConfig:
 class EvalConfig:
     i3d_path: str = ""  # local TorchScript I3D (Kinetics-400); empty: offline feature network, metric fd_attrnet
     clip_path: str = ""  # local CLIP folder; empty: prompt-attribute accuracy instead of CLIP similarity
+    aesthetic_path: str = ""  # local LAION aesthetic head on eval.clip_path's CLIP: metric aesthetic_laion
     num_real: int = 256  # real clips in the Fréchet reference set (fixed N: never compare scores across N)
     featnet_steps: int = 300
     bootstrap: int = 200  # paired bootstrap replicates over prompts for every interval (lib.evaluate.distances)
@@ -309,6 +310,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         for name in ("num_real", "bootstrap"):
             _check(getattr(self, name) > 0, f"eval.{name}", f"must be > 0, got {getattr(self, name)}")
+        _check(not self.aesthetic_path or bool(self.clip_path), "eval.clip_path", "required with eval.aesthetic_path")
         # AttrNet's one-cycle schedule needs a warm-up of at least 2 steps (10 % of the steps)
         _check(self.featnet_steps >= 20, "eval.featnet_steps", f"must be >= 20, got {self.featnet_steps}")
 

@@ -11,14 +11,16 @@ import pytest
 import torch
 
 from data_schemas.evaluate import EvalReport
-from lib.config import EvalConfig
+from lib.config import ConfigError, EvalConfig
 from lib.data.procedural import iter_builtin_clips
 from lib.data.video import write_gif
+from lib.evaluate.aesthetic import AestheticScorer
 from lib.evaluate.compare import headline
 from lib.evaluate.featnet import train_attrnet
 from lib.evaluate.frechet import FeatureError
 from lib.evaluate.report import bootstrap_mean, evaluate_methods, fd_feature_spec, report_html
 from lib.sample.methods import gallery_html
+from tests.test_clip_score import clip_dir  # noqa: F401  (the tiny CLIP folder fixture)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -172,3 +174,21 @@ def test_method_names_admit_routing_schedules_and_nothing_else():
         assert re.match(METHOD_PATTERN, ok), ok
     for bad in ("ddm:", "ddm:topk>top1", "ddm:Top1", "monolith2", "ddm:topk; drop", "students"):
         assert not re.match(METHOD_PATTERN, bad), bad
+
+
+def test_aesthetic_metric_scores_every_video_and_names_its_clip_and_head(setup, clip_dir, tmp_path):  # noqa: F811
+    reference, net, generated, prompts_attrs = setup
+    torch.manual_seed(2)
+    torch.save({"weight": torch.randn(1, 16), "bias": torch.randn(1)}, tmp_path / "linear.pth")  # tiny CLIP: 16-d
+    with pytest.raises(ConfigError, match="eval.clip_path: required with eval.aesthetic_path"):
+        EvalConfig(aesthetic_path=str(tmp_path / "linear.pth"))
+    cfg = EvalConfig(bootstrap=20, aesthetic_path=str(tmp_path / "linear.pth"), clip_path=str(clip_dir))
+    prompts = ["a red circle"] * len(prompts_attrs)
+    report = evaluate_methods(reference, generated, prompts_attrs, cfg, featnet=net, prompts=prompts)
+    rows = report[(report.metric == "aesthetic_laion") & (report.cluster == -1)].set_index("method")
+    assert sorted(rows.index) == sorted(generated)
+    assert (rows.extractor == f"clip-{clip_dir.name}+linear.pth").all()
+    scorer = AestheticScorer(tmp_path / "linear.pth", clip_dir)
+    expected = np.mean([scorer.score(v) for v in generated["ddm:topk"]])
+    assert rows.loc["ddm:topk", "mean"] == pytest.approx(expected, rel=1e-5)
+    assert rows.loc["monolith", "mean"] == rows.loc["real", "mean"]  # the same videos score the same

@@ -30,6 +30,7 @@ from torch import nn
 
 from data_schemas.evaluate import EvalReport
 from lib.config import EvalConfig
+from lib.evaluate.aesthetic import AestheticScorer
 from lib.evaluate.clip_score import ClipSimilarity
 from lib.evaluate.distances import score_sets
 from lib.evaluate.featnet import HEADLINE_ATTRIBUTES, AttrNet, AttrNetFeatures, attribute_hits, attrnet_id
@@ -174,7 +175,7 @@ def evaluate_methods(
         generated: method name (``ddm:topk``, ``monolith``, ``expert:0``, ``real`` ...) -> uint8 [P, T, H, W, 3],
             row i answering prompt i; ``real`` should be the prompt clips themselves.
         prompts_attrs: P rows of the prompts' generating attributes (empty: no attribute accuracy).
-        cfg: the ``eval`` config section (I3D / CLIP paths, bootstrap replicates).
+        cfg: the ``eval`` config section (I3D / CLIP / aesthetic-head paths, bootstrap replicates).
         featnet: the run's AttrNet (distance features without I3D, and attribute accuracy).
         prompts: the P captions (needed for ``clip_sim``).
         reference_clusters: cluster label per reference clip [N] (per-cluster rows).
@@ -200,6 +201,8 @@ def evaluate_methods(
     if featnet is not None and len(prompts_attrs) > 0:
         hits = {m: attribute_hits(featnet, v, prompts_attrs) for m, v in generated.items()}
     sims = {m: clip.scores(v, prompts) for m, v in generated.items()} if clip is not None else {}
+    aesthetic = AestheticScorer(cfg.aesthetic_path, cfg.clip_path) if cfg.aesthetic_path else None
+    pretty = {m: np.array([aesthetic.score(video) for video in v]) for m, v in generated.items()} if aesthetic else {}
     motion = {m: {"motion_mad": mean_abs_frame_diff(v), "motion_flow": normal_flow_magnitude(v)}
               for m, v in generated.items()}  # fmt: skip
 
@@ -231,10 +234,13 @@ def evaluate_methods(
                 per_video["object_found_attrnet"] = h["object_found"].to_numpy()
             if sims:
                 per_video["clip_sim"] = np.asarray(sims[method])[gen_idx]
+            if pretty:
+                per_video["aesthetic_laion"] = pretty[method][gen_idx]
             per_video |= {name: values[gen_idx] for name, values in motion[method].items()}
             for name, values in per_video.items():
                 extractor = {"clip_sim": clip.extractor_id if clip else "", "motion_mad": "pixels",
-                             "motion_flow": "pixels"}.get(name, attrnet_id(featnet) if featnet else "")  # fmt: skip
+                             "motion_flow": "pixels", "aesthetic_laion": aesthetic.extractor_id if aesthetic else ""
+                             }.get(name, attrnet_id(featnet) if featnet else "")  # fmt: skip
                 mean, low, high = bootstrap_mean(values.astype(np.float64), cfg.bootstrap, bseed)
                 rows.append(_row(method, name, extractor, cluster, 0, len(gen_idx), mean, low, high))
     return EvalReport.validate(pd.DataFrame(rows, columns=list(EvalReport.to_schema().columns)))
