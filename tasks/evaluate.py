@@ -58,7 +58,7 @@ def train_featnet(
 
 @task(
     container_image=TASK_IMAGE,
-    cache=Cache(version="evaluate-v2"),
+    cache=Cache(version="evaluate-v3"),
     requests=Resources(cpu="2", mem="4Gi"),
     retries=1,
     enable_deck=True,

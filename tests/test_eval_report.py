@@ -101,8 +101,8 @@ def test_comparability_rules_are_enforced(setup):
         evaluate_methods(reference, generated, prompts_attrs.iloc[:5], cfg, featnet=net)
     prov = fd_feature_spec(cfg, net).provenance(40, 12, 4, 16, 16)
     assert prov["extractor"].startswith("attrnet-") and prov["n_real"] == 40 and prov["source_resolution"] == "16x16"
-    with pytest.raises(FeatureError, match="eval.i3d_path"):
-        evaluate_methods(reference, generated, prompts_attrs, cfg, featnet=None)
+    with pytest.raises(FeatureError, match=r"no I3D file \(eval.i3d_path\), no AttrNet and no reference videos"):
+        fd_feature_spec(cfg, None)
     with pytest.raises(ValueError, match="not found"):
         evaluate_methods(reference, generated, prompts_attrs, EvalConfig(i3d_path="/no/i3d.pt"), featnet=net)
 
@@ -192,3 +192,15 @@ def test_aesthetic_metric_scores_every_video_and_names_its_clip_and_head(setup, 
     expected = np.mean([scorer.score(v) for v in generated["ddm:topk"]])
     assert rows.loc["ddm:topk", "mean"] == pytest.approx(expected, rel=1e-5)
     assert rows.loc["monolith", "mean"] == rows.loc["real", "mean"]  # the same videos score the same
+
+
+def test_without_attributes_or_i3d_the_distances_use_reference_standardised_visual_stats(setup):
+    reference, _, generated, prompts_attrs = setup
+    report = evaluate_methods(reference, generated, prompts_attrs.iloc[0:0], EvalConfig(bootstrap=20),
+                              prompts=["a clip"] * len(prompts_attrs))  # fmt: skip
+    main = report[report.cluster == -1].set_index(["method", "metric"])
+    assert {"fd_vstats", "kid_vstats"} <= set(report.metric) and not any("attrnet" in m for m in report.metric)
+    assert (report[report.metric == "kid_vstats"].extractor == "visual-stats-v1").all()
+    assert main.loc[("monolith", "kid_vstats"), "mean"] == main.loc[("real", "kid_vstats"), "mean"]
+    noise, held = main.loc[("ddm:topk", "kid_vstats")], main.loc[("monolith", "kid_vstats")]
+    assert noise["ci_low"] > held["ci_high"] and np.isfinite(noise["mean"]) and noise["mean"] < 1e3

@@ -29,6 +29,7 @@ from pandera.typing import DataFrame
 from torch import nn
 
 from data_schemas.evaluate import EvalReport
+from lib.cluster.embedders import standardise_groups, visual_stats_features
 from lib.config import EvalConfig
 from lib.evaluate.aesthetic import AestheticScorer
 from lib.evaluate.clip_score import ClipSimilarity
@@ -69,17 +70,40 @@ class FeatureSpec:
         }
 
 
-def fd_feature_spec(cfg: EvalConfig, featnet: AttrNet | None) -> FeatureSpec:
-    """I3D when ``eval.i3d_path`` is set (FVD proper), else the run's AttrNet (``fd_attrnet``)."""
+class VisualStatsFeatures(nn.Module):
+    """Offline Fréchet features for data without generating attributes (real videos, no I3D file), where no AttrNet
+    can be trained: the clustering's hand-made video statistics (``lib.cluster.embedders``: colour, histogram,
+    layout, texture, motion energy), z-scored with the reference set's statistics so that no group's scale decides
+    the distance. Weak — it sees palettes, layout and how much moves, not objects — and named for what it is
+    (``fd_vstats``), never FVD."""
+
+    extractor_id = "visual-stats-v1"
+    # A feature the reference never varies (a colour bin no real clip uses) would divide a generated clip's value by
+    # ~0; the features live in [0, 1], so their spread is floored at 0.01 of that range.
+    MIN_STD = 0.01
+
+    def __init__(self, reference: torch.Tensor) -> None:
+        super().__init__()
+        _, standard = standardise_groups(visual_stats_features(reference.numpy()))
+        self.standard = {**standard, "visual_stats_std": np.maximum(standard["visual_stats_std"], self.MIN_STD)}
+
+    def forward(self, videos: torch.Tensor) -> torch.Tensor:
+        z, _ = standardise_groups(visual_stats_features(videos.numpy()), self.standard)
+        return torch.from_numpy(z)
+
+
+def fd_feature_spec(cfg: EvalConfig, featnet: AttrNet | None, reference: torch.Tensor | None = None) -> FeatureSpec:
+    """I3D when ``eval.i3d_path`` is set (FVD proper), else the run's AttrNet (``fd_attrnet``), else (no attributes to
+    train one on) the reference-standardised visual statistics (``fd_vstats``)."""
     if cfg.i3d_path:
         i3d = I3DFeatures(cfg.i3d_path)
         return FeatureSpec(i3d, "fvd_i3d", i3d.extractor_id)
-    if featnet is None:
-        raise FeatureError(
-            "eval: no I3D file (eval.i3d_path) and no AttrNet given; a Fréchet score needs one of them "
-            "(AttrNet trains only on data with generating attributes, i.e. the built-in dataset)"
-        )
-    return FeatureSpec(AttrNetFeatures(featnet), "fd_attrnet", attrnet_id(featnet))
+    if featnet is not None:
+        return FeatureSpec(AttrNetFeatures(featnet), "fd_attrnet", attrnet_id(featnet))
+    if reference is None:
+        raise FeatureError("eval: no I3D file (eval.i3d_path), no AttrNet and no reference videos to fit features on")
+    features = VisualStatsFeatures(reference)
+    return FeatureSpec(features, "fd_vstats", features.extractor_id)
 
 
 def _features(module: nn.Module, videos: np.ndarray, batch_size: int = 128) -> np.ndarray:
@@ -189,7 +213,7 @@ def evaluate_methods(
     n_prompts = len(prompts_attrs) if len(prompts_attrs) else (len(prompts) if prompts is not None else None)
     p = _check_generated(generated, n_prompts)
     ref_videos = as_video_batch(reference_videos)
-    spec = fd_feature_spec(cfg, featnet)
+    spec = fd_feature_spec(cfg, featnet, ref_videos)
     if clip is None and cfg.clip_path:
         clip = ClipSimilarity(cfg.clip_path)
     if clip is not None and (prompts is None or len(prompts) != p):
