@@ -4,6 +4,7 @@ import io
 import json
 import logging
 import tarfile
+from dataclasses import replace
 
 import fsspec
 import numpy as np
@@ -179,3 +180,15 @@ def test_webdataset_threshold_counts_samples_and_names_reasons(tmp_path, videos,
     cfg = _cfg(source="webdataset", webdataset=str(shards), max_bad_fraction=0.2)
     with pytest.raises(TooManyBadRows, match=r"9/13 rows quarantined .*missing_member: 3"):
         ingest(cfg, seed=0, out_dir=tmp_path / "out")
+
+
+def test_webdataset_clips_pass_the_quality_filters_like_manifest_clips(tmp_path, videos, shards):
+    cfg = _cfg(source="webdataset", webdataset=str(shards), max_bad_fraction=0.9)
+    kept = ingest(cfg, seed=0, out_dir=tmp_path / "all")
+    assert kept.index["motion"].notna().all() and len(kept.filtered) == 0
+    bound = float(kept.index["motion"].min()) + 1e-6  # keep out the stillest clip(s), and count them
+    result = ingest(replace(cfg, min_motion=bound), seed=0, out_dir=tmp_path / "filtered")
+    stillest = sorted(kept.index.loc[kept.index["motion"] < bound, "clip_id"])
+    assert sorted(result.filtered["clip_id"]) == stillest and set(result.filtered["rule"]) == {"min_motion"}
+    assert not set(stillest) & set(result.index["clip_id"]) and len(result.index) == len(kept.index) - len(stillest)
+    assert all("#" in p for p in result.filtered["path"])  # <shard>#<key>, as quarantine rows name samples

@@ -30,10 +30,11 @@ import pandas as pd
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from data_schemas.ingest import ClipAttributes, QuarantineRecord
+from data_schemas.ingest import ClipAttributes, FilteredClip, QuarantineRecord
 from lib.config import DataConfig
 from lib.data.columns import ColumnError, source_column
-from lib.data.ingest import QUARANTINE_COLUMNS, IngestResult, caption_problem, check_bad_fraction
+from lib.data.filters import QualityFilter
+from lib.data.ingest import FILTERED_COLUMNS, QUARANTINE_COLUMNS, IngestResult, caption_problem, check_bad_fraction
 from lib.data.shards import ShardWriter
 from lib.data.video import VideoDecodeError, decode_clip
 
@@ -115,8 +116,8 @@ def _caption(sample: dict[str, Any], meta: dict[str, Any], columns: dict[str, st
     return caption
 
 
-def _clip(sample: dict[str, Any], cfg: DataConfig) -> tuple[str, str, Any]:
-    """(clip id, caption, frames) of one sample, or Refused with its quarantine reason."""
+def _clip(sample: dict[str, Any], cfg: DataConfig) -> tuple[str, str, Any, float, float | None]:
+    """(clip id, caption, frames, start, end) of one sample, or Refused with its quarantine reason."""
     meta = _metadata(sample)
     clip_id = _field(meta, "clip_id", cfg.columns)
     clip_id = str(sample["__key__"] if clip_id is None else clip_id)
@@ -142,7 +143,7 @@ def _clip(sample: dict[str, Any], cfg: DataConfig) -> tuple[str, str, Any]:
         )
     except VideoDecodeError as exc:
         raise Refused(exc.reason, exc.detail) from None
-    return clip_id, caption.strip(), frames
+    return clip_id, caption.strip(), frames, start, end
 
 
 def ingest_webdataset(cfg: DataConfig, out_dir: str | Path) -> IngestResult:
@@ -163,19 +164,30 @@ def ingest_webdataset(cfg: DataConfig, out_dir: str | Path) -> IngestResult:
         rows += 1
 
     rows = 0
+    quality = QualityFilter(cfg)
+    scores, filtered = [], []
     for sample in iter_samples(urls, shard_error):
         path = f"{sample['__url__']}#{sample['__key__']}"
         try:
-            clip_id, caption, frames = _clip(sample, cfg)
+            clip_id, caption, frames, start, end = _clip(sample, cfg)
             if clip_id in seen:
                 raise Refused("duplicate_id", f"clip id {clip_id!r} already used by an earlier sample")
             seen.add(clip_id)
-            writer.add(clip_id, frames, caption)
+            score = quality.score(frames)
+            verdict = quality.verdict(score)
+            if verdict:
+                filtered.append({"row": rows, "clip_id": clip_id, "path": path, "start": start, "end": end,
+                                 "motion": score.motion, "aesthetic": score.aesthetic, "rule": verdict[0],
+                                 "detail": verdict[1]})  # fmt: skip
+            else:
+                writer.add(clip_id, frames, caption)
+                scores.append(score)
         except Refused as exc:
             refuse(str(sample["__key__"]), path, exc.reason, exc.detail)
         rows += 1
-    index = writer.close()
+    index = writer.close().assign(motion=[s.motion for s in scores], aesthetic=[s.aesthetic for s in scores])
     quarantine_df = QuarantineRecord.validate(pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS))
     check_bad_fraction(quarantine_df, rows, cfg.max_bad_fraction, cfg.webdataset)
     attrs = ClipAttributes.validate(pd.DataFrame(columns=list(ClipAttributes.to_schema().columns)))
-    return IngestResult(index, quarantine_df, attrs, time.perf_counter() - t0)
+    filtered_df = FilteredClip.validate(pd.DataFrame(filtered, columns=FILTERED_COLUMNS))
+    return IngestResult(index, quarantine_df, attrs, time.perf_counter() - t0, filtered_df)
