@@ -12,11 +12,11 @@ export FLYTE_SDK_LOGGING_LEVEL ?= 40
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(PIP_TORCH_ARGS)
-	$(PY) -m pip install -q ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt ".[dev]"
 	touch $@
 
 # Flyte's local cache (under $$HOME/.flyte) points at task outputs: stage folders under the config's output_dir and
