@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pandas as pd
 
 from data_schemas.ingest import ClipAttributes, ClipIndex, FilteredClip, QuarantineRecord, VideoManifest
 from lib.config import DataConfig
 from lib.data.columns import ColumnError, map_columns
-from lib.data.filters import QualityFilter
+from lib.data.filters import ClipScores, QualityFilter
 from lib.data.procedural import iter_builtin_clips
 from lib.data.shards import ShardWriter
 from lib.data.split import assign_roles, role_counts
@@ -36,6 +37,37 @@ FILTERED_COLUMNS = list(FilteredClip.to_schema().columns)
 
 def empty_filtered() -> pd.DataFrame:
     return FilteredClip.validate(pd.DataFrame(columns=FILTERED_COLUMNS))
+
+
+class FilteringShardWriter:
+    """Shards of the decoded clips the quality rules (``lib.data.filters``) keep, each clip's scores on the index;
+    the clips a rule refuses become FilteredClip rows with their scores and the rule, never silently dropped.
+    Every decoding ingest (manifest, raw windows, WebDataset) writes through it."""
+
+    def __init__(self, cfg: DataConfig, out_dir: str | Path, source: str) -> None:
+        self.writer = ShardWriter(out_dir, cfg.shard_size, source=source)
+        self.quality = QualityFilter(cfg)
+        self.scores: list[ClipScores] = []
+        self.filtered: list[dict[str, object]] = []
+
+    def add(
+        self, row: int, clip_id: str, path: str, start: float, end: float | None, frames: np.ndarray, caption: str
+    ) -> None:
+        score = self.quality.score(frames)
+        verdict = self.quality.verdict(score)
+        if verdict:
+            self.filtered.append({"row": row, "clip_id": clip_id, "path": path, "start": start, "end": end,
+                                  "motion": score.motion, "aesthetic": score.aesthetic, "rule": verdict[0],
+                                  "detail": verdict[1]})  # fmt: skip
+            return
+        self.writer.add(clip_id, frames, caption)
+        self.scores.append(score)
+
+    def close(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The ClipIndex (with ``motion`` and ``aesthetic``) and the FilteredClip table."""
+        index = self.writer.close().assign(motion=[s.motion for s in self.scores],
+                                           aesthetic=[s.aesthetic for s in self.scores])  # fmt: skip
+        return index, FilteredClip.validate(pd.DataFrame(self.filtered, columns=FILTERED_COLUMNS))
 
 
 class ManifestError(ValueError):
@@ -150,9 +182,7 @@ def ingest_manifest(cfg: DataConfig, out_dir: str | Path, source: str = "manifes
     manifest holds scene windows)."""
     t0 = time.perf_counter()
     manifest = read_manifest(cfg.manifest, cfg.columns)
-    writer = ShardWriter(out_dir, cfg.shard_size, source=source)
-    quality = QualityFilter(cfg)
-    scores, filtered = [], []
+    writer = FilteringShardWriter(cfg, out_dir, source)
     quarantine: list[dict[str, object]] = []
     seen: set[str] = set()
     for row, rec in enumerate(manifest.to_dict("records")):
@@ -186,20 +216,11 @@ def ingest_manifest(cfg: DataConfig, out_dir: str | Path, source: str = "manifes
         except VideoDecodeError as exc:
             refuse(exc.reason, exc.detail)
             continue
-        score = quality.score(frames)
-        verdict = quality.verdict(score)
-        if verdict:
-            filtered.append({"row": row, "clip_id": clip_id, "path": path, "start": start, "end": end,
-                             "motion": score.motion, "aesthetic": score.aesthetic, "rule": verdict[0],
-                             "detail": verdict[1]})  # fmt: skip
-            continue
-        writer.add(clip_id, frames, rec["caption"].strip())
-        scores.append(score)
-    index = writer.close().assign(motion=[s.motion for s in scores], aesthetic=[s.aesthetic for s in scores])
+        writer.add(row, clip_id, path, start, end, frames, rec["caption"].strip())
+    index, filtered_df = writer.close()
     quarantine_df = QuarantineRecord.validate(pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS))
     check_bad_fraction(quarantine_df, len(manifest), cfg.max_bad_fraction, cfg.manifest)
     attrs = ClipAttributes.validate(pd.DataFrame(columns=list(ClipAttributes.to_schema().columns)))
-    filtered_df = FilteredClip.validate(pd.DataFrame(filtered, columns=FILTERED_COLUMNS))
     return IngestResult(index, quarantine_df, attrs, time.perf_counter() - t0, filtered_df)
 
 

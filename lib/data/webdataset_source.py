@@ -30,12 +30,10 @@ import pandas as pd
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from data_schemas.ingest import ClipAttributes, FilteredClip, QuarantineRecord
+from data_schemas.ingest import ClipAttributes, QuarantineRecord
 from lib.config import DataConfig
 from lib.data.columns import ColumnError, source_column
-from lib.data.filters import QualityFilter
-from lib.data.ingest import FILTERED_COLUMNS, QUARANTINE_COLUMNS, IngestResult, caption_problem, check_bad_fraction
-from lib.data.shards import ShardWriter
+from lib.data.ingest import QUARANTINE_COLUMNS, FilteringShardWriter, IngestResult, caption_problem, check_bad_fraction
 from lib.data.video import VideoDecodeError, decode_clip
 
 log = logging.getLogger(__name__)
@@ -150,7 +148,7 @@ def ingest_webdataset(cfg: DataConfig, out_dir: str | Path) -> IngestResult:
     """Decode every sample of the tar shards into a clip, quarantining the samples (and shards) that give none."""
     t0 = time.perf_counter()
     urls = shard_urls(cfg.webdataset)
-    writer = ShardWriter(out_dir, cfg.shard_size, source="webdataset")
+    writer = FilteringShardWriter(cfg, out_dir, "webdataset")
     quarantine: list[dict[str, object]] = []
     seen: set[str] = set()
 
@@ -164,8 +162,6 @@ def ingest_webdataset(cfg: DataConfig, out_dir: str | Path) -> IngestResult:
         rows += 1
 
     rows = 0
-    quality = QualityFilter(cfg)
-    scores, filtered = [], []
     for sample in iter_samples(urls, shard_error):
         path = f"{sample['__url__']}#{sample['__key__']}"
         try:
@@ -173,21 +169,12 @@ def ingest_webdataset(cfg: DataConfig, out_dir: str | Path) -> IngestResult:
             if clip_id in seen:
                 raise Refused("duplicate_id", f"clip id {clip_id!r} already used by an earlier sample")
             seen.add(clip_id)
-            score = quality.score(frames)
-            verdict = quality.verdict(score)
-            if verdict:
-                filtered.append({"row": rows, "clip_id": clip_id, "path": path, "start": start, "end": end,
-                                 "motion": score.motion, "aesthetic": score.aesthetic, "rule": verdict[0],
-                                 "detail": verdict[1]})  # fmt: skip
-            else:
-                writer.add(clip_id, frames, caption)
-                scores.append(score)
+            writer.add(rows, clip_id, path, start, end, frames, caption)
         except Refused as exc:
             refuse(str(sample["__key__"]), path, exc.reason, exc.detail)
         rows += 1
-    index = writer.close().assign(motion=[s.motion for s in scores], aesthetic=[s.aesthetic for s in scores])
+    index, filtered_df = writer.close()
     quarantine_df = QuarantineRecord.validate(pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS))
     check_bad_fraction(quarantine_df, rows, cfg.max_bad_fraction, cfg.webdataset)
     attrs = ClipAttributes.validate(pd.DataFrame(columns=list(ClipAttributes.to_schema().columns)))
-    filtered_df = FilteredClip.validate(pd.DataFrame(filtered, columns=FILTERED_COLUMNS))
     return IngestResult(index, quarantine_df, attrs, time.perf_counter() - t0, filtered_df)
