@@ -60,14 +60,15 @@ def load_aesthetic_head(path: str | Path) -> nn.Sequential:
 class AestheticScorer:
     """LAION aesthetic score of a clip's middle frame (unit-norm CLIP image embedding -> head)."""
 
-    def __init__(self, head_path: str | Path, clip_path: str | Path) -> None:
+    def __init__(self, head_path: str | Path, clip: ClipSimilarity | str | Path) -> None:
+        """``clip``: a CLIP folder, or an already loaded scorer (the evaluation's, so ViT-L/14 is loaded once)."""
         self.head = load_aesthetic_head(head_path)
         self.head_name = Path(head_path).name
-        self.clip = ClipSimilarity(clip_path)
+        self.clip = clip if isinstance(clip, ClipSimilarity) else ClipSimilarity(clip)
         dim = int(self.clip.model.config.projection_dim)
         if self.head[0].in_features != dim:
             raise AestheticError(f"{head_path}: the head takes {self.head[0].in_features}-d embeddings but the CLIP "
-                                 f"at {clip_path} gives {dim}-d (LAION heads need ViT-L/14: 768)")  # fmt: skip
+                                 f"at {self.clip.path} gives {dim}-d (LAION heads need ViT-L/14: 768)")  # fmt: skip
 
     @torch.no_grad()
     def score(self, frames: np.ndarray) -> float:

@@ -225,7 +225,7 @@ def evaluate_methods(
     if featnet is not None and len(prompts_attrs) > 0:
         hits = {m: attribute_hits(featnet, v, prompts_attrs) for m, v in generated.items()}
     sims = {m: clip.scores(v, prompts) for m, v in generated.items()} if clip is not None else {}
-    aesthetic = AestheticScorer(cfg.aesthetic_path, cfg.clip_path) if cfg.aesthetic_path else None
+    aesthetic = AestheticScorer(cfg.aesthetic_path, clip) if cfg.aesthetic_path else None  # clip_path is required
     pretty = {m: np.array([aesthetic.score(video) for video in v]) for m, v in generated.items()} if aesthetic else {}
     motion = {m: {"motion_mad": mean_abs_frame_diff(v), "motion_flow": normal_flow_magnitude(v)}
               for m, v in generated.items()}  # fmt: skip
