@@ -36,7 +36,7 @@ from lib.cluster.report import assignment_frame  # noqa: E402
 from lib.config import RunConfig, replace_in  # noqa: E402
 from lib.data.ingest import ingest  # noqa: E402
 from lib.data.split import TRAIN  # noqa: E402
-from lib.encode.store import load_encoded, read_codec_info  # noqa: E402
+from lib.encode.store import read_codec_info  # noqa: E402
 from lib.evaluate.compare import compare_methods, reference_clip_ids  # noqa: E402
 from lib.evaluate.featnet import AttrNet  # noqa: E402
 from lib.extend.assign import place_new_clips  # noqa: E402
@@ -45,7 +45,6 @@ from lib.io import atomic_write  # noqa: E402
 from lib.sample.pipeline import DDMPipeline, assemble_ddm, clustering_record  # noqa: E402
 from lib.sample.prompts import stratified_prompts  # noqa: E402
 from lib.train.compute import flops_per_step  # noqa: E402
-from lib.train.router import train_router  # noqa: E402
 from lib.train.specs import expert_specs, training_rows  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -54,19 +53,12 @@ NEW_SCENES = ("checker",)
 
 
 def router(ctx: bench.Shared, name: str, assignments: pd.DataFrame, k: int) -> Path:
-    """A router over ``k`` clusters on the train rows of ``assignments``; reused when its inputs are unchanged."""
-    cfg = ctx.cfg
-    rows = training_rows(assignments)
-    src = [ctx.data_key, cfg.seed, dataclasses.asdict(cfg.router), k, rows["clip_id"].tolist(),
-           rows["cluster_id"].tolist()]  # fmt: skip
-    out = ctx.work / "router" / f"{name}-{hashlib.sha256(json.dumps(src).encode()).hexdigest()[:16]}"
-    if (out / "router" / "config.json").is_file():
-        return out / "router"
-    data = load_encoded(ctx.encoded, rows["clip_id"].tolist())
-    labels = torch.tensor(rows["cluster_id"].to_numpy(), dtype=torch.int64)
-    result = train_router(data.latents, data.pooled, labels, cfg.router, k, cfg.seed, out)
-    bench.say(f"router {name}: accuracy per t bucket {result.report['accuracy'].round(2).tolist()}")
-    return result.model_dir
+    """The headline's router step (``router_for``: trained on the train rows, reused by its inputs) over ``k``
+    clusters."""
+    kctx = dataclasses.replace(ctx, cfg=replace_in(ctx.cfg, cluster={"num_clusters": k}))
+    folder, report, _ = bench.router_for(kctx, bench.Variant(name, assignments, np.empty((k, 0)), ""), ctx.cfg.seed)
+    bench.say(f"router {name}: accuracy per t bucket {report['accuracy'].round(2).tolist()}")
+    return folder
 
 
 def train_all(ctx: bench.Shared, cfg: RunConfig, assignments: pd.DataFrame, ids: list[int] | None) -> tuple:
