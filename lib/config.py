@@ -379,6 +379,9 @@ class ExtendConfig:
     scenes: list[str] = field(default_factory=lambda: ["checker"])  # built-in: the new data's scene families
     join_distance: float = 0.3  # cosine distance to the nearest parent centroid up to which a clip joins its cluster
     new_clusters: int = 1  # clusters (= new experts) the far clips are split into
+    # > 0: every parent expert whose cluster new train clips joined continues from its weights for this many steps
+    # on its old train clips plus the joined ones (expert config otherwise); 0: off, joined clips teach the router only
+    continue_steps: int = 0
 
     def __post_init__(self) -> None:
         _one_of(self.source, ("builtin", "manifest"), "extend.source")
@@ -388,6 +391,7 @@ class ExtendConfig:
             _one_of(scene, SCENES, "extend.scenes")
         _check(0.0 <= self.join_distance <= 2.0, "extend.join_distance", "a cosine distance: must lie in [0, 2]")
         _check(self.new_clusters >= 1, "extend.new_clusters", f"must be >= 1, got {self.new_clusters}")
+        _check(self.continue_steps >= 0, "extend.continue_steps", f"must be >= 0 (0: off), got {self.continue_steps}")
 
     def data_config(self, parent: DataConfig) -> DataConfig:
         """The new data's config: the parent's frames, size and split, with this section's source and clips."""

@@ -1,14 +1,19 @@
 """Grow a DDM with new data: place the new clips, train experts for the new clusters only, refit the router, assemble.
 
-The parent's experts are never trained here: the grown folder copies them (``lib.extend.grow``), and the new experts
-go through the same ``train_experts`` map task, trainer and skip-by-hash as the pipeline's.
+The parent's experts are copied into the grown folder unchanged (``lib.extend.grow``), and the new experts go
+through the same ``train_experts`` map task, trainer and skip-by-hash as the pipeline's. Only with
+``extend.continue_steps`` > 0 does a parent expert train again: ``continue_experts`` continues each one whose cluster
+new clips joined, from its weights, on its old and new clips (``lib.train.specs.continue_specs``), through the same
+``train_one`` as every expert.
 """
 
 import dataclasses
+import functools
 import json
+from pathlib import Path
 
 import torch
-from flytekit import Cache, Resources, task
+from flytekit import Cache, Resources, dynamic, map_task, task
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
 from pandera.typing import DataFrame
@@ -23,9 +28,10 @@ from lib.extend.assign import place_new_clips
 from lib.extend.grow import check_same_codec, grow_ddm, read_parent
 from lib.io import atomic_write
 from lib.train.router import train_router
-from lib.train.specs import ExpertSpec, expert_specs, training_rows
+from lib.train.specs import ExpertSpec, continue_specs, expert_specs, training_rows
 from tasks.common import publish_stage, stage_dir, uri_of
 from tasks.image import TASK_IMAGE
+from tasks.train import elastic_train_task, resource_overrides, train_one, training_task
 
 
 @task(container_image=TASK_IMAGE, cache=Cache(version="extend-data-v1"))
@@ -34,7 +40,7 @@ def extension_data(cfg: RunConfig) -> DataConfig:
     return cfg.extend.data_config(cfg.data)
 
 
-@task(container_image=TASK_IMAGE, cache=Cache(version="place-v1"), requests=Resources(cpu="2", mem="4Gi"))
+@task(container_image=TASK_IMAGE, cache=Cache(version="place-v2"), requests=Resources(cpu="2", mem="4Gi"))
 def place_new_data(
     cfg: RunConfig,
     parent: FlyteDirectory,
@@ -42,9 +48,11 @@ def place_new_data(
     shards: FlyteDirectory,
     encoded: FlyteDirectory,
     index: DataFrame[ClipIndex],
-) -> tuple[DataFrame[ClusterAssignment], FlyteFile, list[ExpertSpec], str]:
+) -> tuple[DataFrame[ClusterAssignment], FlyteFile, list[ExpertSpec], list[ExpertSpec], str]:
     """Embed the new clips with the parent's embedders and fitted state, assign them (join or new cluster), and
-    spec one expert per new cluster. Returns the assignments, all centroids, the specs and the placement (JSON)."""
+    spec one expert per new cluster, and one continued expert per joined parent cluster when
+    ``extend.continue_steps`` > 0 (none when off). Returns the assignments, all centroids, the new experts' specs,
+    the continued experts' specs and the placement (JSON)."""
     ddm = read_parent(parent.download())
     check_same_codec(ddm, read_codec_info(encoded.download()), cfg.encode)
     clash = sorted(set(index["clip_id"]) & set(parent_assignments["clip_id"]))
@@ -62,9 +70,84 @@ def place_new_data(
     centroids = out / "centroids.safetensors"
     atomic_write(centroids, lambda tmp: save_file({"centroids": placed.centroids, **ddm.state}, str(tmp)))
     specs = expert_specs(cfg, placed.assignments, cluster_ids=placed.new_cluster_ids)
+    continued = continue_specs(cfg, parent_assignments, placed.assignments, ddm.start_weights())
     summary = json.dumps(placed.summary)
     print(f"extend: placement {summary}", flush=True)
-    return placed.assignments, FlyteFile(publish_stage(cfg.output_dir, centroids)), specs, summary
+    if continued:
+        print(f"extend: continuing {[s.name for s in continued]} for {cfg.extend.continue_steps} steps each on their "
+              "parent and joined train clips", flush=True)  # fmt: skip
+    return placed.assignments, FlyteFile(publish_stage(cfg.output_dir, centroids)), specs, continued, summary
+
+
+def _continue_one(
+    spec: ExpertSpec,
+    parent: FlyteDirectory,
+    parent_encoded: FlyteDirectory,
+    parent_assignments: DataFrame[ClusterAssignment],
+    encoded: FlyteDirectory,
+    assignments: DataFrame[ClusterAssignment],
+    output_dir: str,
+) -> FlyteDirectory:
+    """Body of both continue tasks: the parent's expert (checked to be the spec's start) trained on its parent
+    clips, then its joined ones."""
+    start = read_parent(parent.download()).start_folder(spec.cluster_id, spec.init_sha256)
+    sources = [(parent_encoded, parent_assignments), (encoded, assignments)]
+    return train_one(spec, sources, output_dir, init_from=start)
+
+
+@task(container_image=TASK_IMAGE, requests=Resources(cpu="2", mem="4Gi"), retries=2)
+def continue_model(
+    spec: ExpertSpec,
+    parent: FlyteDirectory,
+    parent_encoded: FlyteDirectory,
+    parent_assignments: DataFrame[ClusterAssignment],
+    encoded: FlyteDirectory,
+    assignments: DataFrame[ClusterAssignment],
+    output_dir: str,
+) -> FlyteDirectory:
+    """One parent expert continued on its old and joined clips; not Flyte-cached, like ``train_model`` (the trainer
+    skips a finished model and resumes a half-trained one by itself)."""
+    return _continue_one(spec, parent, parent_encoded, parent_assignments, encoded, assignments, output_dir)
+
+
+def continue_model_elastic(
+    spec: ExpertSpec,
+    parent: FlyteDirectory,
+    parent_encoded: FlyteDirectory,
+    parent_assignments: DataFrame[ClusterAssignment],
+    encoded: FlyteDirectory,
+    assignments: DataFrame[ClusterAssignment],
+    output_dir: str,
+    nnodes: int,
+    nproc_per_node: int,
+) -> FlyteDirectory:
+    """``continue_model`` on nnodes x nproc_per_node DDP processes (one GPU each)."""
+    return _continue_one(spec, parent, parent_encoded, parent_assignments, encoded, assignments, output_dir)
+
+
+continue_model_elastic = elastic_train_task(continue_model_elastic)
+
+
+@dynamic(container_image=TASK_IMAGE)
+def continue_experts(
+    cfg: RunConfig,
+    specs: list[ExpertSpec],
+    parent: FlyteDirectory,
+    parent_encoded: FlyteDirectory,
+    parent_assignments: DataFrame[ClusterAssignment],
+    encoded: FlyteDirectory,
+    assignments: DataFrame[ClusterAssignment],
+) -> list[FlyteDirectory | None]:
+    """The continued experts, isolated map-task elements as in ``train_experts`` with ``resources.expert_*`` (as the
+    new experts here: growing a DDM plans no ``resources.pool`` placement); none when ``extend.continue_steps`` is 0."""
+    if not specs:
+        return []
+    res = cfg.resources
+    trainer, shape = training_task(res.expert_nnodes, res.expert_nproc_per_node, continue_model, continue_model_elastic)
+    common = {"parent": parent, "parent_encoded": parent_encoded, "parent_assignments": parent_assignments,
+              "encoded": encoded, "assignments": assignments, "output_dir": cfg.output_dir}  # fmt: skip
+    experts = map_task(functools.partial(trainer, **common, **shape), min_success_ratio=res.min_success_ratio)
+    return experts(spec=specs).with_overrides(**resource_overrides(res))
 
 
 @task(container_image=TASK_IMAGE, cache=Cache(version="refit-router-v1"), requests=Resources(cpu="2", mem="4Gi"))
@@ -92,28 +175,40 @@ def refit_router(
     return FlyteDirectory(publish_stage(output_dir, result.model_dir))
 
 
-@task(container_image=TASK_IMAGE, cache=Cache(version="grow-v1"), requests=Resources(cpu="1", mem="2Gi"))
+def _by_cluster(specs: list[ExpertSpec], folders: list[FlyteDirectory | None]) -> dict[int, Path | None]:
+    """Each spec's trained folder (None: failed) by its cluster id."""
+    return {s.cluster_id: (Path(f.download()) if f is not None else None) for s, f in zip(specs, folders, strict=True)}
+
+
+@task(container_image=TASK_IMAGE, cache=Cache(version="grow-v2"), requests=Resources(cpu="1", mem="2Gi"))
 def grow_ddm_task(
     encode_cfg: EncodeConfig,
     parent: FlyteDirectory,
     specs: list[ExpertSpec],
     experts: list[FlyteDirectory | None],
+    continued_specs: list[ExpertSpec],
+    continued: list[FlyteDirectory | None],
     router: FlyteDirectory,
     encoded: FlyteDirectory,
     centroids: FlyteFile,
     placement: str,
     output_dir: str,
 ) -> FlyteDirectory:
-    """The grown DDM folder: the parent's experts reused byte for byte, the new ones, the refit router, lineage."""
-    sources = [uri_of(e) if e is not None else None for e in experts]
-    out = stage_dir(output_dir, "ddm", uri_of(parent), sources, uri_of(router), uri_of(centroids)) / "ddm"
-    new = {s.cluster_id: (e.download() if e is not None else None) for s, e in zip(specs, experts, strict=True)}
+    """The grown DDM folder: the parent's experts reused byte for byte (or continued), the new ones, the refit router,
+    lineage."""
+    sources = [[uri_of(e) if e is not None else None for e in folders] for folders in (experts, continued)]
+    out = stage_dir(output_dir, "ddm", uri_of(parent), *sources, uri_of(router), uri_of(centroids)) / "ddm"
     ddm = read_parent(parent.download())
-    folder = grow_ddm(out, ddm, new, router.download(), read_codec_info(encoded.download()),
-                      load_file(centroids.download())["centroids"], encode_cfg, json.loads(placement))  # fmt: skip
+    folder = grow_ddm(out, ddm, _by_cluster(specs, experts), router.download(), read_codec_info(encoded.download()),
+                      load_file(centroids.download())["centroids"], encode_cfg, json.loads(placement),
+                      continued=_by_cluster(continued_specs, continued))  # fmt: skip
     manifest = json.loads((folder / "ddm.json").read_text())
     lineage = manifest["lineage"]
+    if lineage["continue_failed"]:
+        print(f"extend: expert(s) {lineage['continue_failed']} failed to continue on their joined clips; the grown "
+              "DDM keeps the parent's experts there unchanged (listed as reused)", flush=True)  # fmt: skip
     print(f"extend: DDM version {lineage['version']} with {manifest['num_experts']} experts "
-          f"(reused {[e['cluster_id'] for e in lineage['reused_experts']]}, new {lineage['new_experts']}, "
+          f"(reused {[e['cluster_id'] for e in lineage['reused_experts']]}, "
+          f"continued {[e['cluster_id'] for e in lineage['continued_experts']]}, new {lineage['new_experts']}, "
           f"missing {manifest['missing_experts'] or 'none'}) -> {folder}", flush=True)  # fmt: skip
     return FlyteDirectory(publish_stage(output_dir, folder))

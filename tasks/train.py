@@ -17,10 +17,11 @@ import dataclasses
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from flytekit import Cache, Deck, Resources, TaskMetadata, dynamic, map_task, task
 from flytekit.extras.accelerators import GPUAccelerator
@@ -42,8 +43,8 @@ from lib.train.checkpoint import complete_checkpoints, mirror_checkpoint
 from lib.train.curves import curves_html
 from lib.train.distributed import workers_from_env
 from lib.train.router import train_router
-from lib.train.specs import ExpertSpec, clip_ids_for, compute_table, expert_specs, monolith_spec, training_rows
-from lib.train.trainer import ProgressCallback, TrainData, TrainResult, train
+from lib.train.specs import ExpertSpec, compute_table, expert_specs, monolith_spec, training_data, training_rows
+from lib.train.trainer import ProgressCallback, TrainResult, train
 from tasks.common import input_key, is_local, mark_ran, publish_stage, stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
 
@@ -112,22 +113,34 @@ def published_model(result: TrainResult, remote: str | None) -> str:
     return published or publish_dir(result.model_dir, f"{remote}/model")
 
 
-def _train_one(
-    spec: ExpertSpec, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment], output_dir: str
+def train_one(
+    spec: ExpertSpec,
+    sources: Sequence[tuple[FlyteDirectory, pd.DataFrame]],
+    output_dir: str,
+    init_from: Path | None = None,
 ) -> FlyteDirectory:
-    """Body of both training tasks; under DDP every process runs it and rank 0's folder is the output."""
+    """Body of every expert training task (the pipeline's experts and monolith, a grown DDM's continued experts):
+    skip by spec hash, resume from checkpoints, MLflow run, published model. Under DDP every process runs it and
+    rank 0's folder is the output.
+
+    Args:
+        spec: the model to train.
+        sources: (encoded folder, ClusterAssignment table) pairs its clips are loaded from, in order: one for the
+            pipeline's models; the parent's and the new data's for a continued expert.
+        output_dir: the run's output location.
+        init_from: a saved model the run starts from (a continued expert's parent), named by ``spec.init_sha256``.
+    """
     workers = workers_from_env()
-    # the spec's identity (not how it runs: micro-batch, compile) and the encoded folder (size, frames, codec)
-    run_hash = input_key(spec.spec_hash(), uri_of(encoded))
+    # the spec's identity (not how it runs: micro-batch, compile) and the encoded folders (size, frames, codec)
+    run_hash = input_key(spec.spec_hash(), *(uri_of(encoded) for encoded, _ in sources))
     key = f"{spec.name}-{run_hash}"
     out = stage_dir(output_dir, "train", key, fresh=False)
     callback, remote = remote_run(output_dir, "train", key, out, spec.expert.log_every, spec.name)
-    encoded_data = load_encoded(encoded.download(), clip_ids_for(spec, assignments))
-    data = TrainData(encoded_data.clip_ids, encoded_data.latents, encoded_data.tokens, encoded_data.mask)
-    run = _model_run(spec, run_hash, encoded, output_dir) if workers.is_main else None
+    data = training_data(spec, [(encoded.download(), table) for encoded, table in sources])
+    run = _model_run(spec, run_hash, sources[0][0], output_dir) if workers.is_main else None
     try:
         result = train(data, spec.expert, out, spec.seed, spec.name, callbacks=[callback] + ([run] if run else []),
-                       spec_hash=run_hash)  # fmt: skip
+                       spec_hash=run_hash, init_from=init_from)  # fmt: skip
     except BaseException:
         if run:
             run.failed()
@@ -149,7 +162,10 @@ def _model_run(spec: ExpertSpec, run_hash: str, encoded: FlyteDirectory, output_
     pt, ph, pw = spec.expert.patch_size
     params = {"spec_hash": run_hash, "cluster_id": spec.cluster_id, "num_clips": spec.num_clips, "seed": spec.seed,
               "expert": dataclasses.asdict(spec.expert)}  # fmt: skip
-    tags = {"ddm.kind": "monolith" if spec.cluster_id < 0 else "expert"}
+    if spec.init_sha256:
+        params["init_sha256"] = spec.init_sha256
+    kind = "monolith" if spec.cluster_id < 0 else "continued expert" if spec.init_sha256 else "expert"
+    tags = {"ddm.kind": kind}
     tokens_per_step = spec.expert.batch_size * (t // pt) * (h // ph) * (w // pw)
     return ModelRun(lambda: tracker_for(output_dir), spec.name, params, tags, tokens_per_step, spec.expert.log_every)
 
@@ -159,7 +175,7 @@ def train_model(
     spec: ExpertSpec, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment], output_dir: str
 ) -> FlyteDirectory:
     """Train one expert (or the monolith) on its clips; the folder loads with diffusers ``from_pretrained``."""
-    return _train_one(spec, encoded, assignments, output_dir)
+    return train_one(spec, [(encoded, assignments)], output_dir)
 
 
 class ElasticTrainTask(PytorchElasticFunctionTask):
@@ -194,18 +210,23 @@ def train_model_elastic(
     nproc_per_node: int,
 ) -> FlyteDirectory:
     """``train_model`` on nnodes x nproc_per_node DDP processes (one GPU each)."""
-    return _train_one(spec, encoded, assignments, output_dir)
+    return train_one(spec, [(encoded, assignments)], output_dir)
 
 
-# What ``@task(task_config=Elastic())`` does, with our task class: Flyte finds the task under the function's name.
-train_model_elastic = ElasticTrainTask(
-    task_config=Elastic(increase_shared_mem=False),
-    container_image=TASK_IMAGE,
-    task_function=train_model_elastic,
-    requests=Resources(cpu="2", mem="4Gi"),
-    shared_memory=True,  # /dev/shm for the NCCL/gloo workers of one pod
-    metadata=TaskMetadata(retries=2),
-)
+def elastic_train_task(fn: Callable[..., FlyteDirectory]) -> ElasticTrainTask:
+    """What ``@task(task_config=Elastic())`` does, with our task class and the training tasks' resources and retries;
+    assign it to the function's own name: Flyte finds the task under that name."""
+    return ElasticTrainTask(
+        task_config=Elastic(increase_shared_mem=False),
+        container_image=TASK_IMAGE,
+        task_function=fn,
+        requests=Resources(cpu="2", mem="4Gi"),
+        shared_memory=True,  # /dev/shm for the NCCL/gloo workers of one pod
+        metadata=TaskMetadata(retries=2),
+    )
+
+
+train_model_elastic = elastic_train_task(train_model_elastic)
 
 
 def resource_overrides(res: ResourcesConfig, placed: Placement | None = None) -> dict[str, Any]:
@@ -217,11 +238,17 @@ def resource_overrides(res: ResourcesConfig, placed: Placement | None = None) ->
     return {"requests": resources, "limits": resources, "accelerator": accelerator, "retries": res.retries}
 
 
-def _trainer(nnodes: int, nproc_per_node: int) -> tuple[Callable[..., Any], dict[str, Any]]:
-    """The training task for this many processes per expert and the extra inputs it takes."""
+def training_task(
+    nnodes: int,
+    nproc_per_node: int,
+    single: Callable[..., Any] = train_model,
+    elastic: ElasticTrainTask = train_model_elastic,
+) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """The training task for this many processes per expert (``single`` for one, else ``elastic`` shaped) and the
+    extra inputs it takes; a grown DDM's continued experts pass their own pair."""
     if nnodes * nproc_per_node == 1:
-        return train_model, {}
-    return train_model_elastic.shape(nnodes, nproc_per_node), {"nnodes": nnodes, "nproc_per_node": nproc_per_node}
+        return single, {}
+    return elastic.shape(nnodes, nproc_per_node), {"nnodes": nnodes, "nproc_per_node": nproc_per_node}
 
 
 @task(container_image=TASK_IMAGE, requests=Resources(cpu="1", mem="1Gi"), enable_deck=True)
@@ -288,13 +315,13 @@ def train_experts(
     res = cfg.resources
     common = {"encoded": encoded, "assignments": assignments, "output_dir": cfg.output_dir}
     if not placements:
-        trainer, shape = _trainer(res.expert_nnodes, res.expert_nproc_per_node)
+        trainer, shape = training_task(res.expert_nnodes, res.expert_nproc_per_node)
         experts = map_task(functools.partial(trainer, **common, **shape), min_success_ratio=res.min_success_ratio)
         return experts(spec=specs).with_overrides(**resource_overrides(res))
     by_name = {p.name: p for p in placements}
     outputs, order = [], []
     for (_, gpus), members in _planned_groups(specs, placements).items():
-        trainer, shape = _trainer(1, gpus)
+        trainer, shape = training_task(1, gpus)
         group = map_task(functools.partial(trainer, **common, **shape), min_success_ratio=res.min_success_ratio)
         node = group(spec=[_placed(specs[i], by_name[specs[i].name]) for i in members])
         outputs.append(node.with_overrides(**resource_overrides(res, by_name[specs[members[0]].name])))
@@ -307,7 +334,7 @@ def train_monolith(
     cfg: RunConfig, spec: ExpertSpec, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment]
 ) -> FlyteDirectory:
     """The baseline: the same trainer and network on all clusters with K x one expert's samples."""
-    trainer, shape = _trainer(cfg.resources.expert_nnodes, cfg.resources.expert_nproc_per_node)
+    trainer, shape = training_task(cfg.resources.expert_nnodes, cfg.resources.expert_nproc_per_node)
     node = trainer(spec=spec, encoded=encoded, assignments=assignments, output_dir=cfg.output_dir, **shape)
     return node.with_overrides(**resource_overrides(cfg.resources))
 

@@ -72,7 +72,7 @@ def test_package_holds_every_task_with_cache_versions_and_retries(package):
         "tasks.cluster.embed_clips": "embed-v2",
         "tasks.cluster.cluster_clips": "cluster-v3",
         "tasks.sample.assemble_ddm_task": "assemble-v2",
-        "tasks.extend.place_new_data": "place-v1",
+        "tasks.extend.place_new_data": "place-v2",
         "tasks.extend.refit_router": "refit-router-v1",
         "tasks.train.train_router_task": "router-v2",
     }
@@ -85,6 +85,8 @@ def test_package_holds_every_task_with_cache_versions_and_retries(package):
     assert train.container.image.startswith(IMAGE_SPEC.name + ":")  # the ImageSpec, not the --image default
     elastic = tasks["tasks.train.train_model_elastic"]  # registered too: the dynamic picks it per run config
     assert elastic.metadata.retries.retries == 2 and not elastic.metadata.discoverable
+    for name in ("tasks.extend.continue_model", "tasks.extend.continue_model_elastic"):  # a grown DDM's, the same way
+        assert tasks[name].metadata.retries.retries == 2 and not tasks[name].metadata.discoverable, name
 
 
 def test_every_task_runs_in_the_imagespec_image_built_from_pyproject_and_the_dockerfile_base(package):

@@ -12,7 +12,7 @@ from tiny_clips import TINY_EXPERT, tiny_train_data
 
 from data_schemas.train import TrainingLog
 from lib.config import ExpertConfig
-from lib.models.factory import TRAINING_INFO, load_expert, weights_sha256
+from lib.models.factory import TRAINING_INFO, ExpertLoadError, load_expert, weights_sha256
 from lib.train import checkpoint as ckpt
 from lib.train.trainer import (
     BatchSampler,
@@ -212,6 +212,33 @@ def test_unchanged_spec_is_not_retrained(data: TrainData, tmp_path: Path):
     changed = train(data, replace(cfg, lr=1e-3), tmp_path, seed=0, name="s", callbacks=[], spec_hash="abd")
     assert not changed.skipped and changed.resumed_from == 0
     assert json.loads((tmp_path / "model" / TRAINING_INFO).read_text())["spec_hash"] == "abd"
+
+
+def test_init_from_starts_model_and_ema_from_saved_weights_and_resume_keeps_it(data: TrainData, tmp_path: Path):
+    parent = train(data, replace(TINY, steps=2), tmp_path / "parent", seed=0, name="p", callbacks=[]).model_dir
+    # one step at a negligible lr: the saved EMA (0.1 x its start + 0.9 x the model) is the start weights, so the
+    # model and its EMA both began there, not at a fresh init
+    still = replace(TINY, steps=1, lr=1e-9, warmup_steps=0)
+    cont = train(data, still, tmp_path / "cont", seed=0, name="c", callbacks=[], init_from=parent)
+    fresh = train(data, still, tmp_path / "fresh", seed=0, name="c", callbacks=[])
+    start, ours, new = _weights(parent), _weights(cont.model_dir), _weights(fresh.model_dir)
+    for name in start:
+        torch.testing.assert_close(ours[name], start[name], rtol=0, atol=1e-6)
+    assert any(not torch.allclose(new[n], start[n], atol=1e-3) for n in start)
+    assert cont.info["init_weights_sha256"] == weights_sha256(parent) and "init_weights_sha256" not in fresh.info
+    # a half-trained continued run resumes from its checkpoint (same weights as straight through); checkpoints of a
+    # run from a fresh init are not resumed by one that starts from saved weights
+    cfg = replace(TINY, steps=4, checkpoint_every=2)
+    straight = train(data, cfg, tmp_path / "a", seed=0, name="c", callbacks=[], init_from=parent)
+    train(data, cfg, tmp_path / "b", seed=0, name="c", callbacks=[], max_steps=2)
+    half = train(data, cfg, tmp_path / "b", seed=0, name="c", callbacks=[], init_from=parent, max_steps=2)
+    assert half.resumed_from == 0
+    resumed = train(data, cfg, tmp_path / "b", seed=0, name="c", callbacks=[], init_from=parent)
+    assert resumed.resumed_from == 2
+    _assert_same_weights(straight.model_dir, resumed.model_dir)
+    # another architecture is refused, naming the folder and what differs
+    with pytest.raises(ExpertLoadError, match=rf"{re.escape(str(parent))}: cannot start from these weights.*num_lay"):
+        train(data, replace(still, num_layers=1), tmp_path / "bad", seed=0, name="c", callbacks=[], init_from=parent)
 
 
 def test_eps_objective_trains(data: TrainData, tmp_path: Path):

@@ -5,12 +5,18 @@ data costs one new expert, not a new run. The grown folder is an ordinary DDM fo
 loads it); its ``ddm.json`` adds ``lineage``: the parent folder and its manifest's sha256, the version (parent + 1),
 which experts are reused (with the parent's weight sha256, which the load-time check then enforces on the copy) and
 which are new, and the numbers of the new-data placement (``lib.extend.assign``).
+
+Optionally (``extend.continue_steps`` > 0) a parent expert whose cluster new clips joined continues from its weights
+on its old and new clips (``lib.train.specs.continue_specs``) and replaces the parent's in the grown folder; the
+lineage lists it under ``continued_experts`` with both weights' sha256. One that failed to train costs nothing but
+its update: the parent's expert is kept unchanged (listed as reused, and under ``continue_failed``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +26,10 @@ from safetensors.numpy import load_file
 
 from lib.config import EncodeConfig
 from lib.encode.learned import VAE_DIR
-from lib.models.factory import weights_sha256
+from lib.models.factory import TRAINING_INFO, weights_digest, weights_sha256
 from lib.sample.pipeline import MANIFEST, DDMLoadError, assemble_ddm, codec_and_text
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,25 @@ class ParentDDM:
 
     def expert_folders(self) -> dict[int, Path | None]:
         return {e["cluster_id"]: (self.folder / e["path"] if e["present"] else None) for e in self.manifest["experts"]}
+
+    def present_experts(self) -> dict[int, dict[str, Any]]:
+        """The manifest entries of the experts the parent holds, by cluster id."""
+        return {e["cluster_id"]: e for e in self.manifest["experts"] if e["present"]}
+
+    def start_weights(self) -> dict[int, str]:
+        """Each held expert's ``weights_digest``: what a continued expert's spec names as its start."""
+        return {c: weights_digest(e["weights_sha256"]) for c, e in self.present_experts().items()}
+
+    def start_folder(self, cluster_id: int, init_sha256: str) -> Path:
+        """The parent expert a continued spec starts from, refused unless its weights are the spec's start."""
+        folder = self.expert_folders().get(cluster_id)
+        found = weights_digest(weights_sha256(folder)) if folder is not None else None
+        if found != init_sha256:
+            raise DDMLoadError(
+                f"{self.folder}: expert {cluster_id} ({folder}) is not the start its continued spec names "
+                f"(weights digest {found}, spec {init_sha256}): the parent changed after placement"
+            )
+        return folder
 
 
 def read_parent(folder: str | Path) -> ParentDDM:
@@ -100,8 +127,10 @@ def grow_ddm(
     centroids: np.ndarray,
     encode_cfg: EncodeConfig,
     placement: dict[str, Any],
+    continued: dict[int, str | Path | None] | None = None,
 ) -> Path:
-    """Assemble the grown DDM: parent experts 0..K-1 reused, ``new_experts`` K.. new, the refit router.
+    """Assemble the grown DDM: parent experts 0..K-1 reused or ``continued``, ``new_experts`` K.. new, the refit
+    router.
 
     Args:
         out_dir: the grown DDM folder (replaced whole if it exists).
@@ -112,23 +141,51 @@ def grow_ddm(
         centroids: [K + n, D], the parent's followed by the new clusters'.
         encode_cfg: the run's encode config.
         placement: ``NewClips.summary``, recorded in the lineage.
+        continued: trained folder per parent cluster id whose expert continued on its joined clips (None: its
+            training failed, so the parent's expert is kept unchanged); each must have started from the parent's.
     """
     k = parent.num_experts
     if sorted(new_experts) != list(range(k, k + len(new_experts))) or not new_experts:
         raise DDMLoadError(f"new experts must be keyed {k}..{k + len(new_experts) - 1}, got {sorted(new_experts)}")
     check_same_codec(parent, encoded_info, encode_cfg)
-    reused = parent.expert_folders()
+    held = parent.present_experts()
+    continued = continued or {}
+    if not set(continued) <= set(held):
+        raise DDMLoadError(f"continued experts {sorted(continued)} must be among the parent's {sorted(held)}")
+    done = {c: Path(p) for c, p in continued.items() if p is not None}
+    failed = sorted(c for c, p in continued.items() if p is None)
+    for c in failed:
+        log.warning("extend: expert %d failed to continue; the grown DDM keeps the parent's expert unchanged", c)
     lineage = {
         "version": parent.version + 1,
         "parent": {"path": str(parent.folder), "manifest_sha256": parent.manifest_sha256, "version": parent.version},
         "reused_experts": [
-            {"cluster_id": e["cluster_id"], "weights_sha256": e["weights_sha256"]}
-            for e in parent.manifest["experts"]
-            if e["present"]
+            {"cluster_id": c, "weights_sha256": e["weights_sha256"]} for c, e in held.items() if c not in done
         ],
+        "continued_experts": [_continued_entry(c, done[c], held[c], placement) for c in sorted(done)],
+        "continue_failed": failed,
         "new_experts": sorted(new_experts),
         "placement": placement,
     }
     clustering = {**parent.clustering, "state": parent.state}
-    experts = {**reused, **{c: (Path(p) if p is not None else None) for c, p in new_experts.items()}}
+    new = {c: (Path(p) if p is not None else None) for c, p in new_experts.items()}
+    experts = {**parent.expert_folders(), **done, **new}
     return assemble_ddm(out_dir, experts, router_dir, encoded_info, centroids, encode_cfg, clustering, lineage)
+
+
+def _continued_entry(cluster_id: int, folder: Path, parent_entry: dict[str, Any], placement: dict[str, Any]) -> dict:
+    """Lineage of one continued expert, after checking from its training record that it started from the parent's
+    expert of that cluster (a model trained from elsewhere must not pass as its update)."""
+    info = json.loads((folder / TRAINING_INFO).read_text())
+    if info.get("init_weights_sha256") != parent_entry["weights_sha256"]:
+        raise DDMLoadError(
+            f"{folder}: did not start from the parent's expert {cluster_id} (started from "
+            f"{info.get('init_weights_sha256')}, the parent's weights are {parent_entry['weights_sha256']})"
+        )
+    return {
+        "cluster_id": cluster_id,
+        "parent_weights_sha256": parent_entry["weights_sha256"],
+        "weights_sha256": info["weights_sha256"],
+        "steps": info["steps"],
+        "joined_clips": placement["joined_parent_clusters"].get(str(cluster_id), 0),
+    }

@@ -144,6 +144,40 @@ def weights_sha256(folder: str | Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.safetensors"))}
 
 
+def weights_digest(shas: dict[str, str]) -> str:
+    """One sha256 over a model's per-file digests (``weights_sha256``'s dict, or a ``ddm.json`` entry's): a single
+    string a spec can carry as the identity of the weights a continued expert starts from."""
+    return hashlib.sha256(json.dumps(shas, sort_keys=True).encode()).hexdigest()
+
+
+def _architecture(model: ModelMixin) -> dict:
+    """The JSON-able constructor arguments of a diffusers model (its config without diffusers' private keys)."""
+    return json.loads(json.dumps({k: v for k, v in model.config.items() if not k.startswith("_")}))
+
+
+def load_weights_into(model: ModelMixin, folder: str | Path) -> None:
+    """Copy the weights saved in ``folder`` (a diffusers model folder, as the trainer writes under ``model/``) into
+    ``model``, which must have the same class and architecture.
+
+    Why not just ``from_pretrained``: the caller already built the network from its own config; loading into it
+    checks that the saved one is the same network instead of silently training another. The weights are read by
+    ``load_expert`` (safetensors, checked against ``training.json``), never unpickled.
+
+    Raises:
+        ExpertLoadError: the folder is not a saved expert, fails its sha256 check, or holds another architecture.
+    """
+    saved = load_expert(folder)
+    ours, theirs = _architecture(model), _architecture(saved)
+    if type(saved) is not type(model) or ours != theirs:
+        keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        diff = {k: (theirs.get(k), ours.get(k)) for k in keys}
+        raise ExpertLoadError(
+            f"{folder}: cannot start from these weights: the saved {type(saved).__name__} differs from the "
+            f"{type(model).__name__} this config builds (saved, configured): {diff}"
+        )
+    model.load_state_dict(saved.state_dict())
+
+
 def load_expert(folder: str | Path, verify: bool = True) -> ModelMixin:
     """Load a saved expert with plain diffusers ``from_pretrained``.
 

@@ -9,20 +9,31 @@ batch); ``compute_table`` prints the accounting.
 
 Only clips whose role is ``train`` (lib.data.split) are ever trained on: every function here takes the full
 ClusterAssignment table and drops the held-out roles itself, so no caller can leak an evaluation clip into training.
+
+A grown DDM (``lib.extend``) may also continue a parent expert (``continue_specs``): a spec with start weights
+(``init_sha256``) whose clips come from two tables, the parent's and the new data's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import pandas as pd
+import torch
 
 from lib.config import RUN_ONLY_FIELDS, ExpertConfig, RunConfig
 from lib.data.split import TRAIN, rows_with_role
+from lib.encode.store import load_encoded
 from lib.seeding import derive_seed
 from lib.train.compute import flops_per_step
+from lib.train.trainer import TrainData
+
+log = logging.getLogger(__name__)
 
 MONOLITH = -1  # cluster_id of the monolith: trains on every cluster
 
@@ -35,6 +46,8 @@ class ExpertSpec:
     num_clips: int
     data_hash: str  # hash of the clip ids this model trains on: a new clustering means a new model
     expert: ExpertConfig  # its ``steps`` and ``batch_size`` are this model's (the monolith's: see the rule above)
+    # the weights training starts from (``lib.models.factory.weights_digest`` of a saved model); "": a fresh init
+    init_sha256: str = ""
 
     def spec_hash(self) -> str:
         """Identity of the trained model; an unchanged spec with a finished model is never retrained.
@@ -43,8 +56,13 @@ class ExpertSpec:
         intervals) are left out: they change how the model trains, not what it computes. A planner may place the
         same expert on another GPU type with another micro-batch, or a retry may land there; that must find the
         finished model (or resume its checkpoints), not train it again.
+
+        ``init_sha256`` counts only when set (another start is another model); an empty one is left out, so every
+        spec from before start weights existed keeps its hash and its trained model.
         """
         values = asdict(self)
+        if not self.init_sha256:
+            del values["init_sha256"]
         values["expert"] = {k: v for k, v in values["expert"].items() if k not in RUN_ONLY_FIELDS}
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -65,7 +83,9 @@ def _ids_hash(clip_ids: list[str]) -> str:
     return hashlib.sha256("\n".join(clip_ids).encode()).hexdigest()[:16]
 
 
-def _spec(cfg: RunConfig, name: str, cluster_id: int, expert: ExpertConfig, clip_ids: list[str]) -> ExpertSpec:
+def _spec(
+    cfg: RunConfig, name: str, cluster_id: int, expert: ExpertConfig, clip_ids: list[str], init_sha256: str = ""
+) -> ExpertSpec:
     return ExpertSpec(
         name=name,
         cluster_id=cluster_id,
@@ -73,6 +93,7 @@ def _spec(cfg: RunConfig, name: str, cluster_id: int, expert: ExpertConfig, clip
         num_clips=len(clip_ids),
         data_hash=_ids_hash(clip_ids),
         expert=expert,
+        init_sha256=init_sha256,
     )
 
 
@@ -88,6 +109,55 @@ def expert_specs(cfg: RunConfig, assignments: pd.DataFrame, cluster_ids: list[in
             raise ValueError(f"cluster {cluster_id} has no training clips: cannot train expert-{cluster_id:02d}")
         specs.append(_spec(cfg, f"expert-{cluster_id:02d}", cluster_id, cfg.expert, ids))
     return specs
+
+
+def continue_specs(
+    cfg: RunConfig, parent_assignments: pd.DataFrame, new_assignments: pd.DataFrame, start_weights: dict[int, str]
+) -> list[ExpertSpec]:
+    """One spec per parent cluster that new train clips joined, when ``extend.continue_steps`` > 0 (else none).
+
+    The expert starts from its parent's weights (``start_weights``: digest per parent cluster with an expert) and
+    trains ``extend.continue_steps`` steps with the run's expert config otherwise (batch, lr schedule with warm-up,
+    EMA). Its clips are the cluster's parent train clips followed by the joined ones: replaying the old data keeps
+    the expert from forgetting it while it learns the new. ``data_hash`` covers both lists. A joined cluster whose
+    parent expert failed to train has no weights to continue; it is skipped with a warning.
+    """
+    steps = cfg.extend.continue_steps
+    if steps == 0:
+        return []
+    parent, new = training_rows(parent_assignments), training_rows(new_assignments)
+    joined = sorted(int(c) for c in set(new["cluster_id"]) & set(parent["cluster_id"]))
+    specs = []
+    for cluster_id in joined:
+        if cluster_id not in start_weights:
+            log.warning("extend: cluster %d has no parent expert to continue; its joined clips teach the router only",
+                        cluster_id)  # fmt: skip
+            continue
+        ids = [sorted(rows.loc[rows["cluster_id"] == cluster_id, "clip_id"].astype(str)) for rows in (parent, new)]
+        expert = replace(cfg.expert, steps=steps)
+        name = f"expert-{cluster_id:02d}-continued"
+        specs.append(_spec(cfg, name, cluster_id, expert, ids[0] + ids[1], start_weights[cluster_id]))
+    return specs
+
+
+def training_data(spec: ExpertSpec, sources: Sequence[tuple[str | Path, pd.DataFrame]]) -> TrainData:
+    """A spec's training clips, loaded from each (encoded folder, ClusterAssignment table) in turn: one source for
+    the pipeline's models, the parent's and the new data's for a continued expert (``continue_specs``).
+
+    Raises:
+        ValueError: the clips found are not those the spec was made for (its ``data_hash``): the tables passed are
+            not the ones it was made from, which would otherwise train (and name) a model on other data.
+    """
+    wanted = [(folder, ids) for folder, table in sources if (ids := clip_ids_for(spec, table))]
+    clip_ids = [c for _, ids in wanted for c in ids]
+    if _ids_hash(clip_ids) != spec.data_hash:
+        raise ValueError(
+            f"{spec.name}: {len(clip_ids)} training clips found in {[str(f) for f, _ in sources]}, not the "
+            f"{spec.num_clips} its spec was made for (data_hash {spec.data_hash}); the assignments passed are not "
+            "the ones the spec was made from"
+        )
+    parts = [load_encoded(folder, ids) for folder, ids in wanted]
+    return TrainData(clip_ids, *(torch.cat([getattr(p, key) for p in parts]) for key in ("latents", "tokens", "mask")))
 
 
 def monolith_config(expert: ExpertConfig, k: int) -> ExpertConfig:

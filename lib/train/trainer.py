@@ -23,6 +23,9 @@ checkpoint); everything else here is a small pure helper. What it guarantees:
   (so state-dict keys, checkpoints and saved models stay plain), activations recomputed in backward so larger
   micro-batches fit, fused AdamW and bf16 autocast on CUDA (weights, optimizer state and EMA stay fp32), each
   step's batch copied to the device once (pinned, asynchronous), and one device-to-host sync per step.
+- Continuing: ``init_from`` starts the model and its EMA from a saved model of the same architecture (a grown
+  DDM's expert learning the clips that joined its cluster, ``lib.extend``); the optimizer and the lr schedule, warm-up
+  included, start afresh, and the start weights' sha256 joins the run's identity and ``training.json``.
 - Idempotence: ``out_dir/model`` holds the EMA weights (diffusers ``save_pretrained``), ``training.json`` (with
   the weights' sha256 and the caller's ``spec_hash``) and the TrainingLog; a second call with the same
   ``spec_hash`` returns that result without training.
@@ -53,7 +56,14 @@ from pandera.typing import DataFrame
 from data_schemas.train import TrainingLog
 from lib.config import RUN_ONLY_FIELDS, ExpertConfig
 from lib.io import atomic_write
-from lib.models.factory import TRAINING_INFO, build_expert, count_parameters, expert_forward, weights_sha256
+from lib.models.factory import (
+    TRAINING_INFO,
+    build_expert,
+    count_parameters,
+    expert_forward,
+    load_weights_into,
+    weights_sha256,
+)
 from lib.progress import progress
 from lib.seeding import derive_seed, torch_generator
 from lib.train import checkpoint as ckpt
@@ -314,8 +324,12 @@ class BatchSampler:
         self.generator.set_state(state["rng"])
 
 
-def _fingerprint(data: TrainData, cfg: ExpertConfig, seed: int, name: str, spec_hash: str | None) -> str:
-    """Identity of a run for resuming: everything that changes the math (not ``RUN_ONLY_FIELDS``, how it runs)."""
+def _fingerprint(
+    data: TrainData, cfg: ExpertConfig, seed: int, name: str, spec_hash: str | None, start: dict[str, str] | None
+) -> str:
+    """Identity of a run for resuming: everything that changes the math (not ``RUN_ONLY_FIELDS``, how it runs),
+    including the start weights' sha256 when the run continues a saved model (``start``; left out otherwise, so the
+    checkpoints of every run from a fresh init keep their identity)."""
     values = {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY_FIELDS}
     clips = hashlib.sha256("\n".join(data.clip_ids).encode()).hexdigest()
     key = {
@@ -327,6 +341,8 @@ def _fingerprint(data: TrainData, cfg: ExpertConfig, seed: int, name: str, spec_
         "latents": list(data.latents.shape),
         "tokens": list(data.tokens.shape),
     }
+    if start is not None:
+        key["start"] = start
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -395,9 +411,12 @@ def _resume(
     return int(manifest["step"]), rows
 
 
-def _training_info(data: TrainData, cfg: ExpertConfig, seed: int, name: str, spec_hash: str | None) -> dict:
-    """What later stages need to know about a trained model (the sampler reads ``objective``)."""
-    return {
+def _training_info(
+    data: TrainData, cfg: ExpertConfig, seed: int, name: str, spec_hash: str | None, start: dict[str, str] | None
+) -> dict:
+    """What later stages need to know about a trained model (the sampler reads ``objective``; a grown DDM checks that
+    a continued expert started from its parent's weights, ``init_weights_sha256``)."""
+    info = {
         "name": name,
         "seed": seed,
         "spec_hash": spec_hash,
@@ -412,6 +431,7 @@ def _training_info(data: TrainData, cfg: ExpertConfig, seed: int, name: str, spe
         "flops_per_step": flops_per_step(cfg, data.in_channels, data.sample_shape, data.text_len, data.text_dim),
         "expert": asdict(cfg),
     }
+    return info if start is None else {**info, "init_weights_sha256": start}
 
 
 def _write_model(ema: ModelMixin, model_dir: Path, table: pd.DataFrame, info: dict[str, Any]) -> dict[str, Any]:
@@ -439,6 +459,7 @@ def train(
     max_steps: int | None = None,
     spec_hash: str | None = None,
     teacher: Teacher | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train one expert (or the monolith) with flow matching; resume from ``out_dir/checkpoints`` if present.
 
@@ -456,6 +477,9 @@ def train(
         teacher: distillation (``lib.distill``): ``teacher(x_t, t, clip indices, caption kept)`` gives the velocity
             the model learns instead of the data's flow-matching target (noise, times and caption dropout are
             drawn as always, so the student also learns the unconditional velocity CFG needs).
+        init_from: a saved model folder (the trainer's ``model/``, same architecture) whose weights the model and
+            its EMA start from instead of a fresh init: a grown DDM's expert continuing on new clips. Only a fresh
+            run reads it; a resumed checkpoint already continues from it (its sha256 is part of the run's identity).
 
     Returns:
         TrainResult with the model folder, the TrainingLog and the step count.
@@ -475,9 +499,12 @@ def train(
         raise ValueError(f"{name}: a teacher gives velocities; distilling needs objective flow, not {cfg.objective}")
     callbacks = [ProgressCallback(cfg.log_every, name)] if callbacks is None else list(callbacks)
     callbacks = callbacks if workers.is_main else []
-    fingerprint = _fingerprint(data, cfg, seed, name, spec_hash)
+    start = weights_sha256(init_from) if init_from is not None else None
+    fingerprint = _fingerprint(data, cfg, seed, name, spec_hash, start)
 
     model = build_expert(cfg, data.in_channels, data.text_dim, data.sample_shape, seed=derive_seed(seed, name))
+    if init_from is not None:  # a resumed checkpoint (below) replaces these weights, model and EMA alike
+        load_weights_into(model, init_from)
     model = model.to(device).train()
     ema = copy.deepcopy(model).requires_grad_(False)  # fp32 and plain: neither checkpointed nor compiled
     if cfg.activation_checkpointing:
@@ -575,7 +602,7 @@ def train(
     table = TrainingLog.validate(pd.DataFrame(rows, columns=list(TrainingLog.to_schema().columns)))
     result = TrainResult(None, table, step, resumed_from=resumed_from)
     if step == cfg.steps:
-        info = _training_info(data, cfg, seed, name, spec_hash)
+        info = _training_info(data, cfg, seed, name, spec_hash, start)
         if workers.is_main:
             info = _write_model(ema.to("cpu"), model_dir, table, info)
         result.info, result.model_dir = info, model_dir
