@@ -128,7 +128,10 @@ def test_pyflyte_takes_the_yaml_path_and_its_errors_name_file_field_and_allowed_
     cli = JsonParamType(RunConfig)  # what pyflyte run uses for a dataclass input
     assert cli.convert("configs/tiny.yaml", None, None) == load_config("configs/tiny.yaml")
     bad = tmp_path / "bad.yaml"
-    bad.write_text(Path("configs/tiny.yaml").read_text().replace("codec: pixel", "codec: pixels"))
+    tiny = Path("configs/tiny.yaml").read_text()
+    codec = load_config("configs/tiny.yaml").encode.codec
+    bad.write_text(tiny.replace(f"codec: {codec}", "codec: pixels"))
+    assert bad.read_text() != tiny
     monkeypatch.setattr("sys.argv", ["pyflyte", "run", "workflows/pipeline.py", "pipeline", "--cfg", str(bad)])
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad))}: encode.codec: 'pixels' is not one of pixel, vae"):
         cli.convert(str(bad), None, None)

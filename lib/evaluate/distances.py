@@ -64,7 +64,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
-from torchmetrics.image.kid import poly_kernel
 
 from lib.evaluate.frechet import FeatureError, FeatureStats, _frechet_distance, stats_from_features
 from lib.seeding import numpy_rng
@@ -215,6 +214,8 @@ def _fd_and_fd_inf(ref: _Reference, gen: np.ndarray, draws: _FdDraws, plan: _Siz
 
 def _kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """torchmetrics' KID kernel (x·y / D + 1)³ in float64: [Nx, Ny]."""
+    from torchmetrics.image.kid import poly_kernel  # lazily: see FrechetVideoDistance
+
     return poly_kernel(torch.from_numpy(x), torch.from_numpy(y)).numpy()
 
 

@@ -33,7 +33,6 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from threadpoolctl import threadpool_limits
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
 
 from lib.io import atomic_write
 
@@ -171,6 +170,10 @@ class FrechetVideoDistance:
             raise FeatureError(f"{name}: batch_size must be > 0, got {batch_size}")
         self.name = name
         self.batch_size = batch_size
+        # imported here, not at module level: torchmetrics (and the scipy it loads) costs seconds at every pipeline
+        # start, cached reruns included, and only a run that scores videos needs it
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
         self.metric = FrechetInceptionDistance(feature=_Float64Features(extractor.eval()), reset_real_features=False)
 
     @torch.no_grad()
