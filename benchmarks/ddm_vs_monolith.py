@@ -80,13 +80,13 @@ from lib.seeding import derive_seed, numpy_rng  # noqa: E402
 from lib.train.router import train_router  # noqa: E402
 from lib.train.specs import (  # noqa: E402
     ExpertSpec,
-    clip_ids_for,
     compute_table,
     expert_specs,
     monolith_spec,
+    training_data,
     training_rows,
 )
-from lib.train.trainer import TrainData, TrainResult, train  # noqa: E402
+from lib.train.trainer import TrainResult, train  # noqa: E402
 
 PROTOCOL = REPO / "benchmarks" / "protocol.md"
 RESULTS = REPO / "benchmarks" / "results"  # headline.json / quality.json here are the latest versioned run's
@@ -277,10 +277,10 @@ def random_variant(semantic: Variant, seed: int, k: int) -> Variant:
 
 def train_spec(ctx: Shared, spec: ExpertSpec, assignments: pd.DataFrame) -> TrainResult:
     """The pipeline's train step for one spec; a finished model with the same spec hash is reused as is."""
-    data = load_encoded(ctx.encoded, clip_ids_for(spec, assignments))
+    data = training_data(spec, [(ctx.encoded, assignments)])
     out = ctx.work / "train" / ctx.data_key / f"{spec.name}-{spec.spec_hash()}"
     result = train(
-        TrainData(data.clip_ids, data.latents, data.tokens, data.mask),
+        data,
         spec.expert,
         out,
         spec.seed,

@@ -52,8 +52,8 @@ from lib.sample.methods import sample_prompts  # noqa: E402
 from lib.sample.pipeline import DDMPipeline  # noqa: E402
 from lib.sample.prompts import stratified_prompts  # noqa: E402
 from lib.train.heldout import heldout_loss  # noqa: E402
-from lib.train.specs import clip_ids_for, expert_specs, monolith_spec  # noqa: E402
-from lib.train.trainer import TrainData, train  # noqa: E402
+from lib.train.specs import expert_specs, monolith_spec, training_data  # noqa: E402
+from lib.train.trainer import train  # noqa: E402
 
 ATTRS = ("color", "shape", "background", "motion")
 SHEET_PROMPTS, SHEET_FRAMES, SHEET_SCALE = 8, 4, 3
@@ -196,9 +196,9 @@ def main(argv: list[str] | None = None) -> None:
             read_codec_info(registry[args.sample_only]["encoded"]),
         )
     else:
-        data = load_encoded(encoded, clip_ids_for(spec, assignments))
+        data = training_data(spec, [(encoded, assignments)])
         t0 = time.perf_counter()
-        result = train(TrainData(data.clip_ids, data.latents, data.tokens, data.mask), spec.expert,
+        result = train(data, spec.expert,
                        work / "train" / f"{spec.name}-{spec.spec_hash()}-{_key(str(encoded))}", spec.seed, spec.name,
                        spec_hash=spec.spec_hash())  # fmt: skip
         train_s = (
