@@ -42,7 +42,6 @@ import re
 import shlex
 import shutil
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,7 +50,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.figure import Figure
 from safetensors.numpy import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +70,7 @@ from lib.evaluate.compare import compare_methods, reference_clip_ids  # noqa: E4
 from lib.evaluate.distances import Interval, score_sets  # noqa: E402
 from lib.evaluate.featnet import AttrNet, AttrNetFeatures, featnet_note, fit_attrnet  # noqa: E402
 from lib.evaluate.report import BASELINE, _features  # noqa: E402
+from lib.evaluate.sheet import REAL_ROW, contact_sheet  # noqa: E402
 from lib.io import atomic_write  # noqa: E402
 from lib.sample.methods import sample_prompts  # noqa: E402
 from lib.sample.pipeline import DDMPipeline, assemble_ddm  # noqa: E402
@@ -93,7 +92,6 @@ RESULTS = REPO / "benchmarks" / "results"  # headline.json / quality.json here a
 SEMANTIC, RANDOM = "semantic", "random"
 ATTRS = ("color", "shape", "background", "motion")  # the headline attributes (their mean: attr_acc)
 DISTANCES = ("fd_inf", "kid", "fd")
-GRID_PROMPTS, GRID_FRAMES, GRID_SCALE = 6, 4, 3
 BUSY_LOAD = 1.5  # 1-minute load average above which torch's multi-threading on a 2-core machine collapses
 
 # --smoke: every stage on tiny sizes (same network, same code paths) to check the script end to end.
@@ -669,33 +667,9 @@ def headline_markdown(result: dict, names: dict[str, str]) -> str:
 
 
 def plot_samples(ctx: Shared, videos: dict[str, np.ndarray], prompts: pd.DataFrame, path: Path) -> None:
-    """Rows = real prompt clips and every method (training seed 0); columns = prompts, GRID_FRAMES frames each."""
-    rows = [("real (held-out prompt clips)", load_clips(ctx.shards, ctx.index, prompts["clip_id"].tolist()))]
-    rows += [(m, v) for m, v in videos.items()]
-    picks = list(prompts.groupby("cluster_id", sort=True).head(2).index)[:GRID_PROMPTS]
-    t, h, w = rows[0][1].shape[1:4]
-    frames = np.linspace(0, t - 1, GRID_FRAMES).round().astype(int)
-    gap, fw = 4, w + 1
-    cell_w = GRID_FRAMES * fw + gap
-    image = np.full((len(rows) * (h + gap), len(picks) * cell_w, 3), 255, dtype=np.uint8)
-    for r, (_, vids) in enumerate(rows):
-        for c, p in enumerate(picks):
-            for i, f in enumerate(frames):
-                x0 = c * cell_w + i * fw
-                image[r * (h + gap) : r * (h + gap) + h, x0 : x0 + w] = vids[p, f]
-    image = image.repeat(GRID_SCALE, 0).repeat(GRID_SCALE, 1)
-    fig = Figure(figsize=(image.shape[1] / 100 + 2.4, image.shape[0] / 100 + 1.2))
-    ax = fig.subplots()
-    ax.imshow(image, interpolation="nearest")
-    ax.set_yticks([(r * (h + gap) + h / 2) * GRID_SCALE for r in range(len(rows))], [n for n, _ in rows], fontsize=7)
-    ax.set_xticks(
-        [(c * cell_w + GRID_FRAMES * fw / 2) * GRID_SCALE for c in range(len(picks))],
-        ["\n".join(textwrap.wrap(prompts.at[p, "caption"], 34)) for p in picks],
-        fontsize=6,
-    )
-    ax.xaxis.tick_top()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    """Rows = real prompt clips and every method (training seed 0); columns = prompts (``lib.evaluate.sheet``)."""
+    real = load_clips(ctx.shards, ctx.index, prompts["clip_id"].tolist())
+    contact_sheet([(REAL_ROW, real), *videos.items()], prompts, path)
 
 
 def markdown(df: pd.DataFrame) -> str:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from flytekit import Cache, Deck, Resources, task
 from flytekit.types.directory import FlyteDirectory
+from flytekit.types.file import FlyteFile
 from pandera.typing import DataFrame
 
 from data_schemas.cluster import ClusterAssignment
@@ -15,6 +16,7 @@ from lib.data.split import TRAIN, VALIDATION, rows_with_role
 from lib.evaluate.compare import compare_methods
 from lib.evaluate.featnet import AttrNet, featnet_note, fit_attrnet
 from lib.evaluate.report import report_html
+from lib.evaluate.sheet import REAL_ROW, contact_sheet, sheet_html
 from lib.io import atomic_write
 from lib.sample.methods import gallery_html, load_sampled
 from tasks.common import publish_stage, stage_dir, tracker_for, uri_of
@@ -58,7 +60,7 @@ def train_featnet(
 
 @task(
     container_image=TASK_IMAGE,
-    cache=Cache(version="evaluate-v3"),
+    cache=Cache(version="evaluate-v4"),
     requests=Resources(cpu="2", mem="4Gi"),
     retries=1,
     enable_deck=True,
@@ -74,16 +76,20 @@ def evaluate_task(
     attributes: DataFrame[ClipAttributes],
     assignments: DataFrame[ClusterAssignment],
     output_dir: str,
-) -> DataFrame[EvalReport]:
-    """EvalReport of every method and a Deck with the table, bar charts and samples side by side."""
+) -> tuple[DataFrame[EvalReport], FlyteFile]:
+    """EvalReport of every method, the contact sheet (``samples.png``: the real prompt clips above every method's
+    videos, same prompts) and a Deck with the table, bar charts, the sheet and the samples side by side."""
     out = stage_dir(output_dir, "evaluate", cfg, seed, uri_of(samples), uri_of(featnet))
     generated, prompts, skipped = load_sampled(samples.download())
+    shards_dir = shards.download()
     model_dir = Path(featnet.download()) / "attrnet"
     model = AttrNet.from_pretrained(model_dir) if model_dir.is_dir() else None
-    report = compare_methods(shards.download(), index, attributes, assignments, generated, prompts, cfg, model, seed)
-    gallery = gallery_html(samples.path, list(generated), prompts["caption"].tolist())
+    report = compare_methods(shards_dir, index, attributes, assignments, generated, prompts, cfg, model, seed)
+    real = load_clips(shards_dir, index, prompts["clip_id"].astype(str).tolist())
+    sheet = contact_sheet([(REAL_ROW, real), *generated.items()], prompts, out / "samples.png")
+    gallery = sheet_html(sheet) + gallery_html(samples.path, list(generated), prompts["caption"].tolist())
     html = report_html(report, gallery) + f"<p>{featnet_note}</p><p>skipped methods: {skipped or 'none'}</p>"
     atomic_write(out / "report.html", lambda tmp: tmp.write_text(html))
-    publish_stage(output_dir, out)
+    sheet_uri = publish_stage(output_dir, sheet)  # the whole stage folder, report.html beside the sheet
     Deck("evaluation", html)
-    return report
+    return report, FlyteFile(sheet_uri)

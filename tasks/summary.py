@@ -9,6 +9,7 @@ import fsspec
 import pandas as pd
 from flytekit import task
 from flytekit.types.directory import FlyteDirectory
+from flytekit.types.file import FlyteFile
 from pandera.typing import DataFrame
 
 from data_schemas.evaluate import EvalReport
@@ -43,9 +44,11 @@ def summarize(
     ddm: FlyteDirectory,
     monolith: FlyteDirectory,
     samples: FlyteDirectory,
+    sheet: FlyteFile,
     router_report: DataFrame[RouterReport] | None = None,
 ) -> str:
-    """Copies the DDM folder, monolith, samples and reports to ``<output_dir>/<results_name>``; returns that path.
+    """Copies the DDM folder, monolith, samples, contact sheet (``samples.png``, from ``evaluate_task``) and reports
+    to ``<output_dir>/<results_name>``; returns that path.
 
     On an object store the results are published as one folder (``lib.storage.publish_dir``): ``<dest>/ddm`` and
     the others resolve through ``<dest>/PUBLISHED.json``, and two runs finishing at once never mix their files."""
@@ -54,6 +57,7 @@ def summarize(
         staged = Path(tmp)
         for name, folder in (("ddm", ddm), ("monolith", monolith), ("samples", samples)):
             shutil.copytree(folder.download(), staged / name)
+        shutil.copyfile(sheet.download(), staged / "samples.png")
         report.to_parquet(staged / "eval_report.parquet", index=False)
         if router_report is not None:  # re-evaluation trains no router
             router_report.to_parquet(staged / "router_report.parquet", index=False)
@@ -63,12 +67,13 @@ def summarize(
         else:
             persist(staged, dest)
     tracker = tracker_for(output_dir, only_after_work=True)
-    if tracker is not None:  # what a person compares between executions: the table, the GIFs, the headline numbers
+    if tracker is not None:  # what a person compares between executions: the table, sheet, GIFs, headline numbers
         run_id = tracker.execution_run()
         with tempfile.TemporaryDirectory() as tmp:
             table = Path(tmp) / "eval_report.csv"
             report.to_csv(table, index=False)
             tracker.log_artifact(run_id, table)
+            tracker.log_artifact(run_id, shutil.copyfile(sheet.download(), Path(tmp) / "samples.png"))
         gifs = Path(samples.download()) / "gifs"
         if gifs.is_dir():
             tracker.log_artifact(run_id, gifs, "samples")
@@ -92,6 +97,7 @@ def summarize(
         ),
         f"DDM (load with DDMPipeline.from_pretrained): {dest}/ddm",
         f"monolith: {dest}/monolith   samples (GIFs per method): {dest}/samples/gifs",
+        f"contact sheet (real prompt clips above every method, same prompts): {dest}/samples.png",
         f"reports: {dest}/eval_report.parquet (and router_report.parquet); Decks: clusters, training curves, "
         "samples, evaluation (the Flyte console; locally deck.html files under TMPDIR)",
         "=" * 100,

@@ -22,6 +22,7 @@ from lib.sample.pipeline import DDMPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 PYFLYTE = str(Path(sys.executable).parent / "pyflyte")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _cfg(out: Path, **changes) -> RunConfig:
@@ -85,7 +86,7 @@ def _trained(stdout: str) -> set[str]:
 
 
 def _assert_tracked(db: Path) -> None:
-    """The execution's MLflow run: every model nested under it, the table, the GIFs and the cluster plot on it."""
+    """The execution's MLflow run: every model nested under it; the table, sheet, GIFs and cluster plot on it."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
@@ -95,7 +96,7 @@ def _assert_tracked(db: Path) -> None:
     children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert {r.data.tags["ddm.model"] for r in children} == {"expert-00", "expert-01", "monolith", "router", "attrnet"}
     files = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"eval_report.csv", "samples", "clusters"} <= files
+    assert {"eval_report.csv", "samples.png", "samples", "clusters"} <= files
     assert any(a.path.endswith(".gif") for a in client.list_artifacts(parent.info.run_id, "samples"))
     assert {"clusters/projection.png", "clusters/report.html"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id, "clusters")
@@ -117,6 +118,8 @@ def test_pipeline_cold_cached_and_downstream_reruns(tmp_path):
     ddm = DDMPipeline.from_pretrained(results / "ddm")
     assert ddm.num_experts == 2 and not ddm.missing_experts
     assert (results / "eval_report.parquet").is_file() and list((results / "samples" / "gifs").glob("*.gif"))
+    assert (results / "samples.png").read_bytes()[:8] == PNG_MAGIC  # the contact sheet, named in the summary
+    assert f"contact sheet (real prompt clips above every method, same prompts): {results}/samples.png" in cold
     _assert_tracked(out / "mlflow.db")
 
     for stale in Path("/tmp").glob("flyte-*"):  # Flyte's default temp folders: nothing may depend on them
@@ -154,6 +157,7 @@ def test_reevaluation_samples_existing_checkpoints(tmp_path):
     )
     assert not _trained(again) and "sample:" in again
     assert (out / "reevaluation" / "eval_report.parquet").is_file()
+    assert (out / "reevaluation" / "samples.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def _fingerprint(results: Path) -> dict[str, str]:

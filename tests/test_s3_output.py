@@ -29,7 +29,7 @@ from lib.storage import POINTER, StorageError, check_output_dir, download_publis
 from lib.train import checkpoint as ckpt
 from lib.train.trainer import train
 from tasks.train import _fetch, _MirrorCheckpoints
-from tests.test_pipeline_workflow import _cfg, _trained
+from tests.test_pipeline_workflow import PNG_MAGIC, _cfg, _trained
 from tests.tiny_clips import TINY_EXPERT, tiny_train_data
 
 MOTO = str(Path(sys.executable).parent / "moto_server")
@@ -149,6 +149,7 @@ def test_pipeline_on_s3_kill_resume_skip_and_reevaluate(s3, bucket, monkeypatch,
     assert expert_file.read_bytes() == _read(s3, f"{trained}/{weights}")
     report = pd.read_parquet(resolve(f"{out}/results/eval_report.parquet"))
     assert {"real", "monolith", "ddm:topk"} <= set(report["method"])
+    assert _read(s3, resolve(f"{out}/results/samples.png"))[:8] == PNG_MAGIC  # the contact sheet, published too
 
     capsys.readouterr()
     new = reevaluate(cfg=replace_in(cfg, sample={"num_steps": 4}), ddm_uri=f"{out}/results/ddm",

@@ -2,6 +2,7 @@
 
 from flytekit import workflow
 from flytekit.types.directory import FlyteDirectory
+from flytekit.types.file import FlyteFile
 from pandera.typing import DataFrame
 
 from data_schemas.cluster import ClusterAssignment
@@ -24,8 +25,8 @@ def evaluate_stage(
     featnet_note: str,
     ddm: FlyteDirectory,
     monolith: FlyteDirectory,
-) -> tuple[DataFrame[EvalReport], FlyteDirectory]:
-    """The EvalReport and the folder of sampled videos."""
+) -> tuple[DataFrame[EvalReport], FlyteDirectory, FlyteFile]:
+    """The EvalReport, the folder of sampled videos and the contact sheet (real prompt clips above every method)."""
     prompts = make_prompts(cfg=cfg.sample, seed=cfg.seed, assignments=assignments, index=index)
     samples = sample_task(
         cfg=cfg.sample,
@@ -36,7 +37,7 @@ def evaluate_stage(
         prompts=prompts,
         output_dir=cfg.output_dir,
     )
-    report = evaluate_task(
+    report, sheet = evaluate_task(
         cfg=cfg["eval"],
         seed=cfg.seed,
         samples=samples,
@@ -48,4 +49,4 @@ def evaluate_stage(
         assignments=assignments,
         output_dir=cfg.output_dir,
     )
-    return report, samples
+    return report, samples, sheet

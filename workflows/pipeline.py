@@ -17,7 +17,7 @@ from workflows.train import ddm_stage
 
 @workflow
 def pipeline(cfg: RunConfig = RunConfig()) -> str:
-    """Returns where the results (DDM folder, monolith, samples, reports) were persisted."""
+    """Returns where the results (DDM folder, monolith, samples, contact sheet, reports) were persisted."""
     shards, index, attributes, encoded, assignments, _, centroids = cluster_stage(cfg=cfg)
     ddm, monolith, router_report = ddm_stage(cfg=cfg, encoded=encoded, assignments=assignments, centroids=centroids)
     featnet, featnet_note = train_featnet(
@@ -28,7 +28,7 @@ def pipeline(cfg: RunConfig = RunConfig()) -> str:
         attributes=attributes,
         output_dir=cfg.output_dir,
     )
-    report, samples = evaluate_stage(
+    report, samples, sheet = evaluate_stage(
         cfg=cfg,
         shards=shards,
         index=index,
@@ -49,6 +49,7 @@ def pipeline(cfg: RunConfig = RunConfig()) -> str:
         ddm=ddm,
         monolith=monolith,
         samples=samples,
+        sheet=sheet,
     )
 
 
