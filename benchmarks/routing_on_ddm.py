@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         result = pipe.generate(
             prompts["caption"].tolist(), num_steps=s.num_steps, guidance_scale=s.guidance_scale, strategy=strategy,
             top_k=s.top_k, seed=sampling_seed(cfg.seed), batch_size=s.batch_size,
-            prompt_keys=prompts["prompt_id"].tolist(),
+            prompt_keys=prompts["prompt_id"].tolist(), shift=s.shift,
         )  # fmt: skip
         videos[f"ddm:{strategy}"] = result.videos
         cost[f"ddm:{strategy}"] = {

@@ -275,6 +275,7 @@ class SampleConfig:
     top_k: int = 2
     num_steps: int = 20
     guidance_scale: float = 4.0
+    shift: float = 1.0  # time-grid shift t' = s t / (1 + (s - 1) t): > 1 spends more Euler steps at high noise
     num_prompts: int = 0  # prompts from the held-out prompt role, clusters in proportion; 0: every prompt clip
     batch_size: int = 16  # prompts per sampler call
     eps_x0_clamp: float = 3.0  # eps experts: |x0_hat| bound in the eps -> v conversion (pixels lie in [-1, 1])
@@ -293,6 +294,7 @@ class SampleConfig:
         _check(self.batch_size > 0, "sample.batch_size", "must be > 0")
         _check(self.top_k >= 1, "sample.top_k", "must be >= 1")
         _check(self.num_steps > 0, "sample.num_steps", "must be > 0")
+        _check(self.shift > 0, "sample.shift", "must be > 0")
         _check(self.num_prompts >= 0, "sample.num_prompts", "must be >= 0 (0: every prompt-role clip)")
         _check(self.eps_x0_clamp > 0, "sample.eps_x0_clamp", "must be > 0")
         _check(0.0 < self.eps_alpha_floor <= 1.0, "sample.eps_alpha_floor", "must lie in (0, 1]")

@@ -82,6 +82,19 @@ def test_full_euler_solve_moves_samples_to_the_component_means():
         assert abs(spread - STDS[k]) < 0.35 * STDS[k] + 0.02, (k, spread)
 
 
+@pytest.mark.parametrize("shift", [0.5, 3.0])
+def test_shifted_time_grid_follows_the_shift_map_and_still_solves_the_mixture(shift):
+    n, steps = 2000, 100
+    experts = {k: flow_expert(k) for k in range(K)}
+    res = sample_ddm(experts, exact_logits, _noise(n, seed=2), None, strategy="full", num_steps=steps, shift=shift)
+    grid = torch.linspace(1, 0, steps + 1, dtype=torch.float64)[:-1]
+    torch.testing.assert_close(res.timesteps.double(), shift * grid / (1 + (shift - 1) * grid), atol=1e-6, rtol=0)
+    fractions = torch.bincount(torch.cdist(_flat(res.x0), MUS).argmin(1), minlength=K).double() / n
+    torch.testing.assert_close(fractions, PIS, atol=0.04, rtol=0)
+    with pytest.raises(ValueError, match="shift must be > 0"):
+        sample_ddm(experts, exact_logits, _noise(1), None, strategy="full", shift=0.0)
+
+
 def test_top1_with_one_surviving_expert_equals_that_expert_alone():
     noise = _noise(16, seed=3)
     experts = {0: None, 1: flow_expert(1), 2: None}
@@ -255,7 +268,7 @@ def test_sample_config_fields():
     SampleConfig(strategy="sample>top1@0.5", compare_strategies=["full>topk@0.8>top1@0.3", "sample"])
     with pytest.raises(ConfigError, match=r"sample.compare_strategies: .*needs a switch time.*topk>top1@0.5"):
         SampleConfig(compare_strategies=["topk>top1"])
-    for bad in ({"strategy": "expert:x"}, {"eps_x0_clamp": 0.0}, {"eps_alpha_floor": 0.0}):
+    for bad in ({"strategy": "expert:x"}, {"eps_x0_clamp": 0.0}, {"eps_alpha_floor": 0.0}, {"shift": 0.0}):
         with pytest.raises(ConfigError, match="sample."):
             SampleConfig(**bad)
 

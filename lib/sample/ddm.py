@@ -330,12 +330,14 @@ def sample_ddm(
     clamp: float = DEFAULT_X0_CLAMP,
     alpha_floor: float = DEFAULT_ALPHA_FLOOR,
     route_uniforms: torch.Tensor | None = None,
+    shift: float = 1.0,
 ) -> SampleResult:
-    """Integrate dx/dt = v(x, t) from t = 1 (``noise``) to t = 0 with Euler steps on a uniform grid.
+    """Integrate dx/dt = v(x, t) from t = 1 (``noise``) to t = 0 with Euler steps.
 
-    Time stepping uses diffusers' ``FlowMatchEulerDiscreteScheduler`` (shift 1) with explicit sigmas
-    1, 1 - 1/N, ..., 1/N: its sigmas are our t, and its step is x <- x + (t_next - t) v. (Its default grid ends at
-    1/num_train_timesteps instead of 0, hence the explicit sigmas.) The router sees (x_t, t, pooled) once per step,
+    Time stepping uses diffusers' ``FlowMatchEulerDiscreteScheduler`` with explicit sigmas 1, 1 - 1/N, ..., 1/N,
+    which it maps through its ``shift`` (s t / (1 + (s - 1) t); shift 1 keeps the uniform grid): its sigmas are
+    our t, and its step is x <- x + (t_next - t) v. (Its default grid ends at 1/num_train_timesteps instead of 0,
+    hence the explicit sigmas.) The router sees (x_t, t, pooled) once per step,
     without CFG. Deterministic: no randomness beyond ``noise`` and ``route_uniforms``. Runs without autograd (a
     ``RouterModel`` or an expert network can be passed as is).
 
@@ -355,12 +357,15 @@ def sample_ddm(
         alpha_floor: alpha floor of the eps -> v conversion.
         route_uniforms: [B, num_steps] numbers in [0, 1), for the steps a schedule runs ``sample``: sample i's
             expert at step j is drawn with ``route_uniforms[i, j]``.
+        shift: time-grid shift (> 1 puts more of the steps at high noise, where layout and motion are decided).
 
     Returns:
         SampleResult with x0, the per-step weights, the step times and the work counters.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if shift <= 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
     ids = sorted(experts)
     if ids != list(range(len(ids))):
         raise ValueError(f"experts must be keyed by cluster ids 0..K-1, got {ids}")
@@ -378,7 +383,7 @@ def sample_ddm(
         raise ValueError(f"strategy {strategy!r} draws experts: route_uniforms must be [{batch}, {num_steps}]")
     alive = torch.tensor([experts[k] is not None for k in ids], dtype=torch.bool)
 
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
     scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, num_steps + 1)[:-1].tolist(), device=noise.device)
     scheduler.set_begin_index(0)
     stats = SamplerStats()

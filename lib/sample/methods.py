@@ -117,7 +117,7 @@ def sample_prompts(pipe: DDMPipeline, prompts: pd.DataFrame, cfg: SampleConfig, 
         prompts["caption"].tolist(), num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, strategy=strategy,
         top_k=cfg.top_k, seed=sampling_seed(seed), oracle_clusters=prompts["cluster_id"].tolist(),
         batch_size=cfg.batch_size, prompt_keys=prompts["prompt_id"].tolist(), eps_x0_clamp=cfg.eps_x0_clamp,
-        eps_alpha_floor=cfg.eps_alpha_floor,
+        eps_alpha_floor=cfg.eps_alpha_floor, shift=cfg.shift,
     )  # fmt: skip
 
 

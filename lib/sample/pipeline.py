@@ -473,6 +473,7 @@ class DDMPipeline:
         prompt_keys: Sequence[int | str] | None = None,
         eps_x0_clamp: float = DEFAULT_X0_CLAMP,
         eps_alpha_floor: float = DEFAULT_ALPHA_FLOOR,
+        shift: float = 1.0,
     ) -> PipelineOutput:
         """Sample one video per prompt and keep the routing weights.
 
@@ -493,6 +494,7 @@ class DDMPipeline:
             prompt_keys: noise key per prompt (default: its index), e.g. stable prompt ids of a prompt set.
             eps_x0_clamp: ε-experts only: |x̂0| bound of the ε -> v conversion (``sample.eps_x0_clamp``).
             eps_alpha_floor: ε-experts only: smallest 1 - t divided by in that conversion (``sample.eps_alpha_floor``).
+            shift: time-grid shift of the Euler steps (``sample.shift``; 1 keeps the uniform grid).
 
         Returns:
             PipelineOutput.
@@ -525,6 +527,7 @@ class DDMPipeline:
                     pooled=emb.pooled[sl].to(self.device), strategy=strategy, top_k=top_k, num_steps=num_steps,
                     guidance_scale=guidance_scale, oracle_clusters=None if oracle is None else oracle[sl],
                     clamp=eps_x0_clamp, alpha_floor=eps_alpha_floor, route_uniforms=uniforms[sl].to(self.device),
+                    shift=shift,
                 )
             )  # fmt: skip
             bar.update(len(results[-1].x0))
