@@ -6,7 +6,7 @@ reference clips, AttrNet and metrics are the headline's, rebuilt here by the sam
 (``benchmarks/ddm_vs_monolith.py``). All three methods are sampled and scored in this one run, on the same paired
 noise.
 
-Usage: ``python benchmarks/distill.py --ddm outputs/bench-v4/ddm/semantic-s0 --monolith <monolith model folder>
+Usage: ``python benchmarks/distill.py --ddm outputs/bench-v5/ddm/semantic-s0 --monolith <monolith model folder>
 --work outputs/bench-distill --threads 1``. Writes ``benchmarks/results/distill.json`` and ``distill/summary.md``.
 """
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ddm", required=True, help="the DDM folder (teacher and compared method)")
     parser.add_argument("--monolith", required=True, help="the monolith's model folder")
     parser.add_argument("--work", default="outputs/bench-distill")
-    parser.add_argument("--codecs", default="outputs/bench-v4/codecs", help="reuse the headline's learned codec")
+    parser.add_argument("--codecs", default="outputs/bench-v5/codecs", help="reuse the headline's learned codec")
     parser.add_argument("--featnet", default="", help="reuse the headline's AttrNet folder (featnet-<key>)")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)

@@ -5,7 +5,7 @@ gradient and stripes families; new data = its checker family. The parent (K = 3 
 the new data (``lib.extend``); the retrained DDM (K = 4) trains every expert on old + new data. Reuses the
 headline's shards-to-latents work (``--encoded``) and AttrNet (``--featnet``).
 
-Usage: ``python benchmarks/extend.py --encoded outputs/bench-v4/encoded --featnet outputs/bench-v4/featnet-<key>
+Usage: ``python benchmarks/extend.py --encoded outputs/bench-v5/encoded --featnet outputs/bench-v5/featnet-<key>
 --work outputs/bench-extend --threads 1`` (``--smoke`` for a minutes-long check). Writes
 ``benchmarks/results/extend.json`` and ``extend/summary.md``, ``extend/samples_old.png``, ``extend/samples_new.png``.
 """
