@@ -18,7 +18,7 @@ Reuse: models are skipped by spec hash and sampled videos are cached per model s
 
 Usage::
 
-    python benchmarks/ddm_vs_monolith.py --config configs/bench.yaml --out benchmarks/results/v4
+    python benchmarks/ddm_vs_monolith.py --config configs/bench.yaml --out benchmarks/results/v5
     python benchmarks/ddm_vs_monolith.py --phase train --training-seeds 1 2 --threads 1   # train only
     python benchmarks/ddm_vs_monolith.py --smoke --threads 1   # tiny sizes, end to end in a few minutes
 
@@ -766,7 +766,7 @@ def machine_info(device: str) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/bench.yaml", help="run config (YAML)")
-    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/v4, or .../smoke)")
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/v5, or .../smoke)")
     parser.add_argument("--work", default=None, help="working folder for data and models (default cfg.output_dir)")
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides, e.g. expert.steps=10"
@@ -793,7 +793,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     timer = StageTimer()
     cfg = bench_config(args.config, args.smoke, args.set)
-    out = Path(args.out or ("benchmarks/results/smoke" if args.smoke else "benchmarks/results/v4"))
+    out = Path(args.out or ("benchmarks/results/smoke" if args.smoke else "benchmarks/results/v5"))
     work = Path(args.work or cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
