@@ -14,7 +14,8 @@ on train clips, abstains on junk): per-attribute accuracy (absent object = wrong
     python benchmarks/quality_sweep.py --variant lr2e-3 --set expert.lr=0.002 --threads 1
     python benchmarks/quality_sweep.py --variant cfg2 --sample-only base --set sample.guidance_scale=2
 
-``--sample-only V`` re-samples the model trained by variant V (sampler sweeps cost no training). With a learned codec,
+``--scorer-config YAML`` trains the scoring AttrNet on another config's data (a small run's own AttrNet, trained on
+few clips for few steps, cannot tell shapes apart). ``--sample-only V`` re-samples the model trained by variant V (sampler sweeps cost no training). With a learned codec,
 ``codec_round_trip.png`` shows 8 validation clips' first and last frames, real | reconstructed, side by side.
 """
 
@@ -63,15 +64,20 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def data_stage(cfg: RunConfig, work: Path) -> tuple[Path, pd.DataFrame, pd.DataFrame, Path, dict]:
-    """Ingest, codec and encode, cached by the config subtrees they read (a codec change re-encodes only)."""
+def ingest_stage(cfg: RunConfig, work: Path) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    """Ingest, cached by the data config and seed."""
     shards = work / f"shards-{_key(cfg.seed, dataclasses.asdict(cfg.data))}"
     if not (shards / "attributes.parquet").is_file():
         result = ingest(cfg.data, cfg.seed, shards)
         atomic_write(shards / "clip_index.parquet", lambda tmp: result.index.to_parquet(tmp))
         atomic_write(shards / "attributes.parquet", lambda tmp: result.attributes.to_parquet(tmp))
         print(f"ingest: {result.summary()}", flush=True)
-    index, attributes = pd.read_parquet(shards / "clip_index.parquet"), pd.read_parquet(shards / "attributes.parquet")
+    return shards, pd.read_parquet(shards / "clip_index.parquet"), pd.read_parquet(shards / "attributes.parquet")
+
+
+def data_stage(cfg: RunConfig, work: Path) -> tuple[Path, pd.DataFrame, pd.DataFrame, Path, dict]:
+    """Ingest, codec and encode, cached by the config subtrees they read (a codec change re-encodes only)."""
+    shards, index, attributes = ingest_stage(cfg, work)
     learned, report = None, None
     if cfg.encode.codec == "learned":
         folder = work / "codecs" / codec_key(cfg.codec, cfg.seed, index)
@@ -177,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", default="outputs/quality")
     p.add_argument("--out", default="benchmarks/results/quality")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--scorer-config", default="", metavar="YAML",
+                   help="train AttrNet on this config's data instead (a small run's own AttrNet cannot tell shapes)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.threads:
@@ -189,7 +197,11 @@ def main(argv: list[str] | None = None) -> None:
     t_data = time.perf_counter()
     shards, index, attributes, encoded, info = data_stage(cfg, work)
     assignments = clusters(cfg, work, shards, index)
-    net = featnet(cfg, work, shards, index, attributes)
+    if args.scorer_config:
+        scorer_cfg = load_config(args.scorer_config)
+        net = featnet(scorer_cfg, work, *ingest_stage(scorer_cfg, work))
+    else:
+        net = featnet(cfg, work, shards, index, attributes)
     if "learned" in info and not (out / "codec_round_trip.png").is_file():
         codec_sheet(shards, index, info, out / "codec_round_trip.png")
     t_data = time.perf_counter() - t_data
@@ -240,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
 
     learned = info.get("learned", {})
     row = {
-        "variant": args.variant, "subject": args.subject, "overrides": " ".join(args.set),
+        "variant": args.variant, "subject": args.subject, "scorer": args.scorer_config or args.config,
+        "overrides": " ".join(args.set),
         "steps": spec.expert.steps, "batch": spec.expert.batch_size, "codec": info["name"],
         "codec_psnr": round(learned.get("psnr_heldout", float("nan")), 2),
         "heldout_fm_loss": round(loss, 4), **{a: round(acc[a], 3) for a in ATTRS}, "mean4": round(acc["mean4"], 3),
