@@ -15,8 +15,9 @@ on train clips, abstains on junk): per-attribute accuracy (absent object = wrong
     python benchmarks/quality_sweep.py --variant cfg2 --sample-only base --set sample.guidance_scale=2
 
 ``--scorer-config YAML`` trains the scoring AttrNet on another config's data (a small run's own AttrNet, trained on
-few clips for few steps, cannot tell shapes apart). ``--sample-only V`` re-samples the model trained by variant V (sampler sweeps cost no training). With a learned codec,
-``codec_round_trip.png`` shows 8 validation clips' first and last frames, real | reconstructed, side by side.
+few clips for few steps, cannot tell shapes apart). ``--sample-only V`` re-samples the model trained by variant V
+(sampler sweeps cost no training). With a learned codec, ``codec_round_trip.png`` shows 8 validation clips' first
+and last frames, real | reconstructed, side by side.
 """
 
 from __future__ import annotations
