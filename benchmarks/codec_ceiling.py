@@ -29,6 +29,7 @@ import quality_sweep as sweep  # noqa: E402
 from lib.config import load_config, with_overrides  # noqa: E402
 from lib.data.shards import load_clips  # noqa: E402
 from lib.data.split import VALIDATION, rows_with_role  # noqa: E402
+from lib.io import atomic_write  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    work = Path(args.work)
+    work, out = Path(args.work), Path(args.out)
     scorer = load_config(args.scorer_config)
     net = sweep.featnet(scorer, work, *sweep.ingest_stage(scorer, work))
     for spec in args.variant:
@@ -63,8 +64,8 @@ def main(argv: list[str] | None = None) -> None:
                "codec_s": round(info["learned"]["seconds"], 1), "data_s": round(time.perf_counter() - t0, 1),
                "clips": len(val), **{k: round(v, 3) for k, v in ceiling.items()}}  # fmt: skip
         print(json.dumps(row), flush=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        before = out.read_text() if out.is_file() else ""
+        atomic_write(out, lambda tmp, text=before + json.dumps(row) + "\n": Path(tmp).write_text(text))
 
 
 if __name__ == "__main__":
