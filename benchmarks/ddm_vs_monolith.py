@@ -213,7 +213,7 @@ def prepare(cfg: RunConfig, work: Path, device: str, timer: StageTimer) -> Share
     learned = None
     if cfg.encode.codec == "learned":
         with timer("codec (train clips)"):
-            folder = work / "codecs" / codec_key(cfg.codec, cfg.seed, result.index)
+            folder = work / "codecs" / codec_key(cfg.codec, cfg.seed, result.index, shards)
             learned, report = fit_codec(cfg.codec, cfg.seed, shards, result.index, folder)
             say(report.summary())
     with timer("encode"):

@@ -81,7 +81,7 @@ def data_stage(cfg: RunConfig, work: Path) -> tuple[Path, pd.DataFrame, pd.DataF
     shards, index, attributes = ingest_stage(cfg, work)
     learned, report = None, None
     if cfg.encode.codec == "learned":
-        folder = work / "codecs" / codec_key(cfg.codec, cfg.seed, index)
+        folder = work / "codecs" / codec_key(cfg.codec, cfg.seed, index, shards)
         learned, report = fit_codec(cfg.codec, cfg.seed, shards, index, folder)
         print(report.summary(), flush=True)
     encoded = work / f"encoded-{_key(shards.name, dataclasses.asdict(cfg.encode), str(learned))}"

@@ -1,6 +1,7 @@
 """The codec the pipeline trains for itself: it loads as a plain diffusers VAE, its latents are normalised, it
 reconstructs held-out frames better than their mean colour, it trains on train-role clips only, and it is cached."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -91,14 +92,20 @@ def test_fit_codec_trains_on_train_clips_only(tmp_path, monkeypatch):
     fit_codec(SMALL, 0, tmp_path / "shards", result.index, tmp_path / "codec")
     roles = result.index["role"].value_counts()
     assert seen == {"train": roles["train"], "heldout": roles["validation"]}
-    # the codec's identity follows the train clips, not the held-out ones
+    # the codec's identity follows the train clips and their pixels, not the held-out ones
+    shards = tmp_path / "shards"
+    key = codec_key(SMALL, 0, result.index, shards)
     moved = result.index.copy()
     moved.loc[moved["role"] == "reference", "role"] = "prompt"
-    assert codec_key(SMALL, 0, moved) == codec_key(SMALL, 0, result.index)
+    assert codec_key(SMALL, 0, moved, shards) == key
     fewer = result.index.copy()
     fewer.loc[fewer.index[fewer["role"] == "train"][0], "role"] = "validation"
-    assert codec_key(SMALL, 0, fewer) != codec_key(SMALL, 0, result.index)
-    assert codec_key(SMALL, 1, result.index) != codec_key(SMALL, 0, result.index)
+    assert codec_key(SMALL, 0, fewer, shards) != key
+    assert codec_key(SMALL, 1, result.index, shards) != key
+    # same clip ids, other pixels: built-in clips redrawn with one object each must not reuse the codec
+    one = ingest(dataclasses.replace(cfg.data, max_objects=1), cfg.seed, tmp_path / "one")
+    assert one.index["clip_id"].tolist() == result.index["clip_id"].tolist()
+    assert codec_key(SMALL, 0, one.index, tmp_path / "one") != key
 
 
 def test_learned_codec_travels_with_the_encoded_folder_and_the_ddm(trained, tmp_path, monkeypatch):

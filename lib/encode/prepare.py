@@ -15,12 +15,15 @@ from lib.data.split import TRAIN, VALIDATION, rows_with_role
 from lib.encode.learned import CodecReport, train_codec
 
 
-def codec_key(cfg: CodecConfig, seed: int, index: pd.DataFrame) -> str:
-    """Identity of a learned codec: its config, the seed and the exact train clips (a new split means a new codec;
-    moving clips between held-out roles does not)."""
-    train_ids = sorted(rows_with_role(index, TRAIN)["clip_id"].astype(str))
-    src = [dataclasses.asdict(cfg), seed, train_ids]
-    return hashlib.sha256(json.dumps(src).encode()).hexdigest()[:16]
+def codec_key(cfg: CodecConfig, seed: int, index: pd.DataFrame, shards: str | Path) -> str:
+    """Identity of a learned codec: its config, the seed, the exact train clips and the bytes of the shards that
+    hold them (a new split means a new codec; moving clips between held-out roles does not). Clip ids alone are not
+    enough: built-in clip i keeps its id when the data config (e.g. ``data.max_objects``) redraws its pixels."""
+    train = rows_with_role(index, TRAIN)
+    train_ids = sorted(train["clip_id"].astype(str))
+    shard_sha = {name: hashlib.sha256((Path(shards) / name).read_bytes()).hexdigest() for name in set(train["shard"])}
+    src = [dataclasses.asdict(cfg), seed, train_ids, shard_sha]
+    return hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def fit_codec(
