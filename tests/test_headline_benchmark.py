@@ -112,3 +112,18 @@ def test_only_a_complete_versioned_run_replaces_the_current_headline(bench):
     assert not bench.is_current_headline(results / "v4", ["ddm:random_topk s0"])  # partial: methods still to score
     assert not bench.is_current_headline(results / "smoke", [])  # the smoke run wrote over the headline once
     assert not bench.is_current_headline(results / "v4" / "extra", [])
+
+
+def test_per_cluster_table_shows_kid_and_accuracy_per_cluster_not_an_empty_fd_inf(bench):
+    """FD∞ is absent per cluster (too few clips per set): the table must carry KID and accuracy, seeds and methods
+    as rows, one column per metric and cluster, KID first."""
+    names = {"kid": "kid_attrnet", "fd_inf": "fd_inf_attrnet", "fd": "fd_attrnet"}
+    rows = pd.DataFrame([
+        {"training_seed": 0, "method": m, "metric": metric, "cluster": c, "mean": v, "ci_low": v - 1, "ci_high": v + 1}
+        for m in ("monolith", "ddm:topk") for c in (-1, 0, 1)
+        for metric, v in (("kid_attrnet", 10.0 * (c + 2)), ("attr_acc_attrnet", 0.5), ("fd_attrnet", 99.0))
+    ])  # fmt: skip
+    table = bench.per_cluster_table(rows, names)
+    assert list(table.columns) == ["kid_attrnet c0", "kid_attrnet c1", "attr_acc_attrnet c0", "attr_acc_attrnet c1"]
+    assert list(table.index) == [(0, "monolith"), (0, "ddm:topk")]
+    assert table.loc[(0, "monolith"), "kid_attrnet c1"] == "30 [29, 31]"
