@@ -48,6 +48,7 @@ from lib.data.split import TRAIN, VALIDATION, rows_with_role  # noqa: E402
 from lib.encode.prepare import codec_key, fit_codec  # noqa: E402
 from lib.encode.store import encode_dataset, load_encoded, read_codec_info  # noqa: E402
 from lib.evaluate.featnet import AttrNet, attribute_accuracy, fit_attrnet  # noqa: E402
+from lib.evaluate.sheet import REAL_ROW, contact_sheet  # noqa: E402
 from lib.io import atomic_write  # noqa: E402
 from lib.models.factory import load_expert  # noqa: E402
 from lib.sample.methods import sample_prompts  # noqa: E402
@@ -58,7 +59,7 @@ from lib.train.specs import expert_specs, monolith_spec, training_data  # noqa: 
 from lib.train.trainer import train  # noqa: E402
 
 ATTRS = ("color", "shape", "background", "motion")
-SHEET_PROMPTS, SHEET_FRAMES, SHEET_SCALE = 8, 4, 3
+SHEET_PROMPTS, SHEET_SCALE = 8, 3  # the codec round-trip sheet
 
 
 def _key(*parts: object) -> str:
@@ -116,34 +117,6 @@ def featnet(cfg: RunConfig, work: Path, shards: Path, index: pd.DataFrame, attri
     print(f"featnet checks: {json.dumps({k: round(v, 3) for k, v in checks.items()})}", flush=True)
     model.save_pretrained(folder)
     return model
-
-
-def contact_sheet(real: np.ndarray, generated: np.ndarray, captions: list[str], path: Path, title: str) -> None:
-    """Two rows per prompt pair: real clip frames over generated frames, SHEET_FRAMES frames each."""
-    from matplotlib.figure import Figure
-
-    n = min(SHEET_PROMPTS, len(real))
-    t, h, w = real.shape[1:4]
-    frames = np.linspace(0, t - 1, SHEET_FRAMES).round().astype(int)
-    gap, fw = 4, w + 1
-    cell_w = SHEET_FRAMES * fw + gap
-    image = np.full((2 * (h + gap), n * cell_w, 3), 255, dtype=np.uint8)
-    for r, vids in enumerate((real, generated)):
-        for c in range(n):
-            for i, f in enumerate(frames):
-                image[r * (h + gap) : r * (h + gap) + h, c * cell_w + i * fw : c * cell_w + i * fw + w] = vids[c, f]
-    image = image.repeat(SHEET_SCALE, 0).repeat(SHEET_SCALE, 1)
-    fig = Figure(figsize=(image.shape[1] / 100 + 1.6, image.shape[0] / 100 + 1.4))
-    ax = fig.subplots()
-    ax.imshow(image, interpolation="nearest")
-    ax.set_yticks([(r * (h + gap) + h / 2) * SHEET_SCALE for r in range(2)], ["real", "generated"], fontsize=7)
-    ax.set_xticks([(c * cell_w + SHEET_FRAMES * fw / 2) * SHEET_SCALE for c in range(n)],
-                  [c[:60].replace(" on ", "\non ").replace(" in ", "\nin ").replace(" over ", "\nover ")
-                   for c in captions[:n]], fontsize=5)  # fmt: skip
-    ax.xaxis.tick_top()
-    ax.set_xlabel(title, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 def codec_sheet(shards: Path, index: pd.DataFrame, info: dict, path: Path) -> None:
@@ -268,8 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     table = out / "sweep.csv"
     frame = pd.concat([pd.read_csv(table), pd.DataFrame([row])]) if table.is_file() else pd.DataFrame([row])
     atomic_write(table, lambda tmp: frame.to_csv(tmp, index=False))
-    contact_sheet(real, videos, prompts["caption"].tolist(), out / f"{args.variant}.png",
-                  f"{args.variant}: mean4 {acc['mean4']:.2f}, object found {acc['object_found']:.2f}")  # fmt: skip
+    label = f"{args.variant}\nmean4 {acc['mean4']:.2f}\nobject {acc['object_found']:.2f}"
+    contact_sheet([(REAL_ROW, real), (label, videos)], prompts, out / f"{args.variant}.png")
 
 
 if __name__ == "__main__":

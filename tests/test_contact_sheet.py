@@ -53,6 +53,9 @@ def test_sheet_is_a_png_sized_by_rows_and_prompts_with_the_real_clips_on_top(tmp
     picks = pick_prompts(prompts)
     assert picks == [0, 1, 3, 4, 5, 6]  # two per cluster (not cluster 0's third), at most GRID_PROMPTS
     assert len(picks) == GRID_PROMPTS
+    one_cluster = prompts.assign(cluster_id=0)
+    assert pick_prompts(one_cluster) == list(range(GRID_PROMPTS))  # free columns fill in table order
+    assert pick_prompts(prompts.iloc[[0, 1, 2, 3]]) == [0, 1, 2, 3]  # cluster 0's third fills a free column
 
     image = sheet_image(rows, picks)
     cell_w = GRID_FRAMES * (W + 1) + GAP

@@ -30,10 +30,13 @@ MARGIN_IN = (2.4, 1.2)  # inches around the grid (width, height): method names o
 
 
 def pick_prompts(prompts: pd.DataFrame) -> list[int]:
-    """Positions of the prompts shown: the first ``PER_CLUSTER`` of each cluster, in table order, at most
-    ``GRID_PROMPTS``."""
+    """Positions of the prompts shown, in table order, at most ``GRID_PROMPTS``: the first ``PER_CLUSTER`` of each
+    cluster, then the next prompts in table order while columns are free (one cluster, e.g. a single expert's
+    prompts, still fills the sheet)."""
     table = prompts.reset_index(drop=True)
-    return [int(p) for p in table.groupby("cluster_id", sort=True).head(PER_CLUSTER).index[:GRID_PROMPTS]]
+    spread = [int(p) for p in table.groupby("cluster_id", sort=True).head(PER_CLUSTER).index[:GRID_PROMPTS]]
+    rest = [p for p in range(len(table)) if p not in set(spread)]
+    return sorted(spread + rest[: GRID_PROMPTS - len(spread)])
 
 
 def _check(rows: list[tuple[str, np.ndarray]], prompts: pd.DataFrame) -> None:
