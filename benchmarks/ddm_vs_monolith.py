@@ -72,6 +72,7 @@ from lib.evaluate.featnet import AttrNet, AttrNetFeatures, featnet_note, fit_att
 from lib.evaluate.report import BASELINE, _features  # noqa: E402
 from lib.evaluate.sheet import REAL_ROW, contact_sheet  # noqa: E402
 from lib.io import atomic_write  # noqa: E402
+from lib.models.factory import weights_digest, weights_sha256  # noqa: E402
 from lib.sample.methods import sample_prompts  # noqa: E402
 from lib.sample.pipeline import DDMPipeline, assemble_ddm  # noqa: E402
 from lib.sample.prompts import stratified_prompts  # noqa: E402
@@ -226,8 +227,9 @@ def prepare(cfg: RunConfig, work: Path, device: str, timer: StageTimer) -> Share
         pooled = load_encoded(encoded, clip_ids).pooled.numpy() if "text" in cfg.cluster.embedders else None
         x, _ = compute_embeddings(cfg.cluster, shards, result.index, pooled_text=pooled, device=device)
     parts = [cfg.seed, dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.encode)]
-    if learned is not None:  # models trained on another codec's latents are never reused
-        parts.append(dataclasses.asdict(cfg.codec))
+    if learned is not None:  # models trained on another codec's latents are never reused: its config and its
+        # weights (a codec refitted on another CPU computes other weights from the same config)
+        parts += [dataclasses.asdict(cfg.codec), weights_digest(weights_sha256(learned))]
     key = json.dumps(parts, sort_keys=True)
     data_key = hashlib.sha256(key.encode()).hexdigest()[:12]
     return Shared(cfg, work, device, shards, result.index, result.attributes, encoded, info, x, data_key)
