@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import safe_open
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -35,8 +34,9 @@ from lib.config import load_config, with_overrides  # noqa: E402
 from lib.data.shards import load_clips  # noqa: E402
 from lib.data.split import TRAIN, rows_with_role  # noqa: E402
 from lib.evaluate.featnet import HEADLINE_ATTRIBUTES, attribute_hits  # noqa: E402
+from lib.evaluate.report import bootstrap_mean  # noqa: E402
 from lib.io import atomic_write  # noqa: E402
-from lib.sample.methods import VIDEOS_FILE  # noqa: E402
+from lib.sample.methods import VIDEOS_FILE, load_sampled  # noqa: E402
 
 BOOTSTRAP = 1000
 
@@ -46,21 +46,17 @@ def run_videos(run: Path) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     found = sorted((run / "stages" / "samples").glob(f"*/{VIDEOS_FILE}"))
     if len(found) != 1:
         raise SystemExit(f"{run}: expected one stages/samples/*/{VIDEOS_FILE}, found {len(found)}")
-    with safe_open(str(found[0]), framework="np") as f:
-        prompts = pd.DataFrame(json.loads(f.metadata()["prompts"]))
-        return {k: f.get_tensor(k) for k in f.keys()}, prompts
+    videos, prompts, _ = load_sampled(found[0].parent)
+    return videos, prompts
 
 
 def scores(hits: pd.DataFrame, seed: int) -> dict[str, object]:
     """Accuracies and bootstrap intervals (prompts resampled) of mean4 and object found."""
-    per_video = hits[list(HEADLINE_ATTRIBUTES)].to_numpy(float)
-    mean4, found = per_video.mean(1), hits["object_found"].to_numpy(float)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(hits), size=(BOOTSTRAP, len(hits)))
     out: dict[str, object] = {a: round(float(hits[a].mean()), 3) for a in HEADLINE_ATTRIBUTES}
-    for name, values in (("mean4", mean4), ("object_found", found)):
-        low, high = np.quantile(values[draws].mean(1), [0.025, 0.975])
-        out[name] = [round(float(values.mean()), 3), round(float(low), 3), round(float(high), 3)]
+    per_video = {"mean4": hits[list(HEADLINE_ATTRIBUTES)].to_numpy(float).mean(1),
+                 "object_found": hits["object_found"].to_numpy(float)}  # fmt: skip
+    for name, values in per_video.items():
+        out[name] = [round(v, 3) for v in bootstrap_mean(values, BOOTSTRAP, seed)]
     return out
 
 

@@ -28,7 +28,8 @@ def _stage(run: Path, name: str, prompts: dict) -> None:
     folder = run / "stages" / "samples" / name
     folder.mkdir(parents=True)
     videos = {"monolith": np.zeros((2, 2, 4, 4, 3), np.uint8), "ddm:topk": np.ones((2, 2, 4, 4, 3), np.uint8)}
-    save_file(videos, str(folder / "videos.safetensors"), metadata={"prompts": json.dumps(prompts)})
+    meta = {"prompts": json.dumps(prompts), "skipped": json.dumps({})}  # as sample_methods writes it
+    save_file(videos, str(folder / "videos.safetensors"), metadata=meta)
 
 
 def test_run_videos_reads_methods_and_prompts_and_refuses_ambiguity(rescore, tmp_path):

@@ -35,7 +35,8 @@ def pick_prompts(prompts: pd.DataFrame) -> list[int]:
     prompts, still fills the sheet)."""
     table = prompts.reset_index(drop=True)
     spread = [int(p) for p in table.groupby("cluster_id", sort=True).head(PER_CLUSTER).index[:GRID_PROMPTS]]
-    rest = [p for p in range(len(table)) if p not in set(spread)]
+    taken = set(spread)
+    rest = [p for p in range(len(table)) if p not in taken]
     return sorted(spread + rest[: GRID_PROMPTS - len(spread)])
 
 
