@@ -1,6 +1,4 @@
-import importlib.util
 import logging
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -214,11 +212,8 @@ def test_clusters_are_fitted_on_train_rows_and_held_out_rows_are_assigned(method
         cluster_fit_on(x, np.zeros(90, bool), cfg, seed=0)
 
 
-def test_benchmark_smoke(capsys):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kmeans_faiss_vs_sklearn.py"
-    spec = importlib.util.spec_from_file_location("kmeans_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_benchmark_smoke(capsys, benchmark_script):
+    bench = benchmark_script("kmeans_faiss_vs_sklearn")
     rows = bench.main(["--n", "3000", "--dim", "16", "--k", "16", "--niter", "5"])
     like = {row["method"]: row for row in rows if row["table"] == "like-for-like"}
     defaults = {row["method"]: row for row in rows if row["table"] == "defaults"}

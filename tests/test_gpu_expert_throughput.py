@@ -1,25 +1,15 @@
 """The GPU throughput benchmark's pure parts (its runs need CUDA): the lever rows and the row arithmetic."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from lib.config import ExpertConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks" / "gpu_expert_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+def bench(benchmark_script):
+    return benchmark_script("gpu_expert_throughput")
 
 
 def test_levers_are_added_one_by_one(bench):

@@ -1,9 +1,7 @@
 """The headline benchmark's guards: the protocol file is pinned before training, the roles stay disjoint, the
 pooled interval is the protocol's, and headline.json stays strict JSON."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("headline_bench", ROOT / "benchmarks" / "ddm_vs_monolith.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+def bench(benchmark_script):
+    return benchmark_script("ddm_vs_monolith")
 
 
 def test_protocol_sha_is_recorded_and_a_changed_protocol_is_refused(bench, tmp_path, monkeypatch):

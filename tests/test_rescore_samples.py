@@ -1,9 +1,7 @@
 """Re-scoring a run's samples: the videos and their prompts come from the run's one samples stage, and the scores
 carry bootstrap intervals that bracket the observed value."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +9,10 @@ import pandas as pd
 import pytest
 from safetensors.numpy import save_file
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def rescore():
-    spec = importlib.util.spec_from_file_location("rescore_samples", ROOT / "benchmarks" / "rescore_samples.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+def rescore(benchmark_script):
+    return benchmark_script("rescore_samples")
 
 
 def _stage(run: Path, name: str, prompts: dict) -> None:
