@@ -1,0 +1,82 @@
+"""Pooling separate one-seed headline runs: the decision is given only where the bounds on the pooled interval
+settle it, runs of different protocols or repeated seeds are refused, and quality is averaged per attribute."""
+
+import json
+
+import pytest
+
+
+def _run(folder, seed, ratio, sha="a" * 64, ddm_mean=0.8, ddm_found=0.95):
+    folder.mkdir(parents=True)
+    methods = {"monolith": {"fd_inf": [10.0, 8.0, 12.0], "kid": [5.0, 1.0, 9.0]},
+               "ddm:topk": {"fd_inf": [10.0 * seed + 1, 1.0, 30.0], "kid": [3.0, 1.0, 5.0]}}  # fmt: skip
+    headline = {
+        "protocol_sha256": sha,
+        "training_seeds": [seed],
+        "metric_names": {"fd": "fd_attrnet", "fd_inf": "fd_inf_attrnet", "kid": "kid_attrnet"},
+        "methods": methods,
+        "ratio_details": {"fd_inf_per_seed": {str(seed): ratio}, "kid_per_seed": {str(seed): ratio}},
+    }
+    attrs = {"color": ddm_mean, "shape": ddm_mean, "background": ddm_mean, "motion": ddm_mean}
+    quality = {
+        "scorer": "attrnet",
+        "methods": {
+            "ddm:topk": {**attrs, "mean": ddm_mean, "object_found": ddm_found, "prompts": 1024},
+            "real": {**attrs, "mean": ddm_mean, "object_found": 1.0, "prompts": 1024},
+        },
+        "codec": {"name": "learned", "psnr_heldout_db": 28.0 + seed},
+    }
+    (folder / "headline.json").write_text(json.dumps(headline))
+    (folder / "quality.json").write_text(json.dumps(quality))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pool_script(benchmark_script):
+    return benchmark_script("pool_seed_runs")
+
+
+@pytest.mark.parametrize(
+    ("ratios", "decision"),
+    [
+        ([[1.5, 1.2, 1.8], [1.6, 1.3, 1.9], [1.55, 1.25, 1.85]], "claimed"),  # every lower bound above 1
+        ([[1.5, 0.9, 1.8], [1.6, 0.95, 1.9], [1.55, 0.8, 1.85]], "not claimed"),  # none: the pooled one is not
+        ([[1.5, 1.2, 1.8], [1.6, 0.95, 1.9], [1.55, 1.25, 1.85]], "undecided"),  # the bounds straddle 1
+        ([[3.0, 1.2, 4.0], [1.1, 1.05, 1.2], [2.0, 1.5, 2.5]], "not claimed"),  # mean - 2 sd below 1
+    ],
+)
+def test_decision_only_where_the_bounds_settle_it(pool_script, tmp_path, ratios, decision):
+    runs = [pool_script.load_run(_run(tmp_path / f"s{s}", s, r)) for s, r in enumerate(ratios)]
+    result = pool_script.pool(runs)
+    assert result["ratio_fd_inf"]["decision"] == decision
+    lows = [r[1] for r in ratios]
+    assert result["ratio_fd_inf"]["pooled_low_between"] == [min(lows), max(lows)]
+    assert result["training_seeds"] == [0, 1, 2]
+
+
+def test_refuses_other_protocols_repeated_seeds_and_unfinished_runs(pool_script, tmp_path):
+    a = pool_script.load_run(_run(tmp_path / "a", 0, [0.3, 0.2, 0.4]))
+    b = pool_script.load_run(_run(tmp_path / "b", 1, [0.3, 0.2, 0.4], sha="b" * 64))
+    with pytest.raises(pool_script.PoolError, match="different protocols"):
+        pool_script.pool([a, b])
+    c = pool_script.load_run(_run(tmp_path / "c", 0, [0.3, 0.2, 0.4]))
+    with pytest.raises(pool_script.PoolError, match=r"training seed\(s\) \[0\] appear in two runs"):
+        pool_script.pool([a, c])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(pool_script.PoolError, match="empty: not a finished headline run"):
+        pool_script.load_run(tmp_path / "empty")
+
+
+def test_quality_is_averaged_per_attribute_and_the_bar_is_judged_per_seed(pool_script, tmp_path):
+    _run(tmp_path / "s0", 0, [0.3, 0.2, 0.4], ddm_mean=0.80)
+    _run(tmp_path / "s1", 1, [0.3, 0.2, 0.4], ddm_mean=0.70)
+    result = pool_script.main(["--runs", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "out")])
+    ddm = result["quality"]["methods"]["ddm:topk"]
+    assert ddm["mean"] == pytest.approx(0.75) and ddm["shape"] == pytest.approx(0.75)
+    assert ddm["meets_bar_per_seed"] == {0: True, 1: False}
+    assert "meets_bar_per_seed" not in result["quality"]["methods"]["real"]
+    assert set(result["quality"]["codec"]) == {0, 1}
+    assert result["distances"]["ddm:topk"]["fd_inf"] == pytest.approx((1.0 + 11.0) / 2)
+    written = json.loads((tmp_path / "out" / "seeds.json").read_text())
+    assert written["ratio_kid"]["decision"] == "not claimed"
+    assert "| ddm:topk | 1 | 0.700 |" in (tmp_path / "out" / "seeds.md").read_text()
