@@ -12,8 +12,9 @@ guessing.
     python benchmarks/pool_seed_runs.py --runs benchmarks/results/v5 benchmarks/results/v5-seed1 \
         benchmarks/results/v5-seed2 --out benchmarks/results/v5-seeds
 
-Writes ``seeds.json`` (machine-readable) and ``seeds.md`` under ``--out``; with ``--current`` also copies the pooled
-quality record to ``benchmarks/results/quality.json`` (issue 15's file, same keys as a run's, plus per-seed values).
+Writes ``seeds.json`` (machine-readable) and ``seeds.md`` under ``--out``. With ``--current`` the pooled result
+becomes the current headline: ``benchmarks/results/headline.json`` (= seeds.json) and ``quality.json`` (issue 15's
+file: a run's keys, averaged over seeds, plus per-seed values and whether each seed meets the bar).
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="run folders, one training seed each")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--current", action="store_true", help="also write benchmarks/results/quality.json")
+    parser.add_argument("--current", action="store_true", help="also write benchmarks/results/{headline,quality}.json")
     args = parser.parse_args(argv)
     result = pool([load_run(f) for f in args.runs])
     args.out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     write_text(args.out / "seeds.json", json.dumps(result, indent=1) + "\n")
     write_text(args.out / "seeds.md", text)
     if args.current:
+        write_text(RESULTS / "headline.json", json.dumps(result, indent=1) + "\n")
         write_text(RESULTS / "quality.json", json.dumps(result["quality"], indent=1) + "\n")
     print(text)
     return result

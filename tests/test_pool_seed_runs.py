@@ -67,10 +67,12 @@ def test_refuses_other_protocols_repeated_seeds_and_unfinished_runs(pool_script,
         pool_script.load_run(tmp_path / "empty")
 
 
-def test_quality_is_averaged_per_attribute_and_the_bar_is_judged_per_seed(pool_script, tmp_path):
+def test_quality_is_averaged_per_attribute_and_the_bar_is_judged_per_seed(pool_script, tmp_path, monkeypatch):
+    monkeypatch.setattr(pool_script, "RESULTS", tmp_path / "current")
     _run(tmp_path / "s0", 0, [0.3, 0.2, 0.4], ddm_mean=0.80)
     _run(tmp_path / "s1", 1, [0.3, 0.2, 0.4], ddm_mean=0.70)
-    result = pool_script.main(["--runs", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "out")])
+    result = pool_script.main(["--runs", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "out"),
+                               "--current"])  # fmt: skip
     ddm = result["quality"]["methods"]["ddm:topk"]
     assert ddm["mean"] == pytest.approx(0.75) and ddm["shape"] == pytest.approx(0.75)
     assert ddm["meets_bar_per_seed"] == {0: True, 1: False}
@@ -80,3 +82,6 @@ def test_quality_is_averaged_per_attribute_and_the_bar_is_judged_per_seed(pool_s
     written = json.loads((tmp_path / "out" / "seeds.json").read_text())
     assert written["ratio_kid"]["decision"] == "not claimed"
     assert "| ddm:topk | 1 | 0.700 |" in (tmp_path / "out" / "seeds.md").read_text()
+    current = json.loads((tmp_path / "current" / "quality.json").read_text())
+    assert current["methods"]["ddm:topk"]["mean"] == pytest.approx(0.75)
+    assert json.loads((tmp_path / "current" / "headline.json").read_text()) == written
