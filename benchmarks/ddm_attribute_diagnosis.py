@@ -32,7 +32,7 @@ from lib.io import atomic_write  # noqa: E402
 from lib.sample.pipeline import DDMPipeline  # noqa: E402
 from lib.sample.prompts import stratified_prompts  # noqa: E402
 
-ATTRS = ("color", "shape", "background", "motion")
+ATTRS = bench.ATTRS
 
 
 def accuracy_table(hits: dict[str, pd.DataFrame], clusters: np.ndarray) -> pd.DataFrame:

@@ -28,11 +28,13 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from ddm_vs_monolith import ATTRS  # noqa: E402
 
 from lib.io import atomic_write  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-ATTRS = ("color", "shape", "background", "motion")
 BAR = {"mean": 0.75, "object_found": 0.90}  # issue 15's bar: mean attribute accuracy and object found
 
 
