@@ -57,6 +57,7 @@ sys.path.insert(0, str(REPO))  # run as a script from the repository root
 
 
 from data_schemas.cluster import ClusterAssignment  # noqa: E402
+from data_schemas.router import CAPTION_ONLY, EXACT, RouterReport  # noqa: E402
 from lib.cluster.embedders import compute_embeddings  # noqa: E402
 from lib.cluster.kmeans import cluster_fit_on  # noqa: E402
 from lib.cluster.report import assignment_frame, cluster_report  # noqa: E402
@@ -77,7 +78,7 @@ from lib.sample.methods import sample_prompts  # noqa: E402
 from lib.sample.pipeline import DDMPipeline, assemble_ddm  # noqa: E402
 from lib.sample.prompts import stratified_prompts  # noqa: E402
 from lib.seeding import derive_seed, numpy_rng  # noqa: E402
-from lib.train.router import train_router  # noqa: E402
+from lib.train.router import report_line, train_router  # noqa: E402
 from lib.train.specs import (  # noqa: E402
     ExpertSpec,
     compute_table,
@@ -339,7 +340,7 @@ def train_models(ctx: Shared, v: Variant, seed: int, with_monolith: bool, timer:
     mono = monolith_spec(cfg, ctx.semantic)
     c, t, h, w = ctx.info["latent_shape"]
     text = ctx.info["text_encoder"]
-    table = compute_table(specs, mono, c, (t, h, w), text["max_tokens"], text["dim"])
+    table = compute_table(specs, mono, c, (t, h, w), text["max_tokens"], text["dim"], cfg.router)
     rows, experts = [], {}
     with timer(f"train {v.name} experts s{seed}"):
         for spec in specs:
@@ -354,10 +355,7 @@ def train_models(ctx: Shared, v: Variant, seed: int, with_monolith: bool, timer:
             mono_dir = mono_result.model_dir
     with timer(f"router {v.name} s{seed}"):
         router_dir, report, router_key = router_for(ctx, v, seed)
-    say(
-        f"router {v.name} s{seed} accuracy per t bucket: "
-        + ", ".join(f"[{r.t_low:.1f},{r.t_high:.1f}) {r.accuracy:.2f}" for r in report.itertuples())
-    )
+    say(f"router {v.name} s{seed} accuracy by t: {report_line(report)}")
     ddm_dir = assemble_ddm(
         ctx.work / "ddm" / f"{v.name}-s{seed}", experts, router_dir, ctx.info, v.centroids, cfg.encode
     )
@@ -493,6 +491,7 @@ def evaluate_all(
         "decision": summary["decision"],
         "decision_text": summary["text"],
         "featnet": checks,
+        **router_at_t1(models),
         "wall_minutes": round(total / 60, 1),
         "command": command,
         "machine": machine,
@@ -508,6 +507,20 @@ def evaluate_all(
     plot_samples(ctx, samples[seeds[0]], prompts, out / "samples.png")
     write_summary(out, rows, result, models, timer, fd_names)
     say("=" * 100 + "\n" + summary["text"] + f"\ntotal {total / 60:.1f} min; results in {out}\n" + "=" * 100)
+
+
+def router_at_t1(models: list[Models]) -> dict[str, dict[int, float | None]]:
+    """Per training seed of the semantic DDM: its router's accuracy at exactly t = 1 (pure noise, where sampling
+    starts) and the caption-only classifier's on the same held-out clips, the most the router can reach there."""
+    out: dict[str, dict[int, float | None]] = {"router_accuracy_t1": {}, "caption_ceiling_t1": {}}
+    for m in models:
+        if m.variant != SEMANTIC:
+            continue
+        kind, at_1 = m.router[RouterReport.kind], m.router[RouterReport.t_low] == 1.0
+        for key, rows in (("router_accuracy_t1", m.router[(kind == EXACT) & at_1]),
+                          ("caption_ceiling_t1", m.router[kind == CAPTION_ONLY])):  # fmt: skip
+            out[key][m.seed] = _r(rows[RouterReport.accuracy].iloc[0]) if len(rows) else None
+    return out
 
 
 def is_current_headline(out: Path, not_run: list[str]) -> bool:
@@ -740,7 +753,8 @@ def write_summary(out: Path, rows: pd.DataFrame, result: dict, models: list[Mode
         + json.dumps(fj, indent=1)
         + "\n```",
         "## Training\n\n" + markdown(train_rows),
-        "## Router accuracy per t bucket\n\n" + markdown(routers),
+        "## Router accuracy per t bucket, at exact t and of the caption alone (its ceiling at t = 1)\n\n"
+        + markdown(routers),
         "## Wall time per stage\n\n"
         + markdown(pd.DataFrame([{"stage": k, "seconds": round(v, 1)} for k, v in timer.seconds.items()])),  # fmt: skip
         "Files: headline.json, eval_rows.csv (every EvalReport row with its training seed), samples.png.",

@@ -259,12 +259,19 @@ class RouterConfig:
     batch_size: int = 32
     lr: float = 1e-3
     timestep_sampling: str = "uniform"
+    # fraction of every batch trained at exactly t = 1: the sampler's first step, pure noise, where only the caption
+    # tells the cluster and a continuous t distribution almost never lands (benchmarks/router_endpoint.py)
+    endpoint_mass: float = 0.0
     t_buckets: int = 5  # RouterReport resolution
+    report_t: list[float] = field(default_factory=lambda: [0.9, 0.95, 1.0])  # also reported at exactly these t
 
     def __post_init__(self) -> None:
         _one_of(self.timestep_sampling, ("logit_normal", "uniform"), "router.timestep_sampling")
         for name in ("num_layers", "num_heads", "hidden_dim", "steps", "batch_size", "t_buckets"):
             _check(getattr(self, name) > 0, f"router.{name}", f"must be > 0, got {getattr(self, name)}")
+        _check(0.0 <= self.endpoint_mass < 1.0, "router.endpoint_mass", f"must lie in [0, 1), got {self.endpoint_mass}")
+        ok = all(0.0 <= t <= 1.0 for t in self.report_t) and len(set(self.report_t)) == len(self.report_t)
+        _check(ok, "router.report_t", f"must be distinct times in [0, 1], got {self.report_t}")
 
 
 @dataclass(frozen=True)

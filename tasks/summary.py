@@ -17,6 +17,7 @@ from data_schemas.router import RouterReport
 from lib.evaluate.compare import headline
 from lib.io import persist
 from lib.storage import StorageError, check_output_dir, is_remote, publish_dir, resolve
+from lib.train.router import report_line
 from tasks.common import tracker_for
 from tasks.image import TASK_IMAGE
 
@@ -89,12 +90,7 @@ def summarize(
         headline(report).to_string(),
         featnet_note,
         f"experts missing (failed training, excluded from routing): {missing}" if missing else "all experts trained",
-        "router accuracy by t bucket: "
-        + (
-            ", ".join(f"[{r.t_low:.1f},{r.t_high:.1f}) {r.accuracy:.2f}" for r in router_report.itertuples())
-            if router_report is not None
-            else "not retrained"
-        ),
+        "router accuracy by t: " + (report_line(router_report) if router_report is not None else "not retrained"),
         f"DDM (load with DDMPipeline.from_pretrained): {dest}/ddm",
         f"monolith: {dest}/monolith   samples (GIFs per method): {dest}/samples/gifs",
         f"contact sheet (real prompt clips above every method, same prompts): {dest}/samples.png",

@@ -15,7 +15,6 @@ processes of one expert all-reduce gradients (``lib.train.distributed``).
 
 import dataclasses
 import functools
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ from flytekitplugins.kfpytorch.task import PytorchElasticFunctionTask
 from pandera.typing import DataFrame
 
 from data_schemas.cluster import ClusterAssignment
-from data_schemas.router import RouterReport
+from data_schemas.router import BUCKET, RouterReport
 from lib.config import ResourcesConfig, RouterConfig, RunConfig
 from lib.encode.store import load_encoded, read_codec_info
 from lib.plan.placement import Placement, plan_experts, plan_table
@@ -42,7 +41,7 @@ from lib.tracking import ModelRun
 from lib.train.checkpoint import complete_checkpoints, mirror_checkpoint
 from lib.train.curves import curves_html
 from lib.train.distributed import workers_from_env
-from lib.train.router import train_router
+from lib.train.router import report_line, router_report_html, train_router
 from lib.train.specs import ExpertSpec, compute_table, expert_specs, monolith_spec, training_data, training_rows
 from lib.train.trainer import ProgressCallback, TrainResult, train
 from tasks.common import input_key, is_local, mark_ran, publish_stage, stage_dir, tracker_for, uri_of
@@ -57,13 +56,17 @@ def make_specs(
 ) -> tuple[list[ExpertSpec], ExpertSpec]:
     """One spec per cluster and the monolith's, printing the compute accounting side by side."""
     specs, monolith = expert_specs(cfg, assignments), monolith_spec(cfg, assignments)
+    split = {"equal": "every expert the same steps", "by_size": "steps in proportion to each cluster's train clips"}
+    steps = ", ".join(f"{s.name} {s.expert.steps}" for s in specs)
+    print(f"expert budget ({cfg.expert.budget_split}: {split[cfg.expert.budget_split]}): {steps}", flush=True)
     info = read_codec_info(encoded.download())
     c, t, h, w = info["latent_shape"]
     table = compute_table(
-        specs, monolith, c, (t, h, w), info["text_encoder"]["max_tokens"], info["text_encoder"]["dim"]
+        specs, monolith, c, (t, h, w), info["text_encoder"]["max_tokens"], info["text_encoder"]["dim"], cfg.router
     )
     rule = {"steps": "K x expert steps at the same batch", "batch": "expert steps at K x the batch"}
-    print(f"compute matching (same network; monolith = {rule[cfg.expert.monolith_scaling]}):", flush=True)
+    print(f"compute matching (same network; monolith = {rule[cfg.expert.monolith_scaling]}; the router is charged "
+          "to the DDM):", flush=True)  # fmt: skip
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3e}"), flush=True)
     return specs, monolith
 
@@ -346,7 +349,13 @@ def training_report(experts: list[FlyteDirectory | None], monolith: FlyteDirecto
     Deck("training", curves_html(dirs))
 
 
-@task(container_image=TASK_IMAGE, cache=Cache(version="router-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+@task(
+    container_image=TASK_IMAGE,
+    cache=Cache(version="router-v3"),
+    requests=Resources(cpu="2", mem="4Gi"),
+    retries=1,
+    enable_deck=True,
+)
 def train_router_task(
     cfg: RouterConfig,
     num_clusters: int,
@@ -356,18 +365,24 @@ def train_router_task(
     output_dir: str,
 ) -> tuple[FlyteDirectory, DataFrame[RouterReport]]:
     """Router p(cluster | x_t, t, text) on the training clips: needs only latents and labels, so it runs beside the
-    experts."""
+    experts. Its report (t buckets, exact t, caption-only ceiling) goes to the ``router`` Deck."""
     rows = training_rows(assignments)
     out = stage_dir(output_dir, "router", cfg, num_clusters, seed, uri_of(encoded), rows["cluster_id"].tolist())
     data = load_encoded(encoded.download(), rows["clip_id"].tolist())
     labels = torch.tensor(rows["cluster_id"].to_numpy(), dtype=torch.int64)
     result = train_router(data.latents, data.pooled, labels, cfg, num_clusters, seed, out)
-    print("router accuracy per t bucket:", json.dumps(result.report.round(3).to_dict("records")), flush=True)
+    print("router accuracy per t bucket:", report_line(result.report), flush=True)
+    Deck("router", router_report_html(result.report))
     tracker = tracker_for(output_dir)
     if tracker is not None:
         params = {"router": dataclasses.asdict(cfg), "num_clusters": num_clusters, "seed": seed,
                   "train_clips": len(rows)}  # fmt: skip
         curve = [{"step": i + 1, "loss": loss} for i, loss in enumerate(result.losses)]
-        buckets = [{"step": i, "accuracy_by_t_bucket": r.accuracy} for i, r in enumerate(result.report.itertuples())]
-        tracker.record_model("router", "router", params, curve + buckets)
+        kind = result.report[RouterReport.kind]
+        buckets = [{"step": i, "accuracy_by_t_bucket": r.accuracy}
+                   for i, r in enumerate(result.report[kind == BUCKET].itertuples())]  # fmt: skip
+        points = {f"{r.kind}_{metric}_t{r.t_low:g}": getattr(r, metric)
+                  for r in result.report[kind != BUCKET].itertuples()
+                  for metric in ("accuracy", "ece", "mean_max_prob")}  # fmt: skip
+        tracker.record_model("router", "router", params, curve + buckets + [{"step": 0, **points}])
     return FlyteDirectory(publish_stage(output_dir, result.model_dir)), result.report

@@ -1,4 +1,5 @@
-"""Router network and trainer: accuracy falls from high to chance as t -> 1, save/load, report schema, determinism.
+"""Router network and trainer: accuracy falls from high to chance as t -> 1, save/load, report schema (buckets,
+exact t, the caption-only ceiling), determinism, mass at t = 1, and its training FLOPs.
 
 The built-in clips stand in for clusters through a semantic attribute, the background colour (9 classes). The scene
 family (4 classes) is a weaker stand-in at 16x16: on dark backgrounds its stripes/checkers change pixels by only
@@ -6,19 +7,31 @@ about +-0.04, so even clean clips are hard to tell apart, which would blur the t
 """
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pandera.errors
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from data_schemas.router import RouterReport
-from lib.config import RouterConfig
+from data_schemas.router import BUCKET, CAPTION_ONLY, EXACT, RouterReport
+from lib.config import ConfigError, RouterConfig
 from lib.data.procedural import BG_RGB, iter_builtin_clips
 from lib.models.router import RouterModel
-from lib.train.router import TRAINING_INFO, expected_calibration_error, sample_timesteps, train_router
+from lib.train.compute import router_flops_per_step
+from lib.train.router import (
+    TRAINING_INFO,
+    caption_only_row,
+    expected_calibration_error,
+    report_line,
+    router_report_html,
+    router_timesteps,
+    sample_timesteps,
+    train_router,
+)
 
 BACKGROUNDS = list(BG_RGB)
 TEXT_DIM = 8
@@ -54,9 +67,13 @@ def trained(tmp_path_factory, one_thread):
     return result, latents, labels
 
 
+def _kind(report: pd.DataFrame, kind: str) -> pd.DataFrame:
+    return report[report[RouterReport.kind] == kind].reset_index(drop=True)
+
+
 def test_accuracy_is_high_near_t0_and_falls_to_chance_as_t_goes_to_1(trained):
     result, latents, labels = trained
-    report = RouterReport.validate(result.report)
+    report = _kind(RouterReport.validate(result.report), BUCKET)
     acc = report[RouterReport.accuracy].to_numpy()
     assert len(report) == 10 and (report[RouterReport.n] == 4 * 100).all()  # 100 held-out clips x 4 draws
     assert acc[:3].min() >= 0.9, acc
@@ -80,7 +97,32 @@ def test_router_reads_the_text_when_x_t_is_noise(tmp_path, one_thread):
     latents, labels = _builtin(200)
     pooled = torch.nn.functional.one_hot(labels, len(BACKGROUNDS)).float()  # a caption that names the cluster
     result = train_router(latents, pooled, labels, _cfg(steps=100, t_buckets=4), len(BACKGROUNDS), 0, tmp_path)
-    assert result.report[RouterReport.accuracy].iloc[-1] >= 0.9  # t in [0.75, 1]: only the text can tell
+    assert _kind(result.report, BUCKET)[RouterReport.accuracy].iloc[-1] >= 0.9  # t in [0.75, 1]: only the text tells
+    at_1 = _kind(result.report, EXACT).set_index(RouterReport.t_low).loc[1.0]
+    assert at_1[RouterReport.accuracy] >= 0.9  # pure noise: the caption alone names the cluster
+    assert _kind(result.report, CAPTION_ONLY)[RouterReport.accuracy].iloc[0] == 1.0  # and a linear probe sees it
+
+
+def test_report_has_exact_t_rows_and_the_caption_ceiling_on_the_same_held_out_clips(trained):
+    result, latents, labels = trained
+    report = RouterReport.validate(result.report)
+    assert report[RouterReport.kind].tolist() == [BUCKET] * 10 + [EXACT] * 3 + [CAPTION_ONLY]
+    exact = _kind(report, EXACT)
+    assert exact[RouterReport.t_low].tolist() == [0.9, 0.95, 1.0] == exact[RouterReport.t_high].tolist()
+    assert (exact[RouterReport.n] == 4 * 100).all()  # 100 held-out clips x 4 draws, as the buckets
+    # at exactly t = 1 and without text the router guesses: no better than the last bucket
+    assert exact[RouterReport.accuracy].iloc[-1] <= _kind(report, BUCKET)[RouterReport.accuracy].iloc[-1] + 0.1
+    caption = _kind(report, CAPTION_ONLY).iloc[0]
+    held = torch.tensor(result.eval_indices)
+    assert caption[RouterReport.n] == len(held) == 100 and caption[RouterReport.t_low] == 1.0
+    # fitted on the router's train clips, scored on its held-out ones: with no text (pooled zeros) the caption can
+    # only name the train split's majority cluster, so the ceiling is that cluster's share of the held-out clips
+    train = torch.tensor(sorted(set(range(len(labels))) - set(result.eval_indices)))
+    majority = torch.bincount(labels[train]).argmax()
+    assert caption[RouterReport.accuracy] == pytest.approx((labels[held] == majority).float().mean().item())
+    zeros = torch.zeros(len(labels), TEXT_DIM)
+    again = caption_only_row(zeros[train], labels[train], zeros[held], labels[held], len(BACKGROUNDS))
+    assert again[RouterReport.accuracy] == caption[RouterReport.accuracy] and again[RouterReport.n] == 100
 
 
 def test_saved_router_loads_with_from_pretrained(trained):
@@ -149,20 +191,82 @@ def test_bad_inputs_are_refused(tmp_path):
         train_router(latents, pooled, labels, _cfg(patch_size=[3, 4, 4]), 2, 0, tmp_path)
 
 
-def test_report_schema_is_strict_and_checks_ranges():
-    good = pd.DataFrame(
-        {"t_low": [0.0, 0.5], "t_high": [0.5, 1.0], "accuracy": [0.9, 0.2], "ece": [0.05, 0.02],
-         "mean_max_prob": [0.9, 0.3], "n": [40, 40]}
+def _report() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"kind": [BUCKET, BUCKET, EXACT, EXACT, CAPTION_ONLY], "t_low": [0.0, 0.5, 0.9, 1.0, 1.0],
+         "t_high": [0.5, 1.0, 0.9, 1.0, 1.0], "accuracy": [0.9, 0.2, 0.5, 0.4, 0.95],
+         "ece": [0.05, 0.02, 0.1, 0.3, 0.02], "mean_max_prob": [0.9, 0.3, 0.6, 0.7, 0.93], "n": [40, 40, 40, 40, 10]}
     )  # fmt: skip
+
+
+def test_report_schema_is_strict_and_checks_ranges():
+    good = _report()
     RouterReport.validate(good)
+    RouterReport.validate(good.iloc[:2])  # buckets alone (evaluate_router without exact t) are a report too
     for bad in (
         good.assign(extra=1),
-        good.assign(accuracy=[1.2, 0.2]),
-        good.assign(n=[0, 40]),
-        good.iloc[::-1].reset_index(drop=True),  # buckets out of order
+        good.assign(accuracy=[1.2, 0.2, 0.5, 0.4, 0.95]),
+        good.assign(n=[0, 40, 40, 40, 10]),
+        good.assign(kind=[BUCKET, BUCKET, "exactly", EXACT, CAPTION_ONLY]),  # unknown kind
+        pd.concat([good.iloc[1::-1], good.iloc[2:]]).reset_index(drop=True),  # buckets out of order
+        good.assign(t_high=[0.5, 1.0, 0.95, 1.0, 1.0]),  # an exact row that is not a point
+        good.assign(t_low=[0.0, 0.5, 1.0, 1.0, 1.0], t_high=[0.5, 1.0, 1.0, 1.0, 1.0]),  # t = 1 reported twice
+        good.assign(t_low=[0.0, 0.5, 0.9, 1.0, 0.9], t_high=[0.5, 1.0, 0.9, 1.0, 0.9]),  # caption row not at t = 1
+        pd.concat([good, good.iloc[[4]]]).reset_index(drop=True),  # two caption rows
     ):
         with pytest.raises((pandera.errors.SchemaError, pandera.errors.SchemaErrors)):
             RouterReport.validate(bad)
+
+
+def test_report_line_and_deck_name_the_endpoint_and_the_ceiling():
+    line = report_line(_report())
+    assert line == (
+        "[0.0,0.5) 0.90, [0.5,1.0) 0.20; exact t 0.9 0.50, 1 0.40 (mean max prob at 1: 0.70); caption only 0.95"
+    )
+    page = router_report_html(_report())
+    assert "caption_only" in page and "<table" in page and "mean max prob at 1: 0.70" in page
+
+
+def test_endpoint_mass_puts_exactly_that_share_of_every_batch_at_t1_deterministically():
+    cfg = _cfg(endpoint_mass=0.25)
+    a = router_timesteps(32, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(a, router_timesteps(32, cfg, torch.Generator().manual_seed(3)))
+    assert (a == 1.0).sum() == 8 and (a[8:] < 1.0).all() and (a >= 0).all()
+    # the remaining draws are the configured sampling's, unchanged: no mass means the old times exactly
+    plain = router_timesteps(32, _cfg(), torch.Generator().manual_seed(3))
+    assert torch.equal(plain, sample_timesteps(32, "uniform", torch.Generator().manual_seed(3)))
+    assert torch.equal(a[8:], plain[8:])
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="router.endpoint_mass"):
+            _cfg(endpoint_mass=bad)
+    with pytest.raises(ConfigError, match="router.report_t"):
+        _cfg(report_t=[1.0, 1.0])
+
+
+def test_endpoint_mass_is_recorded_and_changes_training(tmp_path, one_thread):
+    latents, labels = _builtin(40, seed=3)
+    pooled = torch.randn(40, TEXT_DIM, generator=torch.Generator().manual_seed(0))
+    a = train_router(latents, pooled, labels, _cfg(steps=4, t_buckets=2), len(BACKGROUNDS), 5, tmp_path / "a")
+    b = train_router(latents, pooled, labels, _cfg(steps=4, t_buckets=2, endpoint_mass=0.5), len(BACKGROUNDS), 5,
+                     tmp_path / "b")  # fmt: skip
+    assert a.losses != b.losses and a.eval_indices == b.eval_indices  # same split, other times
+    assert json.loads((b.model_dir / TRAINING_INFO).read_text())["endpoint_mass"] == 0.5
+
+
+def test_router_flops_per_step_counts_what_the_model_computes():
+    cfg = RouterConfig(num_layers=2, num_heads=2, hidden_dim=32, patch_size=[2, 4, 4], batch_size=5)
+    model = RouterModel(4, [4, 8, 8], [2, 4, 4], text_dim=16, hidden_dim=32, num_layers=2, num_heads=2, num_clusters=3)
+    gen = torch.Generator().manual_seed(0)
+    x, t, pooled = torch.randn(5, 4, 4, 8, 8, generator=gen), torch.rand(5, generator=gen), torch.randn(5, 16)
+    with FlopCounterMode(display=False) as counter:  # with grad: no_grad takes a fused path the counter cannot see
+        model(x, t, pooled)
+    forward = router_flops_per_step(cfg, 4, (4, 8, 8), 16, 3) / 3  # one forward over the batch of 5
+    tokens = 1 + 2 * 2 * 2
+    scores = 4 * 2 * 32 * tokens**2 * 5  # attention scores and values: not every backend reports them to the counter
+    assert forward - scores <= counter.get_total_flops() <= forward
+    assert router_flops_per_step(replace(cfg, steps=1, batch_size=10), 4, (4, 8, 8), 16, 3) == pytest.approx(
+        2 * router_flops_per_step(cfg, 4, (4, 8, 8), 16, 3)
+    )
 
 
 def test_ece_matches_torchmetrics():

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from lib.config import ExpertConfig
+from lib.config import ExpertConfig, RouterConfig
 from lib.models.factory import tokens_per_sample
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,30 @@ def flops_per_step(
     s = tokens_per_sample(cfg, sample_shape)
     d = cfg.num_heads * cfg.head_dim
     forward = 2 * (per_video * s + per_text * text_len + per_sample) + 4 * cfg.num_layers * d * (s * s + s * text_len)
+    return float(3 * forward * cfg.batch_size)
+
+
+def router_flops_per_step(
+    cfg: RouterConfig, in_channels: int, sample_shape: tuple[int, int, int], text_dim: int, num_clusters: int
+) -> float:
+    """Training FLOPs of one router optimizer step (forward + backward over ``cfg.batch_size`` samples).
+
+    The router is trained for the DDM only, so its compute is charged to the DDM's side of the matched-compute
+    table (as in McAllister et al. 2025). Same accounting as ``flops_per_step``, for ``lib.models.router``: with
+    N = patches (prod(sample_shape / patch)), S = N + 1 tokens (the CLS/conditioning token), d = hidden width,
+    n = layers, C = channels, p = prod(patch), D = text width, K = clusters::
+
+        forward  = 2 (C p d N + 12 d^2 n S + 2 d^2 + D d + d K) + 4 n d S^2   # patchify, q/k/v/o + 4d FFN per
+                                                                               # token and layer, timestep MLP, text
+                                                                               # projection, head; attention scores
+        step     = 3 x forward x batch_size
+    """
+    d, n = cfg.hidden_dim, cfg.num_layers
+    patch = math.prod(cfg.patch_size)
+    patches = math.prod(s // q for s, q in zip(sample_shape, cfg.patch_size, strict=True))
+    tokens = patches + 1
+    weights = in_channels * patch * d * patches + 12 * d * d * n * tokens + 2 * d * d + text_dim * d + d * num_clusters
+    forward = 2 * weights + 4 * n * d * tokens * tokens
     return float(3 * forward * cfg.batch_size)
 
 

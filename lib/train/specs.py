@@ -4,8 +4,8 @@ Compute matching (stated once): every model has the same architecture; each of t
 ``expert.steps`` steps at ``expert.batch_size`` on its own cluster, and the monolith trains on all clusters with K
 times one expert's samples, spent as ``expert.monolith_scaling`` says: ``steps`` (K x the steps at the same batch)
 or ``batch`` (the same steps at K x the batch: the experts' K GPUs as one data-parallel job, same wall-clock).
-Either way the training FLOPs of the decentralized model and the monolith are identical (FLOPs are linear in the
-batch); ``compute_table`` prints the accounting.
+Either way the experts' training FLOPs and the monolith's are identical (FLOPs are linear in the batch); the DDM also
+pays for its router, which ``compute_table`` charges to it when it prints the accounting.
 
 Only clips whose role is ``train`` (lib.data.split) are ever trained on: every function here takes the full
 ClusterAssignment table and drops the held-out roles itself, so no caller can leak an evaluation clip into training.
@@ -26,16 +26,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lib.config import RUN_ONLY_FIELDS, ExpertConfig, RunConfig
+from lib.config import RUN_ONLY_FIELDS, ExpertConfig, RouterConfig, RunConfig
 from lib.data.split import TRAIN, rows_with_role
 from lib.encode.store import load_encoded
 from lib.seeding import derive_seed
-from lib.train.compute import flops_per_step
+from lib.train.compute import flops_per_step, router_flops_per_step
 from lib.train.trainer import TrainData
 
 log = logging.getLogger(__name__)
 
 MONOLITH = -1  # cluster_id of the monolith: trains on every cluster
+ROUTER = "router"  # its row in compute_table, charged to the DDM
 
 
 @dataclass(frozen=True)
@@ -179,8 +180,13 @@ def compute_table(
     sample_shape: tuple[int, int, int],
     text_len: int,
     text_dim: int,
+    router: RouterConfig,
 ) -> pd.DataFrame:
-    """Training compute of every model and of the two totals, side by side."""
+    """Training compute of every model and of the two totals, side by side.
+
+    The router is trained only for the DDM, so its row counts toward the DDM total (``router_flops_per_step``): the
+    DDM spends the monolith's FLOPs plus the router's, as the papers charge it.
+    """
     rows = []
     for spec in [*specs, monolith]:
         per_step = flops_per_step(spec.expert, in_channels, sample_shape, text_len, text_dim)
@@ -194,6 +200,17 @@ def compute_table(
                 "total_flops": per_step * spec.expert.steps,
             }
         )
+    router_step = router_flops_per_step(router, in_channels, sample_shape, text_dim, len(specs))
+    rows.append(
+        {
+            "model": ROUTER,
+            "clips": sum(s.num_clips for s in specs),
+            "steps": router.steps,
+            "batch": router.batch_size,
+            "flops_per_step": router_step,
+            "total_flops": router_step * router.steps,
+        }
+    )
     table = pd.DataFrame(rows)
     ddm_total = table.loc[table["model"] != monolith.name, "total_flops"].sum()
     totals = pd.DataFrame(
