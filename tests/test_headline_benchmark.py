@@ -120,3 +120,29 @@ def test_per_cluster_table_shows_kid_and_accuracy_per_cluster_not_an_empty_fd_in
     assert list(table.columns) == ["kid_attrnet c0", "kid_attrnet c1", "attr_acc_attrnet c0", "attr_acc_attrnet c1"]
     assert list(table.index) == [(0, "monolith"), (0, "ddm:topk")]
     assert table.loc[(0, "monolith"), "kid_attrnet c1"] == "30 [29, 31]"
+
+
+def test_the_benchmark_config_runs_oracle_routing_under_the_name_ddm_oracle(bench):
+    """Routing loss is a number: ``ddm:oracle`` (each prompt's true cluster) is a protocol method of the benchmark
+    config (only there: the tiny run stays cheap), and the evaluation table accepts its name."""
+    from data_schemas.evaluate import METHOD_PATTERN
+    from lib.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "bench.yaml")
+    rows = pd.DataFrame({"method": ["monolith"], "training_seed": [0]})
+    assert "ddm:oracle (training seed 0)" in bench.methods_not_run(rows, [0], cfg)
+    assert "oracle" not in load_config(ROOT / "configs" / "tiny.yaml").sample.compare_strategies
+    assert pd.Series(["ddm:oracle"]).str.match(METHOD_PATTERN).all()
+
+
+def test_headline_records_router_accuracy_at_t1_beside_the_caption_ceiling_per_seed(bench):
+    def report(t1: float, caption: float) -> pd.DataFrame:
+        return pd.DataFrame({"kind": ["bucket", "exact", "exact", "caption_only"], "t_low": [0.0, 0.9, 1.0, 1.0],
+                             "t_high": [1.0, 0.9, 1.0, 1.0], "accuracy": [0.9, 0.8, t1, caption],
+                             "ece": 0.1, "mean_max_prob": 0.8, "n": 40})  # fmt: skip
+
+    models = [bench.Models(bench.SEMANTIC, s, Path("d"), None, [], pd.DataFrame(), report(0.7 + s / 10, 0.95), "k")
+              for s in (0, 1)] + [bench.Models(bench.RANDOM, 0, Path("r"), None, [], pd.DataFrame(),
+                                               report(0.1, 0.2), "k")]  # fmt: skip
+    out = bench.router_at_t1(models)
+    assert out == {"router_accuracy_t1": {0: 0.7, 1: 0.8}, "caption_ceiling_t1": {0: 0.95, 1: 0.95}}
