@@ -121,7 +121,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class EncodeConfig:
     text_encoder: str = "minilm"  # "minilm" (bundled all-MiniLM-L6-v2) or a local folder of a CLIP/T5 text tower
-    max_tokens: int = 16  # caption tokens kept for cross-attention
+    # caption tokens kept for cross-attention (longer captions lose their last words; the encode stage counts them):
+    # the longest built-in caption is 35 MiniLM tokens ([CLS] and [SEP] included), rounded up to a multiple of 8
+    max_tokens: int = 40
     codec: str = "pixel"  # "pixel" (identity), "vae" (diffusers VAE from vae_path) or "learned" (trained: codec.*)
     vae_path: str = ""  # local folder of a diffusers AutoencoderKL / video VAE
     batch_size: int = 64
@@ -214,6 +216,9 @@ class ExpertConfig:
     # how the monolith spends the K experts' compute: "steps" = K x steps at the same batch; "batch" = the same
     # steps at K x batch (what the experts' K GPUs would run as one data-parallel job in the same wall-clock)
     monolith_scaling: str = "steps"
+    # how the K experts share their K x steps: "equal" (each expert.steps) or "by_size" (in proportion to each
+    # cluster's train clips, at least 1, summing exactly to K x steps: every train clip gets the same share of samples)
+    budget_split: str = "equal"
     micro_batch: int = 0  # 0: pick from free memory; >0 forces it
     lr: float = 5e-4
     warmup_steps: int = 20
@@ -236,6 +241,7 @@ class ExpertConfig:
         _one_of(self.timestep_sampling, ("logit_normal", "uniform"), "expert.timestep_sampling")
         _one_of(self.lr_schedule, ("constant", "cosine"), "expert.lr_schedule")
         _one_of(self.monolith_scaling, ("steps", "batch"), "expert.monolith_scaling")
+        _one_of(self.budget_split, ("equal", "by_size"), "expert.budget_split")
         _check(self.warmup_steps >= 0, "expert.warmup_steps", "must be >= 0")
         _check(self.weight_decay >= 0, "expert.weight_decay", "must be >= 0")
         _check(self.grad_clip > 0, "expert.grad_clip", "must be > 0")

@@ -9,7 +9,7 @@ from data_schemas.ingest import ClipIndex
 from lib.config import CodecConfig, EncodeConfig
 from lib.encode.learned import VAE_DIR
 from lib.encode.prepare import fit_codec
-from lib.encode.store import encode_dataset
+from lib.encode.store import encode_dataset, read_codec_info
 from tasks.common import publish_stage, stage_dir, uri_of
 from tasks.image import TASK_IMAGE
 
@@ -28,11 +28,17 @@ def train_codec(
     return FlyteDirectory(publish_stage(output_dir, out))
 
 
-@task(container_image=TASK_IMAGE, cache=Cache(version="encode-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+@task(container_image=TASK_IMAGE, cache=Cache(version="encode-v3"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
 def encode_clips(
     cfg: EncodeConfig, shards: FlyteDirectory, index: DataFrame[ClipIndex], codec: FlyteDirectory, output_dir: str
 ) -> tuple[FlyteDirectory, DataFrame[EncodedIndex]]:
+    """Latents and caption embeddings of every clip; prints how many captions ``encode.max_tokens`` cut (recorded in
+    ``codec.json``), since a cut caption silently loses its last words in cross-attention."""
     out = stage_dir(output_dir, "encode", cfg, uri_of(shards), uri_of(codec))
     learned = f"{codec.download()}/{VAE_DIR}" if cfg.codec == "learned" else None
     encoded_index = encode_dataset(shards.download(), index, cfg, out, learned_codec=learned)
+    cut = read_codec_info(out)["captions"]
+    share = 100 * cut["cut_fraction"]
+    line = f"{cut['cut']} of {cut['count']} captions ({share:.1f} %) cut to encode.max_tokens={cut['max_tokens']}"
+    print(f"encode: {len(encoded_index)} clips; {line} (longest {cut['longest_tokens']} tokens)", flush=True)
     return FlyteDirectory(publish_stage(output_dir, out)), encoded_index

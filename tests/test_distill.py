@@ -44,7 +44,7 @@ def run(tmp_path_factory):
         experts[k] = train(data, EXPERT, root / f"e{k}", seed=0, name=f"expert-{k:02d}", callbacks=[]).model_dir
     router = train_router(latents, emb.pooled, labels, ROUTER, K, seed=0, out_dir=root / "router").model_dir
     info = {**PixelCodec().info(), "latent_shape": [3, 4, 16, 16], "video_shape": [4, 16, 16, 3],
-            "text_encoder": {"name": "minilm", "max_tokens": 16, "dim": 384, "pooled_dim": 384}}  # fmt: skip
+            "text_encoder": {"name": "minilm", "max_tokens": 40, "dim": 384, "pooled_dim": 384}}  # fmt: skip
     ddm = assemble_ddm(root / "ddm", experts, router, info, None, EncodeConfig())
     data = EncodedData(ids, latents, emb.tokens, emb.mask, emb.pooled)
     return {"root": root, "ddm": ddm, "data": data, "info": info}

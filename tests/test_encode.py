@@ -13,7 +13,7 @@ from data_schemas.encode import EncodedIndex
 from lib.config import EncodeConfig
 from lib.data.ingest import ingest_builtin
 from lib.encode.codec import CodecLoadError, ImageVAECodec, PixelCodec, WanVideoCodec, codec_from_config
-from lib.encode.store import encode_dataset, load_encoded, read_codec_info
+from lib.encode.store import caption_cut_record, encode_dataset, load_encoded, read_codec_info
 from lib.encode.text import EncoderLoadError, TextEncoder
 
 WORDS = "a red crimson blue ball square moving left growing on checkerboard".split()
@@ -54,8 +54,10 @@ def _save(model, tokenizer, path):
 def test_minilm_shapes_norm_and_semantics(minilm):
     captions = ["a red ball moving left", "a crimson ball moving left", "a blue square growing on a checkerboard"]
     out = minilm.encode(captions)
-    assert out.tokens.shape == (3, 16, 384) and out.tokens.dtype == torch.float32
-    assert out.mask.dtype == torch.bool and out.mask.shape == (3, 16)
+    length = EncodeConfig().max_tokens
+    assert out.tokens.shape == (3, length, 384) and out.tokens.dtype == torch.float32
+    assert out.mask.dtype == torch.bool and out.mask.shape == (3, length)
+    assert out.lengths.tolist() == [7, 7, 11]  # checkerboard is two WordPiece tokens
     assert out.pooled.shape == (3, 384)
     torch.testing.assert_close(out.pooled.norm(dim=1), torch.ones(3))
     # [CLS] a red ball moving left [SEP] -> 7 real tokens, padded positions are zero
@@ -69,10 +71,11 @@ def test_minilm_shapes_norm_and_semantics(minilm):
     torch.testing.assert_close(alone.pooled[0], out.pooled[2], atol=1e-5, rtol=0)
 
 
-def test_minilm_pooled_sees_whole_caption_tokens_are_truncated(minilm):
+def test_minilm_pooled_sees_whole_caption_tokens_are_truncated():
     long = "a small red ball moving slowly left and a big blue square spinning in front of a forest gradient"
-    out = minilm.encode([long, long.replace("forest", "ocean")])
+    out = TextEncoder.from_config(EncodeConfig(max_tokens=16)).encode([long, long.replace("forest", "ocean")])
     assert out.mask.all(), "a caption longer than max_tokens fills every token slot"
+    assert (out.lengths > 16).all(), "the lengths are counted before the cut"
     assert not torch.allclose(out.pooled[0], out.pooled[1], atol=1e-3), "the scene word at the end must count"
 
 
@@ -286,13 +289,14 @@ def test_encode_dataset_round_trip(tmp_path, clips, minilm):
     raw = load_file(str(out / "encoded-00001.safetensors"))
     assert {k: (v.dtype, tuple(v.shape)) for k, v in raw.items()} == {
         "latents": (torch.float16, (10, 3, 5, 16, 16)),
-        "tokens": (torch.float16, (10, 16, 384)),
-        "mask": (torch.uint8, (10, 16)),
+        "tokens": (torch.float16, (10, 40, 384)),
+        "mask": (torch.uint8, (10, 40)),
         "pooled": (torch.float32, (10, 384)),
     }
     info = read_codec_info(out)
     assert info["name"] == "pixel" and info["latent_shape"] == [3, 5, 16, 16]
-    assert info["text_encoder"] == {"name": "minilm", "max_tokens": 16, "dim": 384, "pooled_dim": 384}
+    assert info["text_encoder"] == {"name": "minilm", "max_tokens": 40, "dim": 384, "pooled_dim": 384}
+    assert info["captions"]["count"] == 24 and info["captions"]["cut"] == 0 and info["captions"]["max_tokens"] == 40
 
     wanted = [index["clip_id"][i] for i in (23, 0, 11)]
     data = load_encoded(out, wanted)
@@ -312,6 +316,58 @@ def test_encode_dataset_round_trip(tmp_path, clips, minilm):
         load_encoded(out, [wanted[0], "nope"])
     with pytest.raises(ValueError, match="no encoded_index.parquet"):
         load_encoded(tmp_path)
+
+
+def test_encode_dataset_counts_cut_captions_and_warns_above_one_percent(tmp_path, clips, caplog):
+    shards, index = clips
+    with caplog.at_level("WARNING", logger="lib.encode.store"):
+        encode_dataset(shards, index, EncodeConfig(max_tokens=12, batch_size=8), tmp_path / "enc")
+    lengths = TextEncoder.from_config(EncodeConfig()).encode(index["caption"].tolist()).lengths
+    cut = read_codec_info(tmp_path / "enc")["captions"]
+    assert cut["cut"] == int((lengths > 12).sum()) > 0 and cut["longest_tokens"] == int(lengths.max())
+    assert cut["cut_fraction"] == pytest.approx(cut["cut"] / 24) and cut["count"] == 24
+    assert "longer than encode.max_tokens=12" in caplog.text
+
+
+def test_caption_cut_record_warns_only_above_one_percent(caplog):
+    lengths = torch.full((1000,), 10)
+    lengths[:10] = 41  # 1 % cut: at the threshold, no warning
+    with caplog.at_level("WARNING", logger="lib.encode.store"):
+        record = caption_cut_record(lengths, 40)
+    assert record == {"count": 1000, "cut": 10, "cut_fraction": 0.01, "longest_tokens": 41, "max_tokens": 40}
+    assert not caplog.records
+    lengths[10] = 40  # exactly max_tokens fits
+    lengths[11] = 41  # 11 cut: above 1 %
+    with caplog.at_level("WARNING", logger="lib.encode.store"):
+        assert caption_cut_record(lengths, 40)["cut"] == 11
+    assert "11 of 1000 captions (1.1 %) are longer than encode.max_tokens=40" in caplog.text
+    with pytest.raises(ValueError, match="no caption lengths"):
+        caption_cut_record(torch.zeros(0, dtype=torch.int64), 40)
+
+
+@pytest.mark.parametrize("themed", [False, True])
+def test_default_max_tokens_holds_every_builtin_caption(minilm, themed):
+    """The longest caption the built-in templates can write, built word by word, fits the default: WordPiece splits
+    on spaces first, so a caption's token count is the sum over its words and the longest caption takes the longest
+    word of every slot (two objects, the second in the colour with the next-longest word). Themed scenes draw from
+    subsets of the same words, so one bound holds both regimes; each regime's drawn captions are checked against it.
+    """
+    from lib.data import procedural as p
+
+    def longest(words) -> str:
+        return max(words, key=lambda w: len(minilm.tokenizer.tokenize(w)))
+
+    colours = sorted(p.COLORS, key=lambda c: -len(minilm.tokenizer.tokenize(longest(p._COLOR_WORDS[c]))))
+    size = longest([w for ws in p._SIZE_WORDS.values() for w in ws])
+    shape = longest([w for ws in p._SHAPE_WORDS.values() for w in ws])
+    motion = longest([w for ws in p._MOTION_WORDS.values() for w in ws])
+    where = longest([w.format(bg=bg) for s in p.SCENES for w in p._SCENE_WORDS[s] for bg in p.BACKGROUNDS[s]])
+    objects = [f"a {size} {longest(p._COLOR_WORDS[c])} {shape} {motion}" for c in colours[:2]]
+    caption = f"{' and '.join(objects)} {where}"
+    worst = minilm.encode([caption]).lengths.item()
+    assert worst <= EncodeConfig().max_tokens, caption
+    drawn = [p.clip_spec(0, i, 2, themed).caption for i in range(2000)]
+    assert max(map(len, minilm.tokenizer(drawn)["input_ids"])) <= worst, "a drawn caption is longer than the bound"
 
 
 def test_encode_dataset_with_vae_records_scaling(tmp_path, clips):

@@ -70,7 +70,7 @@ def trained(tmp_path_factory):
     monolith = fit(torch.arange(len(clips)), "monolith", K * EXPERT.steps)
     router = train_router(latents, emb.pooled, labels, ROUTER, K, seed=0, out_dir=root / "router-run").model_dir
     info = {**PixelCodec().info(), "latent_shape": [3, 4, 16, 16], "video_shape": [4, 16, 16, 3],
-            "text_encoder": {"name": "minilm", "max_tokens": 16, "dim": 384, "pooled_dim": 384}}  # fmt: skip
+            "text_encoder": {"name": "minilm", "max_tokens": 40, "dim": 384, "pooled_dim": 384}}  # fmt: skip
     captions = pd.DataFrame({"clip_id": ids, "caption": [c.caption for c in clips]})
     return {"root": root, "experts": experts, "monolith": monolith, "router": router, "info": info,
             "captions": captions, "labels": labels}  # fmt: skip
@@ -103,7 +103,7 @@ def test_manifest_records_experts_router_codec_text_and_centroids(ddm_dir, train
                          "weights_sha256": src["weights_sha256"]}  # fmt: skip
         assert (ddm_dir / entry["path"] / "config.json").is_file()
     assert manifest["codec"]["name"] == "pixel" and manifest["codec"]["latent_shape"] == [3, 4, 16, 16]
-    assert manifest["text_encoder"] == {"name": "minilm", "max_tokens": 16, "dim": 384, "pooled_dim": 384}
+    assert manifest["text_encoder"] == {"name": "minilm", "max_tokens": 40, "dim": 384, "pooled_dim": 384}
     assert (ddm_dir / "router" / "config.json").is_file() and manifest["router"]["path"] == "router"
     np.testing.assert_array_equal(load_file(str(ddm_dir / "centroids.safetensors"))["centroids"].numpy(),
                                   np.arange(K * 5, dtype=np.float32).reshape(K, 5))  # fmt: skip
@@ -215,7 +215,7 @@ def test_tampered_weights_are_refused_naming_the_file(ddm_dir, tmp_path):
 
 def test_assemble_refuses_inconsistent_inputs(trained, tmp_path):
     experts, router, info = trained["experts"], trained["router"], trained["info"]
-    with pytest.raises(DDMLoadError, match="max_tokens: codec.json 16 vs encode config 8"):
+    with pytest.raises(DDMLoadError, match="max_tokens: codec.json 40 vs encode config 8"):
         assemble_ddm(tmp_path / "a", experts, router, info, None, EncodeConfig(max_tokens=8))
     with pytest.raises(DDMLoadError, match="router does not fit"):
         assemble_ddm(tmp_path / "b", {0: experts[0], 1: experts[1], 2: None}, router, info, None, EncodeConfig())

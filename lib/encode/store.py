@@ -5,7 +5,8 @@ Layout of an encoded folder::
     encoded-00000.safetensors   latents float16 [n, C, T, H, W], tokens float16 [n, L, D],
     encoded-00001.safetensors   mask uint8 [n, L], pooled float32 [n, P]
     encoded_index.parquet       EncodedIndex: clip_id -> (shard, index)
-    codec.json                  codec name, latent shape, scaling, text encoder — what sampling needs to decode
+    codec.json                  codec name, latent shape, scaling, text encoder — what sampling needs to decode —
+                                and how many captions were cut to encode.max_tokens (``captions``)
 
 Why float16 for latents and tokens: they are the bulk of the bytes and half precision is far below the noise the
 models add (the pixel codec still round-trips exactly: 1/127.5 steps survive float16). Pooled vectors stay float32
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 ENCODED_INDEX = "encoded_index.parquet"
 CODEC_FILE = "codec.json"
+# above this share of captions cut to encode.max_tokens the encode stage warns: the experts and the monolith then
+# learn from captions whose last words (in the built-in captions: the second object and the scene) are missing
+CUT_WARN_FRACTION = 0.01
 
 
 def encoded_shard_name(number: int) -> str:
@@ -53,6 +57,38 @@ class EncodedData:
     tokens: torch.Tensor  # float32 [N, L, D]
     mask: torch.Tensor  # bool [N, L]
     pooled: torch.Tensor  # float32 [N, P]
+
+
+def caption_cut_record(lengths: torch.Tensor, max_tokens: int) -> dict[str, Any]:
+    """How many captions the token embeddings cut, as ``codec.json`` records it; warns above ``CUT_WARN_FRACTION``.
+
+    Why: only the first ``max_tokens`` tokens reach cross-attention, so a caption longer than that loses its last
+    words without any error; this count is the only place the loss shows.
+
+    Args:
+        lengths: int [N] tokens of each caption before the cut (``TextEmbeddings.lengths``).
+        max_tokens: tokens kept (``encode.max_tokens``).
+
+    Returns:
+        ``{"count", "cut", "cut_fraction", "longest_tokens", "max_tokens"}``.
+    """
+    if lengths.numel() == 0:
+        raise ValueError("caption_cut_record: no caption lengths given")
+    cut = int((lengths > max_tokens).sum())
+    record = {
+        "count": int(lengths.numel()),
+        "cut": cut,
+        "cut_fraction": cut / lengths.numel(),
+        "longest_tokens": int(lengths.max()),
+        "max_tokens": max_tokens,
+    }
+    if record["cut_fraction"] > CUT_WARN_FRACTION:
+        log.warning(
+            "encode: %d of %d captions (%.1f %%) are longer than encode.max_tokens=%d and lose their last words in "
+            "cross-attention; the longest has %d tokens: raise encode.max_tokens to at least that",
+            cut, record["count"], 100 * record["cut_fraction"], max_tokens, record["longest_tokens"],
+        )  # fmt: skip
+    return record
 
 
 def encode_dataset(
@@ -106,12 +142,14 @@ def encode_dataset(
     latent_shape: tuple[int, ...] = ()
     video_shape: tuple[int, ...] = ()
     pooled_dim = 0
+    lengths: list[torch.Tensor] = []
     bar = progress(total=len(clip_index), desc="encode", unit="clip")
     for number, (clip_rows, frames) in enumerate(iter_shards(shards_dir, clip_index)):
         bar.update(len(clip_rows))
         video = torch.from_numpy(frames)
         latents = torch.cat([codec.encode(video[i : i + cfg.batch_size]) for i in range(0, len(video), cfg.batch_size)])
         emb = text.encode(clip_rows["caption"].tolist())
+        lengths.append(emb.lengths)
         tensors = {
             "latents": latents.to(torch.float16).contiguous(),
             "tokens": emb.tokens.to(torch.float16).contiguous(),
@@ -138,6 +176,7 @@ def encode_dataset(
             "dim": text.dim,
             "pooled_dim": pooled_dim,
         },
+        "captions": caption_cut_record(torch.cat(lengths), text.max_tokens),
     }
     atomic_write(out_dir / CODEC_FILE, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
     atomic_write(out_dir / ENCODED_INDEX, lambda tmp: index.to_parquet(tmp, index=False))

@@ -50,6 +50,8 @@ class TextEmbeddings:
     tokens: torch.Tensor  # float32 [N, L, D], zero where mask is False
     mask: torch.Tensor  # bool [N, L], True for real tokens
     pooled: torch.Tensor  # float32 [N, D], unit L2 norm
+    # int64 [N], tokens of each caption (special tokens included) before the cut to L: above L the caption was cut
+    lengths: torch.Tensor
 
 
 def minilm_path() -> Path:
@@ -164,15 +166,15 @@ class TextEncoder:
     def encode(self, captions: list[str]) -> TextEmbeddings:
         """Encode captions in batches of ``batch_size``, batching captions of similar token length together.
 
-        Length-sorted batches pad far less (the built-in captions run from 10 to 29 tokens), which cuts CPU time
+        Length-sorted batches pad far less (the built-in captions run from 10 to 35 tokens), which cuts CPU time
         by about a third; rows come back in the order given.
 
         Args:
             captions: N non-empty strings.
 
         Returns:
-            TextEmbeddings with tokens [N, max_tokens, D] (padded with zeros / truncated), mask [N, max_tokens]
-            and unit-norm pooled [N, P] (P = D, or the projection size for a projected CLIP tower).
+            TextEmbeddings with tokens [N, max_tokens, D] (padded with zeros / truncated), mask [N, max_tokens],
+            unit-norm pooled [N, P] (P = D, or the projection size for a projected CLIP tower) and lengths [N].
         """
         if not captions:
             raise ValueError("TextEncoder.encode: no captions given")
@@ -193,6 +195,7 @@ class TextEncoder:
             tokens=torch.cat([p.tokens for p in parts])[restore],
             mask=torch.cat([p.mask for p in parts])[restore],
             pooled=torch.cat([p.pooled for p in parts])[restore],
+            lengths=torch.cat([p.lengths for p in parts])[restore],
         )
 
     def _encode_batch(self, captions: list[str]) -> TextEmbeddings:
@@ -221,4 +224,4 @@ class TextEncoder:
         keep = min(s, length)
         mask[:, :keep] = valid[:, :keep]
         tokens[:, :keep] = hidden[:, :keep] * mask[:, :keep].unsqueeze(-1)
-        return TextEmbeddings(tokens.cpu(), mask.cpu(), pooled.cpu())
+        return TextEmbeddings(tokens.cpu(), mask.cpu(), pooled.cpu(), valid.sum(1).to(torch.int64).cpu())

@@ -10,6 +10,10 @@ pays for its router, which ``compute_table`` charges to it when it prints the ac
 Only clips whose role is ``train`` (lib.data.split) are ever trained on: every function here takes the full
 ClusterAssignment table and drops the held-out roles itself, so no caller can leak an evaluation clip into training.
 
+How the experts share their K x ``expert.steps`` is ``expert.budget_split``: ``equal`` (the papers' rule, each expert
+the same steps) or ``by_size`` (``split_steps``: in proportion to each cluster's train clips, so every train clip gets
+the same share of samples on both sides, as in the monolith); the total, and so the matching, is the same.
+
 A grown DDM (``lib.extend``) may also continue a parent expert (``continue_specs``): a spec with start weights
 (``init_sha256``) whose clips come from two tables, the parent's and the new data's.
 """
@@ -59,11 +63,14 @@ class ExpertSpec:
         finished model (or resume its checkpoints), not train it again.
 
         ``init_sha256`` counts only when set (another start is another model); an empty one is left out, so every
-        spec from before start weights existed keeps its hash and its trained model.
+        spec from before start weights existed keeps its hash and its trained model. ``expert.budget_split`` counts
+        the same way, only when not ``equal`` (it decides the steps, so it is not run-only).
         """
         values = asdict(self)
         if not self.init_sha256:
             del values["init_sha256"]
+        if self.expert.budget_split == "equal":
+            del values["expert"]["budget_split"]
         values["expert"] = {k: v for k, v in values["expert"].items() if k not in RUN_ONLY_FIELDS}
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -98,18 +105,51 @@ def _spec(
     )
 
 
+def split_steps(total: int, sizes: Sequence[int]) -> list[int]:
+    """``total`` optimizer steps shared in proportion to ``sizes``: integers that sum exactly to ``total``, each >= 1.
+
+    Largest-remainder rounding in integer arithmetic (no float drift): each share is its quota rounded down, and the
+    steps left over go one each to the largest remainders (ties: the lower index), so every share is within one
+    step of its quota. A share that rounds to 0 gets 1 step, taken from the largest share: an expert with 0 steps
+    would be an untrained network in the mixture.
+
+    Raises:
+        ValueError: no sizes, a size below 1, or fewer steps than shares.
+    """
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"split_steps: sizes must be positive clip counts, got {list(sizes)}")
+    if total < len(sizes):
+        raise ValueError(f"split_steps: {total} steps cannot give each of {len(sizes)} experts at least one")
+    n = sum(sizes)
+    shares = [total * size // n for size in sizes]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(total * sizes[i] % n), i))
+    for i in by_remainder[: total - sum(shares)]:
+        shares[i] += 1
+    for i, share in enumerate(shares):
+        if share == 0:
+            shares[max(range(len(shares)), key=shares.__getitem__)] -= 1
+            shares[i] = 1
+    return shares
+
+
 def expert_specs(cfg: RunConfig, assignments: pd.DataFrame, cluster_ids: list[int] | None = None) -> list[ExpertSpec]:
     """One spec per cluster 0..K-1 (or per ``cluster_ids``: a grown DDM's new clusters); an empty cluster is an
-    error (its expert could never be trained)."""
+    error (its expert could never be trained). Each spec's ``expert.steps`` follows ``expert.budget_split``."""
     k = cfg.cluster.num_clusters
     assignments = training_rows(assignments)
-    specs = []
-    for cluster_id in range(k) if cluster_ids is None else cluster_ids:
-        ids = sorted(assignments.loc[assignments["cluster_id"] == cluster_id, "clip_id"].astype(str))
-        if not ids:
+    clusters = list(range(k) if cluster_ids is None else cluster_ids)
+    ids = []
+    for cluster_id in clusters:
+        ids.append(sorted(assignments.loc[assignments["cluster_id"] == cluster_id, "clip_id"].astype(str)))
+        if not ids[-1]:
             raise ValueError(f"cluster {cluster_id} has no training clips: cannot train expert-{cluster_id:02d}")
-        specs.append(_spec(cfg, f"expert-{cluster_id:02d}", cluster_id, cfg.expert, ids))
-    return specs
+    steps = [cfg.expert.steps] * len(clusters)
+    if cfg.expert.budget_split == "by_size":
+        steps = split_steps(len(clusters) * cfg.expert.steps, [len(i) for i in ids])
+    return [
+        _spec(cfg, f"expert-{cluster_id:02d}", cluster_id, replace(cfg.expert, steps=n), clip_ids)
+        for cluster_id, n, clip_ids in zip(clusters, steps, ids, strict=True)
+    ]
 
 
 def continue_specs(
@@ -162,7 +202,12 @@ def training_data(spec: ExpertSpec, sources: Sequence[tuple[str | Path, pd.DataF
 
 
 def monolith_config(expert: ExpertConfig, k: int) -> ExpertConfig:
-    """The monolith's training config: K x one expert's samples, spent as ``expert.monolith_scaling`` says."""
+    """The monolith's training config: K x one expert's samples, spent as ``expert.monolith_scaling`` says.
+
+    Its ``budget_split`` is ``equal`` whatever the experts': one model has nothing to split, and the same monolith
+    (same spec hash) then serves both splits of the experts' budget instead of being trained twice.
+    """
+    expert = replace(expert, budget_split="equal")
     if expert.monolith_scaling == "batch":
         return replace(expert, batch_size=k * expert.batch_size)
     return replace(expert, steps=k * expert.steps)
