@@ -31,3 +31,15 @@ class ClusterSummary(pa.DataFrameModel):
 
     class Config:
         strict = True
+
+
+class ClusterAMI(pa.DataFrameModel):
+    """Adjusted mutual information of the clusters with each known attribute of the clips (the built-in data's
+    generating attributes), highest first: which attributes the experts' split follows, content (scene family,
+    shape, motion) or colour (background). 0 is chance, 1 means the clusters are that attribute."""
+
+    attribute: Series[str] = pa.Field(unique=True)
+    ami: Series[float] = pa.Field(ge=-1, le=1)  # AMI can dip slightly below 0 for splits worse than chance
+
+    class Config:
+        strict = True

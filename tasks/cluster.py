@@ -63,7 +63,8 @@ def cluster_clips(
     output_dir: str,
 ) -> tuple[DataFrame[ClusterAssignment], DataFrame[ClusterSummary], FlyteFile]:
     """Cluster assignment of every clip (centroids fitted on the train role), per-cluster summary and the centroids
-    (safetensors, with the embedders' fitted state: what places new clips later); the report goes to a Deck."""
+    (safetensors, with the embedders' fitted state: what places new clips later); the report goes to a Deck, with
+    the AMI of the clusters with each attribute when the clips carry attributes (built-in data)."""
     out = stage_dir(output_dir, "cluster", cfg, seed, uri_of(embeddings))
     x, clip_ids, state = _read_embeddings(embeddings.download())
     roles = index.set_index("clip_id").loc[clip_ids, "role"].to_numpy()
@@ -82,6 +83,8 @@ def cluster_clips(
         run_id = tracker.execution_run()
         tracker.log_artifact(run_id, out / "projection.png", "clusters")
         tracker.log_artifact(run_id, out / "report.html", "clusters")
+        if report.ami:  # what the split follows (content or colour), comparable between executions
+            tracker.log_metrics(run_id, [{"step": 0, **{f"cluster_ami.{a}": v for a, v in report.ami.items()}}])
     ami = ", ".join(f"{k} {v:.2f}" for k, v in report.ami.items())
     print(f"cluster: sizes {report.sizes}, silhouette {report.silhouette:.3f}, AMI {ami} -> {out}", flush=True)
     centroids_uri = publish_stage(output_dir, centroids)  # with the report and plot beside it

@@ -7,7 +7,7 @@ import pandera.errors
 import pytest
 from sklearn.metrics import adjusted_mutual_info_score
 
-from data_schemas.cluster import ClusterAssignment, ClusterSummary
+from data_schemas.cluster import ClusterAMI, ClusterAssignment, ClusterSummary
 from lib.cluster.kmeans import ClusterInputError, assign, cluster_embeddings, cluster_fit_on
 from lib.cluster.report import assignment_frame, balance, cluster_report
 from lib.config import ClusterConfig, ConfigError
@@ -155,7 +155,11 @@ def test_report_values_plot_and_html(tmp_path):
     ClusterSummary.validate(summary)
     assert summary["size"].tolist() == rep.sizes and summary["fraction"].sum() == pytest.approx(1.0)
     page = rep.to_html()
-    assert '<table class="cluster-sizes">' in page and "AMI vs blob" in page
+    assert '<table class="cluster-sizes">' in page and '<table class="cluster-ami">' in page
+    assert page.index("<td>blob</td>") < page.index("<td>noise</td>"), "highest AMI first"
+    ami = rep.ami_frame()
+    ClusterAMI.validate(ami)
+    assert ami["attribute"].tolist() == ["blob", "noise"] and ami["ami"].tolist() == [rep.ami["blob"], rep.ami["noise"]]
     assert "data:image/png;base64,iVBORw0KGgo" in page  # base64 of the PNG signature
     assert "clip 0 of blob 0" in page or any(e in page for e in rep.examples[r.labels[0]])
 
@@ -165,6 +169,7 @@ def test_report_escapes_captions_and_handles_single_cluster(tmp_path):
     r = cluster_embeddings(x, ClusterConfig(num_clusters=1, fine_clusters=4), seed=0)
     rep = cluster_report(x, r, ["<b>x</b>"] * 30, None, seed=0, silhouette_sample=50, plot_path=tmp_path / "p.png")
     assert np.isnan(rep.silhouette) and rep.ami == {} and rep.size_entropy == 1.0
+    assert rep.ami_frame().empty and "cluster-ami" not in rep.to_html()
     assert "&lt;b&gt;x&lt;/b&gt;" in rep.to_html() and "<b>x</b>" not in rep.to_html()
     with pytest.raises(ValueError, match="30 embeddings but 30 labels and 2 captions"):
         cluster_report(x, r, ["a", "b"], None, seed=0, silhouette_sample=50, plot_path=tmp_path / "q.png")

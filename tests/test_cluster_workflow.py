@@ -22,7 +22,7 @@ def _cfg(tmp_path, **cluster):
     )
 
 
-def test_tasks_chain_and_outputs_live_in_output_dir(tmp_path):
+def test_tasks_chain_and_outputs_live_in_output_dir(tmp_path, capfd):
     cfg = _cfg(tmp_path, embedders=["visual_stats", "text"])
     shards, index, _, attributes, _ = ingest_clips(
         cfg=cfg.data, seed=cfg.seed, output_dir=cfg.output_dir, videos=[], cuts=[]
@@ -35,6 +35,8 @@ def test_tasks_chain_and_outputs_live_in_output_dir(tmp_path):
         cfg=cfg.encode, shards=shards, index=index, codec=codec, output_dir=cfg.output_dir
     )
     assert list(encoded_index["clip_id"]) == list(index["clip_id"])
+    assert read_codec_info(encoded.path)["captions"]["cut"] == 0, "the default max_tokens holds every caption"
+    assert "encode: 60 clips; 0 of 60 captions (0.0 %) cut to encode.max_tokens=40" in capfd.readouterr().out
     emb = embed_clips(cfg=cfg.cluster, shards=shards, encoded=encoded, index=index, output_dir=cfg.output_dir)
     x = load_file(emb.path)["embeddings"]
     assert x.shape[0] == 60 and abs(float((x**2).sum(1).mean()) - 1.0) < 1e-4
@@ -49,6 +51,7 @@ def test_tasks_chain_and_outputs_live_in_output_dir(tmp_path):
         assert Path(item).resolve().is_relative_to((tmp_path / "out").resolve())
     report = Path(centroids.path).parent / "report.html"
     assert "<table" in report.read_text() and (Path(centroids.path).parent / "projection.png").is_file()
+    assert '<table class="cluster-ami">' in report.read_text(), "built-in clips carry attributes: AMI per attribute"
 
 
 def test_cluster_workflow_is_deterministic(tmp_path):

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_mutual_info_score, silhouette_score
 
-from data_schemas.cluster import ClusterAssignment, ClusterSummary
+from data_schemas.cluster import ClusterAMI, ClusterAssignment, ClusterSummary
 from lib.cluster.kmeans import ClusterResult, validate_embeddings
 from lib.io import atomic_write
 from lib.seeding import derive_seed, numpy_rng
@@ -79,17 +79,37 @@ class ClusterReport:
         )
         return ClusterSummary.validate(frame)
 
+    def ami_frame(self) -> pd.DataFrame:
+        """AMI per attribute, highest first, validated against ``ClusterAMI`` (empty without attributes)."""
+        ranked = sorted(self.ami.items(), key=lambda item: -item[1])
+        frame = pd.DataFrame(
+            {
+                ClusterAMI.attribute: pd.Series([name for name, _ in ranked], dtype=str),
+                ClusterAMI.ami: pd.Series([value for _, value in ranked], dtype=np.float64),
+            }
+        )
+        return ClusterAMI.validate(frame)
+
     def to_html(self) -> str:
-        """An HTML fragment: metrics table, per-cluster table with example captions, the projection as a PNG."""
+        """An HTML fragment: metrics table, AMI per attribute (when the clips carry attributes), per-cluster table
+        with example captions, the projection as a PNG."""
         metrics = [
             ("method", self.method),
             ("clusters", str(len(self.sizes))),
             ("max/min size ratio", f"{self.size_ratio:.3f}"),
             ("normalised size entropy", f"{self.size_entropy:.3f}"),
             (f"silhouette (cosine, n={self.silhouette_n})", f"{self.silhouette:.3f}"),
-            *((f"AMI vs {name}", f"{value:.3f}") for name, value in self.ami.items()),
         ]
         metric_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in metrics)
+        ami = ""
+        if self.ami:
+            ami_rows = "".join(f"<tr><td>{html.escape(row.attribute)}</td><td>{row.ami:.3f}</td></tr>"
+                               for row in self.ami_frame().itertuples(index=False))  # fmt: skip
+            ami = (
+                '<table class="cluster-ami"><caption>what the clusters follow: adjusted mutual information with each '
+                "attribute (0 = chance, 1 = the clusters are that attribute)</caption>"
+                f"<tr><th>attribute</th><th>AMI</th></tr>{ami_rows}</table>"
+            )
         summary = self.summary_frame()
         cluster_rows = "".join(
             f"<tr><td>{row.cluster_id}</td><td>{row.size}</td><td>{row.fraction:.3f}</td>"
@@ -103,7 +123,7 @@ class ClusterReport:
             scores = f'<img alt="quality scores per cluster" src="data:image/png;base64,{score_png}"/>'
         return (
             '<div class="cluster-report">'
-            f'<table class="cluster-metrics">{metric_rows}</table>'
+            f'<table class="cluster-metrics">{metric_rows}</table>{ami}'
             '<table class="cluster-sizes"><tr><th>cluster</th><th>size</th><th>fraction</th>'
             f"<th>example captions</th></tr>{cluster_rows}</table>"
             f'<img alt="PCA projection coloured by cluster" src="data:image/png;base64,{png}"/>'
@@ -158,7 +178,9 @@ def _examples(result: ClusterResult, captions: list[str]) -> dict[int, list[str]
     return out
 
 
-def _ami(labels: np.ndarray, attributes: pd.DataFrame) -> dict[str, float]:
+def attribute_ami(labels: np.ndarray, attributes: pd.DataFrame) -> dict[str, float]:
+    """Adjusted mutual information of cluster ``labels`` [N] with every attribute column but ``clip_id`` (N rows,
+    row-aligned): 0 when the clusters tell no more about the attribute than chance, 1 when they are it."""
     if len(attributes) != len(labels):
         raise ValueError(f"attributes have {len(attributes)} rows for {len(labels)} clustered clips")
     return {
@@ -259,7 +281,7 @@ def cluster_report(
         silhouette_n=silhouette_n,
         examples=_examples(result, captions),
         plot_path=_plot(xn, result, seed, Path(plot_path)),
-        ami=_ami(result.labels, attributes) if attributes is not None else {},
+        ami=attribute_ami(result.labels, attributes) if attributes is not None else {},
         score_plot_path=None
         if scores is None
         else _score_plot(scores, result.labels, result.num_clusters, Path(plot_path).with_name("scores.png")),
