@@ -27,7 +27,7 @@ from lib.encode.store import load_encoded, read_codec_info
 from lib.extend.assign import place_new_clips
 from lib.extend.grow import check_same_codec, grow_ddm, read_parent
 from lib.io import atomic_write
-from lib.train.router import train_router
+from lib.train.router import report_line, train_router
 from lib.train.specs import ExpertSpec, continue_specs, expert_specs, training_rows
 from tasks.common import publish_stage, stage_dir, uri_of
 from tasks.image import TASK_IMAGE
@@ -171,7 +171,7 @@ def refit_router(
     labels = torch.tensor([c for _, rows in parts for c in rows["cluster_id"]], dtype=torch.int64)
     result = train_router(torch.cat([d.latents for d in data]), torch.cat([d.pooled for d in data]), labels, cfg, k,
                           seed, out)  # fmt: skip
-    print("refit router accuracy per t bucket:", json.dumps(result.report.round(3).to_dict("records")), flush=True)
+    print("refit router accuracy per t bucket:", report_line(result.report), flush=True)
     return FlyteDirectory(publish_stage(output_dir, result.model_dir))
 
 

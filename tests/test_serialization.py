@@ -74,7 +74,7 @@ def test_package_holds_every_task_with_cache_versions_and_retries(package):
         "tasks.sample.assemble_ddm_task": "assemble-v2",
         "tasks.extend.place_new_data": "place-v2",
         "tasks.extend.refit_router": "refit-router-v1",
-        "tasks.train.train_router_task": "router-v2",
+        "tasks.train.train_router_task": "router-v3",
     }
     for name, version in expected_cache.items():
         meta = tasks[name].metadata
