@@ -2,6 +2,7 @@
 not what it computes, so on a tiny model on the CPU they give the plain path's losses and weights, save the same
 plain state dict, resume across each other, and leave a model's identity (``ExpertSpec.spec_hash``) alone."""
 
+import os
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -16,8 +17,17 @@ from data_schemas.train import TrainingLog
 from lib.config import RUN_ONLY_FIELDS, ExpertConfig
 from lib.models.factory import load_expert
 from lib.train import checkpoint as ckpt
+from lib.train.levers import (
+    COMPILE_MIN_CPU_STEPS,
+    compiles,
+    cpu_quota,
+    forward_context,
+    limit_threads,
+    use_compile_cache,
+    uses_bf16,
+)
 from lib.train.specs import ExpertSpec
-from lib.train.trainer import TrainCallback, TrainData, batch_to_device, compiles, train
+from lib.train.trainer import TrainCallback, TrainData, batch_to_device, train
 
 TINY = replace(TINY_EXPERT, steps=6, checkpoint_every=100, compile="never")
 
@@ -35,11 +45,13 @@ def _column(result, col) -> torch.Tensor:
     return torch.tensor(result.log[col].values)
 
 
-def test_compile_auto_means_cuda_only(monkeypatch):
+def test_compile_auto_means_cuda_and_cpu_runs_long_enough_to_win_back_the_compile(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")  # compilers installed
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert [compiles(m, cpu) for m in ("auto", "always", "never")] == [False, True, False]
-    assert [compiles(m, cuda) for m in ("auto", "always", "never")] == [True, True, False]
+    short, long = COMPILE_MIN_CPU_STEPS - 1, COMPILE_MIN_CPU_STEPS
+    assert [compiles(m, cpu, short) for m in ("auto", "always", "never")] == [False, True, False]
+    assert [compiles(m, cpu, long) for m in ("auto", "always", "never")] == [True, True, False]
+    assert [compiles(m, cuda, short) for m in ("auto", "always", "never")] == [True, True, False]
 
 
 def test_compile_without_a_compiler_trains_uncompiled_on_auto_and_fails_fast_on_always(monkeypatch, caplog):
@@ -47,11 +59,59 @@ def test_compile_without_a_compiler_trains_uncompiled_on_auto_and_fails_fast_on_
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.setattr("shutil.which", lambda name: None)
     assert compiles("auto", cuda) is False
-    assert "no C compiler ($CC, gcc or clang) for Triton on this node; training without torch.compile" in caplog.text
+    assert "no C compiler ($CC, gcc or clang) for Triton on this node; running without torch.compile" in caplog.text
+    assert compiles("auto", torch.device("cpu"), COMPILE_MIN_CPU_STEPS) is False
+    assert "no C++ compiler ($CXX, g++) on this node" in caplog.text
     with pytest.raises(RuntimeError, match=r"expert.compile=always: .* needs a C compiler .*expert.compile: never"):
         compiles("always", cuda)
     monkeypatch.setenv("CC", "/opt/cc")
     assert compiles("auto", cuda) is True
+
+
+def test_bf16_auto_means_cuda_or_a_compiled_graph_on_an_amx_cpu(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert uses_bf16("auto", cuda, compiled=False) and not uses_bf16("fp32", cuda, compiled=True)
+    assert uses_bf16("bf16", cpu, compiled=False)
+    for amx in (True, False):
+        monkeypatch.setattr("lib.train.levers.cpu_has_amx", lambda amx=amx: amx)
+        assert uses_bf16("auto", cpu, compiled=True) is amx
+        assert uses_bf16("auto", cpu, compiled=False) is False  # eager bf16 is slower than fp32 on the CPU
+    with pytest.raises(ValueError, match="precision 'fp16' is not one of auto, fp32, bf16"):
+        uses_bf16("fp16", cpu, compiled=True)
+
+
+def test_cpu_bf16_forward_runs_autocast_with_the_math_attention_kernel():
+    q = torch.randn(2, 2, 8, 16)
+    with forward_context(torch.device("cpu"), bf16=True):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), torch.nn.functional.scaled_dot_product_attention(q, q, q), atol=3e-2)
+    with forward_context(torch.device("cpu"), bf16=False):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_threads_are_capped_at_the_container_cpu_quota(tmp_path, monkeypatch):
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    assert cpu_quota(tmp_path) == 1
+    before = torch.get_num_threads()
+    try:
+        assert limit_threads(tmp_path) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(tmp_path) is None
+    assert cpu_quota(tmp_path / "missing") is None
+
+
+def test_compile_cache_lands_under_a_local_output_dir_and_an_explicit_one_wins(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    use_compile_cache("s3://bucket/run")
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    use_compile_cache(str(tmp_path / "run"))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "run" / ".inductor-cache")
+    use_compile_cache(str(tmp_path / "other"))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "run" / ".inductor-cache")
 
 
 def test_the_task_image_has_the_c_compiler_triton_needs():
@@ -70,11 +130,12 @@ def test_batch_goes_to_the_cpu_as_views_of_this_ranks_rows():
 
 def test_run_only_fields_do_not_change_the_spec_hash_but_the_recipe_does():
     spec = ExpertSpec("expert-00", 0, seed=1, num_clips=10, data_hash="d", expert=ExpertConfig())
-    assert {"micro_batch", "compile", "activation_checkpointing", "checkpoint_every"} <= set(RUN_ONLY_FIELDS)
+    assert {"micro_batch", "compile", "precision", "activation_checkpointing", "checkpoint_every"} <= set(RUN_ONLY_FIELDS)
     for change in (
         {"micro_batch": 3},
         {"compile": "always"},
         {"compile": "never"},
+        {"precision": "bf16"},
         {"activation_checkpointing": True},
         {"checkpoint_every": 7},
         {"log_every": 5},
@@ -95,6 +156,17 @@ def test_activation_checkpointing_gives_the_same_losses_and_weights(data: TrainD
         torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=0, msg=name)
 
 
+def test_bf16_autocast_trains_close_to_fp32_and_keeps_fp32_weights(data: TrainData, tmp_path: Path):
+    plain = train(data, TINY, tmp_path / "fp32", seed=0, name="p", callbacks=[])
+    bf16 = train(data, replace(TINY, precision="bf16"), tmp_path / "bf16", seed=0, name="p", callbacks=[])
+    losses, reference = _column(bf16, TrainingLog.loss), _column(plain, TrainingLog.loss)
+    assert not torch.equal(losses, reference)  # the forward really ran in bf16
+    torch.testing.assert_close(losses, reference, rtol=0.05, atol=0.0)  # 8 mantissa bits: per-mille changes
+    weights = _weights(bf16.model_dir)
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+    assert weights.keys() == _weights(plain.model_dir).keys()
+
+
 @pytest.mark.slow
 def test_compiled_blocks_train_like_plain_save_plain_keys_and_resume(data: TrainData, tmp_path: Path, monkeypatch):
     """One layer, four steps: inductor builds the block's forward and backward once (tens of seconds on a
@@ -109,7 +181,7 @@ def test_compiled_blocks_train_like_plain_save_plain_keys_and_resume(data: Train
     cfg = replace(TINY, num_layers=1, steps=4, checkpoint_every=2)
     plain = train(data, cfg, tmp_path / "plain", seed=0, name="c", callbacks=[])
     assert calls == []  # compile="never"
-    compiled = replace(cfg, compile="always")
+    compiled = replace(cfg, compile="always", precision="fp32")  # auto would pick bf16 on an AMX CPU
     partial = train(data, compiled, tmp_path / "compiled", seed=0, name="c", callbacks=[], max_steps=2)
     groups, _ = ckpt.load_checkpoint(ckpt.complete_checkpoints(tmp_path / "compiled" / "checkpoints")[-1][1])
     assert groups["model"].keys() == groups["ema"].keys() == _weights(plain.model_dir).keys()  # no _orig_mod.

@@ -19,10 +19,11 @@ checkpoint); everything else here is a small pure helper. What it guarantees:
 - Data parallelism (``lib.train.distributed``): under torchrun / Flyte ``Elastic`` every rank draws the same
   global batch and computes its slice; DDP averages the gradients, so N processes train the same recipe as one
   (up to float rounding) and rank 0 alone logs, checkpoints and writes the model.
-- GPU throughput (``expert.compile``, ``expert.activation_checkpointing``): each transformer block compiled in place
-  (so state-dict keys, checkpoints and saved models stay plain), activations recomputed in backward so larger
-  micro-batches fit, fused AdamW and bf16 autocast on CUDA (weights, optimizer state and EMA stay fp32), each
-  step's batch copied to the device once (pinned, asynchronous), and one device-to-host sync per step.
+- Throughput (``expert.compile``, ``expert.precision``, ``expert.activation_checkpointing``; ``lib.train.levers``
+  says where each pays, CPU included): each transformer block compiled in place (so state-dict keys, checkpoints
+  and saved models stay plain), bf16 autocast (weights, optimizer state and EMA stay fp32), activations recomputed
+  in backward so larger micro-batches fit, fused AdamW and a multi-tensor gradient clip, each step's batch copied
+  to the device once (pinned, asynchronous), and one device-to-host sync per step.
 - Continuing: ``init_from`` starts the model and its EMA from a saved model of the same architecture (a grown
   DDM's expert learning the clips that joined its cluster, ``lib.extend``); the optimizer and the lr schedule, warm-up
   included, start afresh, and the start weights' sha256 joins the run's identity and ``training.json``.
@@ -69,6 +70,7 @@ from lib.seeding import derive_seed, torch_generator
 from lib.train import checkpoint as ckpt
 from lib.train.compute import flops_per_step, probe_micro_batch
 from lib.train.distributed import workers_from_env
+from lib.train.levers import compiles, forward_context, uses_bf16
 
 log = logging.getLogger(__name__)
 
@@ -211,32 +213,6 @@ def warmup_cosine_lr(step: int, lr: float, warmup_steps: int, steps: int) -> flo
 def ema_decay_at(step: int, decay: float) -> float:
     """EMA decay for 0-based ``step``: ``min(decay, (1 + step) / (EMA_WARMUP + step))``."""
     return min(decay, (1 + step) / (EMA_WARMUP + step))
-
-
-def compiler_for(device: torch.device) -> str | None:
-    """The compiler torch.compile builds its kernels with on ``device``: Triton's C compiler on CUDA ($CC, gcc or
-    clang), inductor's C++ compiler on the CPU ($CXX or g++); None where there is none (PyTorch's CUDA *runtime*
-    images ship without one)."""
-    if device.type == "cuda":
-        return os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
-    return shutil.which(os.environ.get("CXX", "g++"))
-
-
-def compiles(mode: str, device: torch.device) -> bool:
-    """Whether ``expert.compile`` = ``mode`` compiles the transformer blocks on ``device``: ``always``, or ``auto`` on
-    CUDA. Without a compiler (``compiler_for``) ``auto`` trains uncompiled with a warning and ``always`` raises."""
-    if mode == "never" or (mode == "auto" and device.type != "cuda"):
-        return False
-    if compiler_for(device) is None:
-        what = "C compiler ($CC, gcc or clang) for Triton" if device.type == "cuda" else "C++ compiler ($CXX, g++)"
-        if mode == "always":
-            raise RuntimeError(
-                f"expert.compile=always: torch.compile on {device.type} needs a {what}; none is installed here. "
-                "Install one (the Dockerfile adds gcc) or set expert.compile: never"
-            )
-        log.warning("expert.compile=auto: no %s on this node; training without torch.compile", what)
-        return False
-    return True
 
 
 Teacher = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -494,7 +470,8 @@ def train(
     workers = workers_from_env()
     rows_here = workers.shard(cfg.batch_size)  # this rank's slice of every global batch
     device = workers.device()
-    compile_blocks = compiles(cfg.compile, device)  # before any work: a missing compiler fails fast
+    compile_blocks = compiles(cfg.compile, device, cfg.steps)  # before any work: a missing compiler fails fast
+    bf16 = uses_bf16(cfg.precision, device, compile_blocks)
     if teacher is not None and cfg.objective != "flow":
         raise ValueError(f"{name}: a teacher gives velocities; distilling needs objective flow, not {cfg.objective}")
     callbacks = [ProgressCallback(cfg.log_every, name)] if callbacks is None else list(callbacks)
@@ -512,8 +489,8 @@ def train(
     net = model  # what the forward pass runs: the DDP wrapper (gradient all-reduce) when distributed
     if workers.distributed:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    fused = True if device.type == "cuda" else None  # one kernel for all parameters on GPUs; CPU keeps the default
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    # one kernel for all parameters (a CPU step spent 7 % of its time in the per-parameter loop)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     gen = torch_generator(seed, name, "train")  # batches, timesteps, noise, caption dropout
     sampler = BatchSampler(len(data), cfg.batch_size, gen)
     # Rank 0 resumes first (and removes foreign checkpoints); the others then read what it kept.
@@ -522,10 +499,9 @@ def train(
     if not workers.is_main:
         step, rows = _resume(ckpt_root, fingerprint, model, ema, opt, sampler, remove_foreign=False)
     resumed_from = step
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
     def forward_loss(x_t, t, target, tokens, mask, module=net) -> torch.Tensor:  # on the device; per-sample MSE [b]
-        with autocast:
+        with forward_context(device, bf16):
             pred = expert_forward(module, x_t, t, tokens, mask)
         return (pred.float() - target).pow(2).flatten(1).mean(1)
 
@@ -543,8 +519,9 @@ def train(
     micro = math.ceil(local_batch / accum)  # even micro-batches: 16 + 16, not 31 + 1
     if compile_blocks:  # after the probe: eager memory bounds the compiled one, and its sizes 1, 2 are not compiled
         model.compile_repeated_blocks(dynamic=False)  # each block in place (same keys); one graph per micro shape
-    log.info("%s: %d clips, %d params, batch %d = %d process(es) x %d x %d on %s", name, len(data),
-             count_parameters(model), cfg.batch_size, workers.world, accum, micro, device)  # fmt: skip
+    log.info("%s: %d clips, %d params, batch %d = %d process(es) x %d x %d on %s (%s, %s)", name, len(data),
+             count_parameters(model), cfg.batch_size, workers.world, accum, micro, device,
+             "compiled" if compile_blocks else "eager", "bf16 autocast" if bf16 else "fp32")  # fmt: skip
     for cb in callbacks:
         cb.on_start(step, stop)
 
@@ -576,7 +553,7 @@ def train(
                 (loss_i.sum() * workers.world / len(idx)).backward()
             per_sample.append(loss_i.detach())
         per_sample = workers.gather_rows(torch.cat(per_sample), rows_here, len(idx))
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
         # One device-to-host sync per step: the losses and the norm travel together (each sync stalls the GPU).
         host = torch.cat([per_sample.float(), grad_norm.reshape(1).float()]).cpu()
         per_sample, grad_norm = host[:-1], host[-1].item()

@@ -1,0 +1,130 @@
+"""How a network runs on its device, not what it computes: torch.compile, bf16 autocast, the attention kernel, threads.
+
+Every choice here changes float rounding only, so none of them is part of a model's identity (``RUN_ONLY_FIELDS``).
+The CPU defaults come from ``benchmarks/cpu_throughput.py`` (one expert step of the benchmark network, 64 latent
+tokens, batch 8, one thread, on a 2-core Sapphire Rapids with AMX; ``benchmarks/results/cpu_throughput.json``):
+
+- At these sizes an eager step spends most of its time outside the matrix multiplies (per-op dispatch of the
+  elementwise work: RoPE, modulation, GELU, norms), so compiling the transformer blocks (inductor fuses that work)
+  buys more than any kernel choice. A cold compile costs about 25 s on two cores, which a short run does not win
+  back: ``auto`` compiles on the CPU only from ``COMPILE_MIN_CPU_STEPS`` steps, and inductor's cache is kept under
+  the run's output folder (``use_compile_cache``) so a rerun or the next expert of the same shape loads the kernels.
+- bf16 matrix multiplies run 3-6x faster than fp32 where the CPU has AMX tiles, but only inside a compiled graph
+  (there the casts fuse into the neighbouring kernels; eager bf16 is slower than fp32) and only with the plain
+  ("math") attention: PyTorch's CPU flash-attention backward in bf16 is about 13x slower than in fp32 at 64 tokens.
+  Without AMX (AVX-512 bf16 alone, about 2x fp32) the casts eat the gain, so ``auto`` stays in fp32 there.
+- Threads: one process per core. Two processes of two OpenMP threads each on two cores ran 1.7x slower than two
+  single-thread processes (threads spin-wait on a busy core; under a third process it reached 70x), and a pod that
+  is limited to 2 CPUs on a 64-core node would otherwise start 64 threads. ``limit_threads`` caps torch at the
+  container's CPU quota.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from lib.config import PRECISIONS
+
+log = logging.getLogger(__name__)
+
+# A cold compile of the blocks (~25 s on two cores) is won back after about 1000 steps at the measured saving
+# (~25 ms per step at batch 8); shorter CPU runs train eagerly under ``auto``.
+COMPILE_MIN_CPU_STEPS = 1000
+
+
+def compiler_for(device: torch.device) -> str | None:
+    """The compiler torch.compile builds its kernels with on ``device``: Triton's C compiler on CUDA ($CC, gcc or
+    clang), inductor's C++ compiler on the CPU ($CXX or g++); None where there is none (PyTorch's CUDA *runtime*
+    images ship without one)."""
+    if device.type == "cuda":
+        return os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def compiles(mode: str, device: torch.device, steps: int | None = None) -> bool:
+    """Whether ``expert.compile`` = ``mode`` compiles the transformer blocks on ``device`` for a run of ``steps``:
+    ``always``; ``auto`` on CUDA, and on the CPU when the run has at least ``COMPILE_MIN_CPU_STEPS`` steps (None:
+    a long-lived use such as sampling many prompts). Without a compiler (``compiler_for``) ``auto`` runs uncompiled
+    with a warning and ``always`` raises."""
+    if mode == "never":
+        return False
+    if mode == "auto" and device.type != "cuda" and steps is not None and steps < COMPILE_MIN_CPU_STEPS:
+        return False
+    if compiler_for(device) is None:
+        what = "C compiler ($CC, gcc or clang) for Triton" if device.type == "cuda" else "C++ compiler ($CXX, g++)"
+        if mode == "always":
+            raise RuntimeError(
+                f"expert.compile=always: torch.compile on {device.type} needs a {what}; none is installed here. "
+                "Install one (the Dockerfile adds gcc) or set expert.compile: never"
+            )
+        log.warning("expert.compile=auto: no %s on this node; running without torch.compile", what)
+        return False
+    return True
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU multiplies bf16 matrices in AMX tiles (Sapphire Rapids and later)."""
+    return bool(torch.cpu._is_amx_tile_supported())
+
+
+def uses_bf16(precision: str, device: torch.device, compiled: bool) -> bool:
+    """Whether the forward pass runs under bf16 autocast (weights, gradients, optimizer state and EMA stay fp32).
+
+    ``auto``: on CUDA; on the CPU only in a compiled graph on a CPU with AMX (see the module docstring).
+    ``bf16`` / ``fp32`` force it either way.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cuda" or (compiled and cpu_has_amx())
+
+
+def forward_context(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """Autocast (when ``bf16``) plus, on the CPU in bf16, the math attention kernel (see the module docstring)."""
+    if not bf16:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+    if device.type == "cpu":
+        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+    return stack
+
+
+def use_compile_cache(output_dir: str) -> None:
+    """Keep inductor's compiled kernels under a local ``output_dir`` (``.inductor-cache``), where a rerun of the same
+    config and the next model of the same shape find them; an explicit $TORCHINDUCTOR_CACHE_DIR wins, and an object
+    store URI leaves inductor's default (a per-user temp folder)."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ or "://" in output_dir:
+        return
+    folder = Path(output_dir).resolve() / ".inductor-cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+
+
+def cpu_quota(cgroup_root: str | Path = "/sys/fs/cgroup") -> int | None:
+    """Whole CPUs this container may use by its cgroup v2 quota (``cpu.max``: "<quota> <period>" or "max"), e.g. a
+    Kubernetes pod's CPU limit (Flyte sets it to the task's request); None where there is no quota."""
+    try:
+        quota, period = (Path(cgroup_root) / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else max(1, int(quota) // int(period))
+
+
+def limit_threads(cgroup_root: str | Path = "/sys/fs/cgroup") -> int:
+    """Cap torch's intra-op threads at the cores this process may run on and its container's CPU quota (torch counts
+    the node's cores: a pod limited to 2 CPUs on a 64-core node would start 64 spinning threads); returns the count."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cpu_quota(cgroup_root)
+    threads = min(cores, quota) if quota is not None else cores
+    if threads < torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
