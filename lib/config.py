@@ -195,11 +195,15 @@ class ClusterConfig:
         _check(self.silhouette_sample > 1, "cluster.silhouette_sample", "must be > 1")
 
 
-# "auto": compile on CUDA, not on CPU (words, not on/off: YAML 1.1 reads on/off/yes/no as booleans)
+# "auto": compile on CUDA, and on the CPU for runs long enough to win back the compile (lib.train.levers); words,
+# not on/off: YAML 1.1 reads on/off/yes/no as booleans
 COMPILE_MODES = ("auto", "always", "never")
 # ExpertConfig fields that change how a model trains, not what it computes (up to float rounding): a run may be
 # resumed, and a finished model reused, with other values (e.g. a retry on another GPU type with another micro-batch)
-RUN_ONLY_FIELDS = ("checkpoint_every", "log_every", "micro_batch", "compile", "activation_checkpointing")
+RUN_ONLY_FIELDS = (
+    "checkpoint_every", "log_every", "micro_batch", "compile", "precision", "activation_checkpointing"
+)  # fmt: skip
+PRECISIONS = ("auto", "fp32", "bf16")  # bf16: autocast of the forward pass; weights and optimizer stay fp32
 
 
 @dataclass(frozen=True)
@@ -231,12 +235,14 @@ class ExpertConfig:
     checkpoint_every: int = 100
     log_every: int = 25
     # how the model runs, not what it computes (RUN_ONLY_FIELDS): GPU throughput levers
-    compile: str = "auto"  # torch.compile of each transformer block: auto (on CUDA only) | always | never
+    compile: str = "auto"  # torch.compile of each transformer block: auto | always | never (lib.train.levers)
+    precision: str = "auto"  # forward pass: auto (bf16 on CUDA and on compiled AMX CPUs) | fp32 | bf16
     activation_checkpointing: bool = False  # recompute block activations in backward: larger micro-batches fit
 
     def __post_init__(self) -> None:
         _one_of(self.model, ("wan",), "expert.model")
         _one_of(self.compile, COMPILE_MODES, "expert.compile")
+        _one_of(self.precision, PRECISIONS, "expert.precision")
         _one_of(self.objective, ("flow", "eps"), "expert.objective")
         _one_of(self.timestep_sampling, ("logit_normal", "uniform"), "expert.timestep_sampling")
         _one_of(self.lr_schedule, ("constant", "cosine"), "expert.lr_schedule")

@@ -41,6 +41,7 @@ from lib.tracking import ModelRun
 from lib.train.checkpoint import complete_checkpoints, mirror_checkpoint
 from lib.train.curves import curves_html
 from lib.train.distributed import workers_from_env
+from lib.train.levers import limit_threads, use_compile_cache
 from lib.train.router import report_line, router_report_html, train_router
 from lib.train.specs import ExpertSpec, compute_table, expert_specs, monolith_spec, training_data, training_rows
 from lib.train.trainer import ProgressCallback, TrainResult, train
@@ -134,6 +135,8 @@ def train_one(
         init_from: a saved model the run starts from (a continued expert's parent), named by ``spec.init_sha256``.
     """
     workers = workers_from_env()
+    use_compile_cache(output_dir)
+    limit_threads()
     # the spec's identity (not how it runs: micro-batch, compile) and the encoded folders (size, frames, codec)
     run_hash = input_key(spec.spec_hash(), *(uri_of(encoded) for encoded, _ in sources))
     key = f"{spec.name}-{run_hash}"
