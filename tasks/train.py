@@ -33,6 +33,7 @@ from data_schemas.cluster import ClusterAssignment
 from data_schemas.router import BUCKET, RouterReport
 from lib.config import ResourcesConfig, RouterConfig, RunConfig
 from lib.encode.store import load_encoded, read_codec_info
+from lib.models.levers import limit_threads, use_compile_cache
 from lib.plan.placement import Placement, plan_experts, plan_table
 from lib.plan.pool import load_pool
 from lib.plan.work import training_work
@@ -41,7 +42,6 @@ from lib.tracking import ModelRun
 from lib.train.checkpoint import complete_checkpoints, mirror_checkpoint
 from lib.train.curves import curves_html
 from lib.train.distributed import workers_from_env
-from lib.train.levers import limit_threads, use_compile_cache
 from lib.train.router import report_line, router_report_html, train_router
 from lib.train.specs import ExpertSpec, compute_table, expert_specs, monolith_spec, training_data, training_rows
 from lib.train.trainer import ProgressCallback, TrainResult, train

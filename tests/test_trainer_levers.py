@@ -16,8 +16,7 @@ from tiny_clips import TINY_EXPERT, tiny_train_data
 from data_schemas.train import TrainingLog
 from lib.config import RUN_ONLY_FIELDS, ExpertConfig
 from lib.models.factory import load_expert
-from lib.train import checkpoint as ckpt
-from lib.train.levers import (
+from lib.models.levers import (
     COMPILE_MIN_CPU_STEPS,
     compiles,
     cpu_quota,
@@ -26,6 +25,7 @@ from lib.train.levers import (
     use_compile_cache,
     uses_bf16,
 )
+from lib.train import checkpoint as ckpt
 from lib.train.specs import ExpertSpec
 from lib.train.trainer import TrainCallback, TrainData, batch_to_device, train
 
@@ -73,7 +73,7 @@ def test_bf16_auto_means_cuda_or_a_compiled_graph_on_an_amx_cpu(monkeypatch):
     assert uses_bf16("auto", cuda, compiled=False) and not uses_bf16("fp32", cuda, compiled=True)
     assert uses_bf16("bf16", cpu, compiled=False)
     for amx in (True, False):
-        monkeypatch.setattr("lib.train.levers.cpu_has_amx", lambda amx=amx: amx)
+        monkeypatch.setattr("lib.models.levers.cpu_has_amx", lambda amx=amx: amx)
         assert uses_bf16("auto", cpu, compiled=True) is amx
         assert uses_bf16("auto", cpu, compiled=False) is False  # eager bf16 is slower than fp32 on the CPU
     with pytest.raises(ValueError, match="precision 'fp16' is not one of auto, fp32, bf16"):
@@ -130,7 +130,8 @@ def test_batch_goes_to_the_cpu_as_views_of_this_ranks_rows():
 
 def test_run_only_fields_do_not_change_the_spec_hash_but_the_recipe_does():
     spec = ExpertSpec("expert-00", 0, seed=1, num_clips=10, data_hash="d", expert=ExpertConfig())
-    assert {"micro_batch", "compile", "precision", "activation_checkpointing", "checkpoint_every"} <= set(RUN_ONLY_FIELDS)
+    run_only = {"micro_batch", "compile", "precision", "activation_checkpointing", "checkpoint_every"}
+    assert run_only <= set(RUN_ONLY_FIELDS)
     for change in (
         {"micro_batch": 3},
         {"compile": "always"},

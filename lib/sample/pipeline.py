@@ -21,7 +21,6 @@ so a prompt's video depends neither on the batch size nor on the other prompts, 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from lib.encode.learned import VAE_DIR
 from lib.encode.text import TextEncoder
 from lib.io import atomic_write
 from lib.models.factory import TRAINING_INFO, expert_forward, load_expert, weights_sha256
+from lib.models.levers import forward_context, inference_bf16
 from lib.models.router import RouterModel
 from lib.progress import progress
 from lib.sample.ddm import (
@@ -447,15 +447,13 @@ class DDMPipeline:
         )  # fmt: skip
 
     def handle(self, k: int) -> ExpertHandle:
-        """Expert k as the sampler calls it (autocast as in training); also the teacher of distillation."""
-        model = self.experts[k]
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
-        )  # the precision the trainer used on GPU
+        """Expert k as the sampler calls it (bf16 where it pays, ``lib.models.levers``); also the teacher of
+        distillation."""
+        model, bf16 = self.experts[k], inference_bf16(self.device)
 
         def predict(x_t: torch.Tensor, t: torch.Tensor, cond: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-            with autocast:
-                return expert_forward(model, x_t, t, cond[0], cond[1])
+            with forward_context(self.device, bf16):
+                return expert_forward(model, x_t, t, cond[0], cond[1]).float()
 
         return ExpertHandle(predict=predict, objective=self.objectives[k], cluster_id=k)
 

@@ -19,7 +19,7 @@ checkpoint); everything else here is a small pure helper. What it guarantees:
 - Data parallelism (``lib.train.distributed``): under torchrun / Flyte ``Elastic`` every rank draws the same
   global batch and computes its slice; DDP averages the gradients, so N processes train the same recipe as one
   (up to float rounding) and rank 0 alone logs, checkpoints and writes the model.
-- Throughput (``expert.compile``, ``expert.precision``, ``expert.activation_checkpointing``; ``lib.train.levers``
+- Throughput (``expert.compile``, ``expert.precision``, ``expert.activation_checkpointing``; ``lib.models.levers``
   says where each pays, CPU included): each transformer block compiled in place (so state-dict keys, checkpoints
   and saved models stay plain), bf16 autocast (weights, optimizer state and EMA stay fp32), activations recomputed
   in backward so larger micro-batches fit, fused AdamW and a multi-tensor gradient clip, each step's batch copied
@@ -65,12 +65,12 @@ from lib.models.factory import (
     load_weights_into,
     weights_sha256,
 )
+from lib.models.levers import compiles, forward_context, uses_bf16
 from lib.progress import progress
 from lib.seeding import derive_seed, torch_generator
 from lib.train import checkpoint as ckpt
 from lib.train.compute import flops_per_step, probe_micro_batch
 from lib.train.distributed import workers_from_env
-from lib.train.levers import compiles, forward_context, uses_bf16
 
 log = logging.getLogger(__name__)
 

@@ -87,6 +87,12 @@ def uses_bf16(precision: str, device: torch.device, compiled: bool) -> bool:
     return device.type == "cuda" or (compiled and cpu_has_amx())
 
 
+def inference_bf16(device: torch.device) -> bool:
+    """Whether sampling runs its networks in bf16: on CUDA (as they trained there) and on AMX CPUs, where even an
+    eager forward pass gains (no backward to pay the casts twice; measured 1.3x at 64 prompts, one thread)."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_amx())
+
+
 def forward_context(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
     """Autocast (when ``bf16``) plus, on the CPU in bf16, the math attention kernel (see the module docstring)."""
     if not bf16:
