@@ -112,6 +112,8 @@ def test_pipeline_cold_cached_and_downstream_reruns(tmp_path):
     assert re.search(r"ratio_kid_attrnet.*\n(.*\n)*ddm:topk +\S+ \[\S+, \S+\]", cold)  # estimates print with intervals
     assert _trained(cold) == {"expert-00", "expert-01", "monolith"}
     assert "ingest:" in cold and "cluster:" in cold and "roles: train" in cold
+    # the summary names the router at the exact t where sampling starts, beside what the caption alone reaches
+    assert re.search(r"router accuracy by t: \[0\.0,.*; exact t 0\.9 \S+, 0\.95 \S+, 1 \S+ .*; caption only \S+", cold)
     results = out / "results"
     report = pd.read_parquet(results / "eval_report.parquet")
     assert {"real", "monolith", "ddm:topk"} <= set(report["method"]) and "fd_inf_attrnet" not in set(report["metric"])
