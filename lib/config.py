@@ -195,7 +195,7 @@ class ClusterConfig:
         _check(self.silhouette_sample > 1, "cluster.silhouette_sample", "must be > 1")
 
 
-# "auto": compile on CUDA, and on the CPU for runs long enough to win back the compile (lib.train.levers); words,
+# "auto": compile on CUDA, and on the CPU for runs long enough to win back the compile (lib.models.levers); words,
 # not on/off: YAML 1.1 reads on/off/yes/no as booleans
 COMPILE_MODES = ("auto", "always", "never")
 # ExpertConfig fields that change how a model trains, not what it computes (up to float rounding): a run may be
@@ -234,8 +234,8 @@ class ExpertConfig:
     timestep_sampling: str = "logit_normal"  # logit_normal | uniform
     checkpoint_every: int = 100
     log_every: int = 25
-    # how the model runs, not what it computes (RUN_ONLY_FIELDS): GPU throughput levers
-    compile: str = "auto"  # torch.compile of each transformer block: auto | always | never (lib.train.levers)
+    # how the model runs, not what it computes (RUN_ONLY_FIELDS): throughput levers
+    compile: str = "auto"  # torch.compile of each transformer block: auto | always | never (lib.models.levers)
     precision: str = "auto"  # forward pass: auto (bf16 on CUDA and on compiled AMX CPUs) | fp32 | bf16
     activation_checkpointing: bool = False  # recompute block activations in backward: larger micro-batches fit
 

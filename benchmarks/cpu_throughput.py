@@ -1,0 +1,285 @@
+"""CPU throughput of every model the pipeline trains or samples with, per lever, against the matmul peak of the run.
+
+Why: every claim this project makes is bought with CPU-minutes on two cores. This prints, side by side in one
+run, what each lever of ``lib.models.levers`` buys and how far each workload is from what the hardware does:
+
+- ``peak``: a 1024^3 matrix multiply in fp32 and bf16 (one thread), the ceilings the rows are a fraction of;
+- ``expert``: one optimizer step of ``lib.train.trainer.train`` on the benchmark network (configs/bench.yaml:
+  1.3M parameters, 4x8x8x8 latents, 64 tokens, ``encode.max_tokens`` caption tokens) at batch 8 (an expert) and 24
+  (the monolith), for each lever: eager fp32, compiled fp32, eager bf16, compiled bf16. ``before`` is the same step
+  with the trainer of another checkout (``--baseline-tree``, e.g. a ``git worktree`` of the previous commit);
+- ``router`` and ``codec``: a training step of ``lib.train.router.train_router`` and ``lib.encode.learned.train_codec``
+  (configs/tiny.yaml's codec), as they run;
+- ``sampling``: videos/s of ``lib.sample.ddm.sample_ddm`` with three experts (top-2 routing, 20 Euler steps, CFG 4,
+  32 prompts), the experts called through ``DDMPipeline.handle`` in fp32 and in bf16.
+
+Every row runs in its own process with one thread (the benchmarks run two single-thread processes side by side),
+its own empty inductor cache, and reports the median step time after warm-up steps (which hold the compile).
+GFLOP/s count only the analytic matmul FLOPs of ``lib.train.compute`` (expert rows) or none (router, codec).
+
+Usage: ``git worktree add /tmp/base <commit>`` then
+``python benchmarks/cpu_throughput.py [--baseline-tree /tmp/base] [--json benchmarks/results/cpu_throughput.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+JSON_OUT = ROOT / "benchmarks" / "results" / "cpu_throughput.json"
+LATENT = (4, 8, 8, 8)  # the learned codec's latents of 8x32x32 clips
+# configs/bench.yaml's network and recipe (spelt out: a baseline checkout may not read today's config files)
+BENCH_NETWORK = {"num_layers": 4, "num_heads": 4, "head_dim": 32, "ffn_dim": 512, "patch_size": [2, 2, 2],
+                 "lr": 0.002, "warmup_steps": 50, "lr_schedule": "cosine"}  # fmt: skip
+LEVERS = {  # name: (expert.compile, expert.precision)
+    "eager fp32": ("never", "fp32"),
+    "compiled fp32": ("always", "fp32"),
+    "eager bf16": ("never", "bf16"),
+    "compiled bf16": ("always", "bf16"),
+}
+
+
+def _median_after(seconds: list[float], warmup: int) -> float:
+    return statistics.median(seconds[warmup:])
+
+
+def peak(dtype_name: str) -> dict[str, Any]:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return {"gflops": 2 * 1024**3 / statistics.median(times) / 1e9}
+
+
+def expert_step(
+    batch: int, compile_mode: str, precision: str, steps: int, warmup: int, text_len: int
+) -> dict[str, Any]:
+    """One lever's step time through the trainer of whichever checkout is first on sys.path."""
+    from dataclasses import fields, replace
+
+    import torch
+
+    from lib.config import ExpertConfig
+    from lib.train.compute import flops_per_step
+    from lib.train.trainer import TrainData, train
+
+    known = {f.name for f in fields(ExpertConfig)}
+    changes = {"steps": steps, "batch_size": batch, "checkpoint_every": 10**6, "compile": compile_mode}
+    if "precision" in known:
+        changes["precision"] = precision
+    elif precision != "fp32":
+        raise SystemExit("this checkout has no expert.precision")
+    cfg = replace(ExpertConfig(**BENCH_NETWORK), **changes)
+    gen = torch.Generator().manual_seed(0)
+    n = 64
+    latents, tokens = torch.randn(n, *LATENT, generator=gen), torch.randn(n, text_len, 384, generator=gen)
+    data = TrainData([f"c{i}" for i in range(n)], latents, tokens, torch.ones(n, text_len, dtype=torch.bool))
+    with tempfile.TemporaryDirectory() as out:
+        result = train(data, cfg, out, seed=0, name="bench", callbacks=[])
+    seconds = result.log["seconds"].tolist()
+    flops = flops_per_step(cfg, LATENT[0], LATENT[1:], text_len, 384)
+    return {"ms_per_step": 1e3 * _median_after(seconds, warmup), "first_steps_s": sum(seconds[:warmup]),
+            "gflops": flops / _median_after(seconds, warmup) / 1e9,
+            "final_loss": float(result.log["loss"].tail(10).mean())}  # fmt: skip
+
+
+def router_step(steps: int, warmup: int) -> dict[str, Any]:
+    import torch
+
+    from lib.config import load_config
+    from lib.train.router import train_router
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml").router
+    n, gen = 256, torch.Generator().manual_seed(0)
+    latents, pooled = torch.randn(n, *LATENT, generator=gen), torch.randn(n, 384, generator=gen)
+    labels = torch.randint(3, (n,), generator=gen)
+    times = []
+    with tempfile.TemporaryDirectory() as out:
+        for count in (warmup, warmup + steps):
+            from dataclasses import replace
+
+            start = time.perf_counter()
+            train_router(latents, pooled, labels, replace(cfg, steps=count), 3, 0, out)
+            times.append(time.perf_counter() - start)
+    return {"ms_per_step": 1e3 * (times[1] - times[0]) / steps}
+
+
+def codec_step(steps: int, warmup: int) -> dict[str, Any]:
+    from dataclasses import replace
+
+    import numpy as np
+
+    from lib.config import load_config
+    from lib.encode.learned import train_codec
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml").codec
+    videos = np.random.default_rng(0).integers(0, 256, (32, 8, 32, 32, 3), dtype=np.uint8)
+    reports = []
+    for count in (warmup, warmup + steps):
+        with tempfile.TemporaryDirectory() as out:
+            reports.append(train_codec(videos, videos[:4], replace(cfg, steps=count), 0, Path(out) / "codec")[1])
+    return {"ms_per_step": 1e3 * (reports[1].seconds - reports[0].seconds) / steps}
+
+
+def sampling(bf16: bool, prompts: int, num_steps: int) -> dict[str, Any]:
+    import torch
+
+    import lib.sample.pipeline as pipeline_module
+    from lib.config import load_config
+    from lib.models.factory import build_expert
+    from lib.models.router import RouterModel
+    from lib.sample.ddm import sample_ddm
+
+    cfg = load_config(ROOT / "configs" / "bench.yaml")
+    pipeline_module.inference_bf16 = lambda device: bf16  # the lever under test, whatever this CPU is
+    text_len = cfg.encode.max_tokens
+    experts = {k: build_expert(cfg.expert, LATENT[0], 384, LATENT[1:], seed=k) for k in range(3)}
+    router = RouterModel(in_channels=LATENT[0], sample_shape=list(LATENT[1:]), patch_size=list(cfg.router.patch_size),
+                         text_dim=384, hidden_dim=cfg.router.hidden_dim, num_layers=cfg.router.num_layers,
+                         num_heads=cfg.router.num_heads, num_clusters=3)  # fmt: skip
+    pipe = pipeline_module.DDMPipeline(experts, dict.fromkeys(experts, "flow"), router, None, None, LATENT, "bench")
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randn(prompts, text_len, 384, generator=gen)
+    cond = (tokens, torch.ones(prompts, text_len, dtype=torch.bool))
+    uncond = (torch.zeros_like(tokens), torch.zeros(prompts, text_len, dtype=torch.bool))
+    noise, pooled = torch.randn(prompts, *LATENT, generator=gen), torch.randn(prompts, 384, generator=gen)
+    handles = {k: pipe.handle(k) for k in experts}
+    times, outs = [], []
+    for _ in range(3):
+        start = time.perf_counter()
+        with torch.no_grad():
+            outs.append(sample_ddm(handles, pipe.router, noise, cond, uncond, pooled, "topk", 2, num_steps, 4.0).x0)
+        times.append(time.perf_counter() - start)
+    return {"videos_per_s": prompts / min(times), "x0": outs[-1]}
+
+
+def child(args: argparse.Namespace) -> None:
+    """One measurement in this process (one thread): prints its JSON row."""
+    import torch
+
+    torch.set_num_threads(1)
+    kind = args.one
+    if kind == "peak":
+        row = peak(args.dtype)
+    elif kind == "expert":
+        row = expert_step(args.batch, *LEVERS[args.lever], args.steps, args.warmup, args.text_len)
+    elif kind == "router":
+        row = router_step(args.steps * 5, args.warmup)
+    elif kind == "codec":
+        row = codec_step(args.steps, args.warmup)
+    else:
+        out = sampling(args.lever == "bf16", 32, 20)
+        x0 = out.pop("x0")
+        if args.lever == "bf16":  # how far bf16 sampling lands from fp32 on the same noise
+            reference = sampling(False, 32, 20)["x0"]
+            out["rel_diff_vs_fp32"] = float((x0 - reference).norm() / reference.norm())
+        row = out
+    print("ROW " + json.dumps(row), flush=True)
+
+
+def run_child(extra: list[str], tree: Path = ROOT) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as cache:
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache  # a cold compile, as a fresh run pays it
+        done = subprocess.run([sys.executable, __file__, *extra], env=env, capture_output=True, text=True, cwd=tree)
+    rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
+    if done.returncode or not rows:
+        raise RuntimeError(f"{extra} failed:\n{done.stderr[-3000:]}")
+    return json.loads(rows[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--one", choices=["peak", "expert", "router", "codec", "sampling"], help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--lever", default="eager fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
+    parser.add_argument("--text-len", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per row (after --warmup)")
+    parser.add_argument("--warmup", type=int, default=5, help="steps left out of the median (they hold the compile)")
+    parser.add_argument("--baseline-tree", type=Path, help="another checkout whose trainer gives the `before` rows")
+    parser.add_argument("--json", type=Path, default=JSON_OUT)
+    args = parser.parse_args()
+    if args.one:
+        return child(args)
+
+    from lib.config import EncodeConfig
+
+    text_len = EncodeConfig().max_tokens  # today's caption length on every row, the baseline's included
+    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--text-len", str(text_len)]
+    peaks = {d: run_child(["--one", "peak", "--dtype", d])["gflops"] for d in ("float32", "bfloat16")}
+    print(f"matmul peak, one thread: fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s")
+    rows: list[dict[str, Any]] = []
+
+    def add(workload: str, lever: str, row: dict[str, Any], bf16: bool = False) -> None:
+        row = {"workload": workload, "lever": lever, **row}
+        if "gflops" in row:
+            row["fraction_of_peak"] = row["gflops"] / peaks["bfloat16" if bf16 else "float32"]
+        rows.append(row)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+
+    for batch in (8, 24):
+        if args.baseline_tree:
+            before = run_child(["--one", "expert", "--batch", str(batch), *common], tree=args.baseline_tree)
+            add(f"expert_b{batch}", "before", before)
+        for lever in LEVERS:
+            row = run_child(["--one", "expert", "--batch", str(batch), "--lever", lever, *common])
+            add(f"expert_b{batch}", lever, row, bf16="bf16" in lever)
+    add("router", "eager fp32", run_child(["--one", "router", *common]))
+    add("codec", "eager fp32", run_child(["--one", "codec", *common]))
+    for lever in ("fp32", "bf16"):
+        add("sampling", f"eager {lever}", run_child(["--one", "sampling", "--lever", lever]))
+
+    for workload in sorted({r["workload"] for r in rows}):
+        group = [r for r in rows if r["workload"] == workload]
+        base = next((r for r in group if r["lever"] == "before"), group[0])
+        for r in group:
+            if "ms_per_step" in r:
+                r["speedup_vs_eager"] = base["ms_per_step"] / r["ms_per_step"]
+            else:
+                r["speedup_vs_eager"] = r["videos_per_s"] / base["videos_per_s"]
+    print(f"\n{'workload':10s} {'lever':14s} {'ms/step':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'speed-up':>8s}")
+    for r in rows:
+        ms = f"{r['ms_per_step']:.1f}" if "ms_per_step" in r else f"{r['videos_per_s']:.2f}/s"
+        gf = f"{r['gflops']:.0f}" if "gflops" in r else "-"
+        frac = f"{r['fraction_of_peak']:.2f}" if "fraction_of_peak" in r else "-"
+        print(f"{r['workload']:10s} {r['lever']:14s} {ms:>8s} {gf:>8s} {frac:>8s} {r['speedup_vs_eager']:>7.2f}x")
+    report = {"machine": platform.processor() or platform.machine(), "cpu": _cpu_name(), "threads": 1,
+              "peak_gflops": peaks, "steps": args.steps, "warmup": args.warmup, "rows": rows,
+              "baseline_tree": str(args.baseline_tree) if args.baseline_tree else None}  # fmt: skip
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.json.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(args.json)
+    print(f"\nrows written to {args.json}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
