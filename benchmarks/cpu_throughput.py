@@ -220,6 +220,7 @@ def main() -> None:
     if args.one:
         return child(args)
 
+    sys.path.insert(0, str(ROOT))  # the parent reads today's config; each child imports its own tree's lib
     from lib.config import EncodeConfig
 
     text_len = EncodeConfig().max_tokens  # today's caption length on every row, the baseline's included
