@@ -223,6 +223,9 @@ class ExpertConfig:
     # how the K experts share their K x steps: "equal" (each expert.steps) or "by_size" (in proportion to each
     # cluster's train clips, at least 1, summing exactly to K x steps: every train clip gets the same share of samples)
     budget_split: str = "equal"
+    # the monolith's learning rate is lr x this (a fairness control: sqrt(K) ~ 1.73 asks whether a DDM gain comes from
+    # an under-tuned monolith, whose K x larger batch would take a larger step); the experts' lr is untouched
+    monolith_lr_scale: float = 1.0
     micro_batch: int = 0  # 0: pick from free memory; >0 forces it
     lr: float = 5e-4
     warmup_steps: int = 20
@@ -248,6 +251,7 @@ class ExpertConfig:
         _one_of(self.lr_schedule, ("constant", "cosine"), "expert.lr_schedule")
         _one_of(self.monolith_scaling, ("steps", "batch"), "expert.monolith_scaling")
         _one_of(self.budget_split, ("equal", "by_size"), "expert.budget_split")
+        _check(self.monolith_lr_scale > 0, "expert.monolith_lr_scale", f"must be > 0, got {self.monolith_lr_scale}")
         _check(self.warmup_steps >= 0, "expert.warmup_steps", "must be >= 0")
         _check(self.weight_decay >= 0, "expert.weight_decay", "must be >= 0")
         _check(self.grad_clip > 0, "expert.grad_clip", "must be > 0")

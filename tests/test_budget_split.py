@@ -73,3 +73,16 @@ def test_equal_split_is_unchanged_and_by_size_is_another_model():
 def test_budget_split_is_checked_by_name():
     with pytest.raises(ConfigError, match="expert.budget_split: 'size' is not one of equal, by_size"):
         replace_in(RunConfig(), expert={"budget_split": "size"})
+
+
+def test_monolith_lr_scale_moves_only_the_monolith_and_names_its_lr():
+    plain, scaled = _cfg("equal"), replace_in(_cfg("equal"), expert={"monolith_lr_scale": 3**0.5})
+    table = _assignments([50, 30, 20])
+    mono = monolith_spec(scaled, table)
+    assert mono.expert.lr == pytest.approx(plain.expert.lr * 3**0.5) and mono.expert.monolith_lr_scale == 1.0
+    assert mono.spec_hash() != monolith_spec(plain, table).spec_hash()
+    # the experts train as before: same lr, same identity, so their trained models are reused
+    for a, b in zip(expert_specs(plain, table), expert_specs(scaled, table), strict=True):
+        assert a.expert.lr == b.expert.lr and a.spec_hash() == b.spec_hash()
+    with pytest.raises(ConfigError, match="expert.monolith_lr_scale: must be > 0, got 0.0"):
+        replace_in(RunConfig(), expert={"monolith_lr_scale": 0.0})

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -37,6 +38,11 @@ log = logging.getLogger(__name__)
 # A cold compile of the blocks (~25 s on two cores) is won back after about 1000 steps at the measured saving
 # (~25 ms per step at batch 8); shorter CPU runs train eagerly under ``auto``.
 COMPILE_MIN_CPU_STEPS = 1000
+
+
+# Under bf16 autocast diffusers' fp32 norms get bf16 inputs; eager PyTorch warns once per trace that its fused norm
+# kernel does not take mixed dtypes, which is moot where inductor writes the kernel.
+warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight", category=UserWarning)
 
 
 def compiler_for(device: torch.device) -> str | None:

@@ -64,13 +64,16 @@ class ExpertSpec:
 
         ``init_sha256`` counts only when set (another start is another model); an empty one is left out, so every
         spec from before start weights existed keeps its hash and its trained model. ``expert.budget_split`` counts
-        the same way, only when not ``equal`` (it decides the steps, so it is not run-only).
+        the same way, only when not ``equal`` (it decides the steps, so it is not run-only), and
+        ``expert.monolith_lr_scale`` only when not 1 (the monolith's spec carries the scaled lr and a scale of 1).
         """
         values = asdict(self)
         if not self.init_sha256:
             del values["init_sha256"]
         if self.expert.budget_split == "equal":
             del values["expert"]["budget_split"]
+        if self.expert.monolith_lr_scale == 1.0:
+            del values["expert"]["monolith_lr_scale"]
         values["expert"] = {k: v for k, v in values["expert"].items() if k not in RUN_ONLY_FIELDS}
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -146,8 +149,9 @@ def expert_specs(cfg: RunConfig, assignments: pd.DataFrame, cluster_ids: list[in
     steps = [cfg.expert.steps] * len(clusters)
     if cfg.expert.budget_split == "by_size":
         steps = split_steps(len(clusters) * cfg.expert.steps, [len(i) for i in ids])
+    expert = replace(cfg.expert, monolith_lr_scale=1.0)  # the monolith's knob: not part of an expert's identity
     return [
-        _spec(cfg, f"expert-{cluster_id:02d}", cluster_id, replace(cfg.expert, steps=n), clip_ids)
+        _spec(cfg, f"expert-{cluster_id:02d}", cluster_id, replace(expert, steps=n), clip_ids)
         for cluster_id, n, clip_ids in zip(clusters, steps, ids, strict=True)
     ]
 
@@ -205,9 +209,10 @@ def monolith_config(expert: ExpertConfig, k: int) -> ExpertConfig:
     """The monolith's training config: K x one expert's samples, spent as ``expert.monolith_scaling`` says.
 
     Its ``budget_split`` is ``equal`` whatever the experts': one model has nothing to split, and the same monolith
-    (same spec hash) then serves both splits of the experts' budget instead of being trained twice.
+    (same spec hash) then serves both splits of the experts' budget instead of being trained twice. Its learning rate
+    is ``lr x monolith_lr_scale`` (the scale then reads 1: the spec names the lr it trains with).
     """
-    expert = replace(expert, budget_split="equal")
+    expert = replace(expert, budget_split="equal", lr=expert.lr * expert.monolith_lr_scale, monolith_lr_scale=1.0)
     if expert.monolith_scaling == "batch":
         return replace(expert, batch_size=k * expert.batch_size)
     return replace(expert, steps=k * expert.steps)
