@@ -20,7 +20,8 @@ evaluation report, router report, contact sheet and wall time go to ``--out/NN-n
 and the printed table hold, per row and method, KID, attribute accuracy (mean and per attribute), object found and
 the router's accuracy at exactly t = 1 beside the caption-only ceiling.
 
-Usage: ``python benchmarks/ablation.py --config configs/tiny.yaml --out benchmarks/results/v6/ablation-tiny``.
+Usage: ``python benchmarks/ablation.py --config configs/tiny.yaml --set data.themed_scenes=true
+--out benchmarks/results/v6/ablation-tiny-themed``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib.config import EncodeConfig, RunConfig, config_from_dict, config_to_dict, load_config, replace_in  # noqa: E402
+from lib.config import (  # noqa: E402
+    EncodeConfig,
+    RunConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    replace_in,
+    with_overrides,
+)
 
 METHODS = ("monolith", "ddm:topk", "ddm:top1", "ddm:oracle")
 METRICS = ("kid_attrnet", "ratio_kid_attrnet", "fd_inf_attrnet", "ratio_fd_inf_attrnet", "attr_acc_attrnet",
@@ -141,8 +150,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="working folder shared by the rows (default: output_dir-ablation)")
     parser.add_argument("--v5-router-steps", type=int, default=200, help="the v5 router's steps (tiny 200, bench 400)")
     parser.add_argument("--rows", type=int, help="run only the first N rows")
+    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="config changes under every row, e.g. data.themed_scenes=true (the headline's data)")
     args = parser.parse_args()
-    base = load_config(args.config)
+    base = with_overrides(load_config(args.config), args.set)
     work = args.work or Path(f"{base.output_dir.rstrip('/')}-ablation")
     strategies = sorted(set(base.sample.compare_strategies) | {"oracle"})
     cfg = replace_in(base, sample={"compare_strategies": strategies})
@@ -155,7 +166,8 @@ def main() -> None:
         results.append({"row": name, "changes": changes, "seconds": seconds, **summarise(folder)})
         args.out.mkdir(parents=True, exist_ok=True)
         tmp = args.out / "ablation.json.tmp"
-        tmp.write_text(json.dumps({"config": str(args.config), "seed": cfg.seed, "rows": results}, indent=1) + "\n")
+        record = {"config": str(args.config), "set": args.set, "seed": cfg.seed, "rows": results}
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
         tmp.replace(args.out / "ablation.json")  # partial results survive a stopped run
         print(f"{name}: {seconds:.0f} s", flush=True)
     print(table(results))
