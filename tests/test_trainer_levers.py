@@ -112,6 +112,12 @@ def test_compile_cache_lands_under_a_local_output_dir_and_an_explicit_one_wins(t
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "run" / ".inductor-cache")
     use_compile_cache(str(tmp_path / "other"))
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "run" / ".inductor-cache")
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert cache_dir() == os.path.abspath(default_cache_dir())  # inductor writes its default back into the env
+    use_compile_cache(str(tmp_path / "run"))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "run" / ".inductor-cache")
 
 
 def test_the_task_image_has_the_c_compiler_triton_needs():

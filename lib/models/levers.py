@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lib.config import PRECISIONS
@@ -113,9 +114,12 @@ def forward_context(device: torch.device, bf16: bool) -> contextlib.AbstractCont
 
 def use_compile_cache(output_dir: str) -> None:
     """Keep inductor's compiled kernels under a local ``output_dir`` (``.inductor-cache``), where a rerun of the same
-    config and the next model of the same shape find them; an explicit $TORCHINDUCTOR_CACHE_DIR wins, and an object
-    store URI leaves inductor's default (a per-user temp folder)."""
-    if "TORCHINDUCTOR_CACHE_DIR" in os.environ or "://" in output_dir:
+    config and the next model of the same shape find them. A $TORCHINDUCTOR_CACHE_DIR the user chose wins; the one
+    inductor writes back itself on first use (its per-user temp folder) does not. An object store URI leaves
+    inductor's default."""
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    chosen = current is not None and os.path.abspath(current) != os.path.abspath(default_cache_dir())
+    if chosen or "://" in output_dir:
         return
     folder = Path(output_dir).resolve() / ".inductor-cache"
     folder.mkdir(parents=True, exist_ok=True)
