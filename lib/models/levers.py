@@ -37,7 +37,7 @@ from lib.config import PRECISIONS
 log = logging.getLogger(__name__)
 
 # A cold compile of the blocks (~25 s on two cores) is won back after about 1000 steps at the measured saving
-# (~25 ms per step at batch 8); shorter CPU runs train eagerly under ``auto``.
+# (~29 ms per step at batch 8, one thread); shorter CPU runs train eagerly under ``auto``.
 COMPILE_MIN_CPU_STEPS = 1000
 
 
@@ -58,8 +58,8 @@ def compiler_for(device: torch.device) -> str | None:
 def compiles(mode: str, device: torch.device, steps: int | None = None) -> bool:
     """Whether ``expert.compile`` = ``mode`` compiles the transformer blocks on ``device`` for a run of ``steps``:
     ``always``; ``auto`` on CUDA, and on the CPU when the run has at least ``COMPILE_MIN_CPU_STEPS`` steps (None:
-    a long-lived use such as sampling many prompts). Without a compiler (``compiler_for``) ``auto`` runs uncompiled
-    with a warning and ``always`` raises."""
+    the length is not known, so the compile is taken to pay). Without a compiler (``compiler_for``) ``auto`` runs
+    uncompiled with a warning and ``always`` raises."""
     if mode == "never":
         return False
     if mode == "auto" and device.type != "cuda" and steps is not None and steps < COMPILE_MIN_CPU_STEPS:
@@ -95,9 +95,9 @@ def uses_bf16(precision: str, device: torch.device, compiled: bool) -> bool:
 
 
 def inference_bf16(device: torch.device) -> bool:
-    """Whether sampling runs its networks in bf16: on CUDA, as they trained there. Not on the CPU: an eager bf16
-    forward on an AMX CPU samples 1.3x faster, but the videos moved 29 % (relative L2, three untrained experts, CFG
-    4, 20 steps) from fp32 on the same noise, which no sample-quality run has yet shown to be harmless."""
+    """Whether sampling runs its networks in bf16: on CUDA, as they trained there. Not on the CPU: on an AMX CPU an
+    eager bf16 forward pass is 1.3x faster at 64 prompts, but whole sampling only 1.04x (``cpu_throughput.py``), and
+    the videos moved 36 % (relative L2, three untrained experts, CFG 4, 20 steps) from fp32 on the same noise."""
     return device.type == "cuda"
 
 
