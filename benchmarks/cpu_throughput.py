@@ -101,6 +101,8 @@ def expert_step(
 
 
 def router_step(steps: int, warmup: int) -> dict[str, Any]:
+    from dataclasses import replace
+
     import torch
 
     from lib.config import load_config
@@ -113,8 +115,6 @@ def router_step(steps: int, warmup: int) -> dict[str, Any]:
     times = []
     with tempfile.TemporaryDirectory() as out:
         for count in (warmup, warmup + steps):
-            from dataclasses import replace
-
             start = time.perf_counter()
             train_router(latents, pooled, labels, replace(cfg, steps=count), 3, 0, out)
             times.append(time.perf_counter() - start)
