@@ -68,7 +68,7 @@ from lib.data.split import TRAIN, VALIDATION, rows_with_role  # noqa: E402
 from lib.encode.prepare import codec_key, fit_codec  # noqa: E402
 from lib.encode.store import encode_dataset, load_encoded, read_codec_info  # noqa: E402
 from lib.evaluate.compare import compare_methods, reference_clip_ids  # noqa: E402
-from lib.evaluate.distances import Interval, score_sets  # noqa: E402
+from lib.evaluate.distances import Interval, save_replicates, score_sets  # noqa: E402
 from lib.evaluate.featnet import AttrNet, AttrNetFeatures, featnet_note, fit_attrnet  # noqa: E402
 from lib.evaluate.report import BASELINE, _features  # noqa: E402
 from lib.evaluate.sheet import REAL_ROW, contact_sheet  # noqa: E402
@@ -464,6 +464,7 @@ def evaluate_all(
         reports.append(report.assign(training_seed=seed))
         with timer(f"replicates s{seed}"):
             reps[seed] = distance_replicates(featnet, ctx, reference, {**videos, "real": real}, cfg)
+            save_replicates(out / f"replicates-s{seed}.npz", *reps[seed])  # so sessions' seeds pool exactly
         partial = pd.concat(reports, ignore_index=True)
         check_protocol(sha)
         partial.to_csv(out / "eval_rows.csv", index=False)  # partial results after every seed

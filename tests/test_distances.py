@@ -1,3 +1,6 @@
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +14,8 @@ from lib.evaluate.distances import (
     _pair_mean,
     fd_inf,
     kid,
+    load_replicates,
+    save_replicates,
     score_sets,
 )
 
@@ -169,3 +174,26 @@ def test_sets_too_small_for_fd_inf_still_get_fd_and_kid(caplog):
         assert np.isnan(res.fd_inf.as_list()).all()
         assert np.isfinite(res.fd.as_list()).all() and np.isfinite(res.kid.as_list()).all()
     assert np.isnan(ratios[("a", "b")]["fd_inf"].mean) and np.isfinite(ratios[("a", "b")]["kid"].mean)
+
+
+def test_replicates_round_trip_so_that_separate_runs_pool_exactly(tmp_path):
+    real = _gauss(1, 300)
+    results, ratios = score_sets(real, {"monolith": _gauss(2, 300, shift=0.5), "ddm": _gauss(3, 300, shift=1.0)},
+                                 ratio_pairs=[("monolith", "ddm")], bootstrap=40, seed=5)  # fmt: skip
+    path = save_replicates(tmp_path / "replicates-s0.npz", results, ratios)
+    back = load_replicates(path)
+    for method in ("monolith", "ddm"):
+        for metric in ("fd", "fd_inf", "kid"):
+            saved, original = back[f"method|{method}|{metric}"], getattr(results[method], metric)
+            assert saved.mean == original.mean and np.array_equal(saved.replicates, original.replicates)
+            assert saved.low == pytest.approx(original.low) and saved.high == pytest.approx(original.high)
+    ratio = back["ratio|monolith|ddm|kid"]
+    assert ratio.mean == ratios[("monolith", "ddm")]["kid"].mean and len(ratio.replicates) == 40
+    # two runs' files pool into one interval over all their replicates
+    other = load_replicates(save_replicates(tmp_path / "replicates-s1.npz", results, ratios))
+    pooled = np.concatenate([back["method|ddm|fd_inf"].replicates, other["method|ddm|fd_inf"].replicates])
+    assert len(pooled) == 80
+    bare = {"g": dataclasses.replace(results["ddm"], fd=Interval(1.0, 0.5, 1.5))}
+    with pytest.raises(ValueError, match=re.escape("save_replicates: method|g|fd has no replicates")):
+        save_replicates(tmp_path / "bad.npz", bare, {})
+    assert not (tmp_path / "bad.npz").exists()

@@ -60,12 +60,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
 from lib.evaluate.frechet import FeatureError, FeatureStats, _frechet_distance, stats_from_features
+from lib.io import atomic_write
 from lib.seeding import numpy_rng
 
 log = logging.getLogger(__name__)
@@ -491,3 +493,51 @@ def _ratio(
         log.warning("%s ratio %s/%s: denominator interval reaches %.4g <= 0, reported as NaN", metric, num, den, low)
         return Interval(float("nan"), float("nan"), float("nan"))
     return _interval(points[num][metric] / points[den][metric], centred[num][metric] / centred[den][metric], level)
+
+
+REPLICATE_METRICS = ("fd", "fd_inf", "kid")
+
+
+def save_replicates(
+    path: str | Path,
+    results: dict[str, DistanceResult],
+    ratios: dict[tuple[str, str], dict[str, Interval]],
+) -> Path:
+    """Write every interval's point estimate and recentred replicates of one ``score_sets`` call to an ``.npz``.
+
+    Why: a run keeps its intervals, but pooling training seeds that ran in separate sessions needs the replicates
+    themselves (the pooled interval is the percentile interval of all seeds' replicates together). Keys read
+    ``method|<name>|<metric>`` and ``ratio|<numerator>|<denominator>|<metric>``, each with a ``|mean`` twin.
+    Plain arrays only, written atomically: ``load_replicates`` reads it without unpickling anything.
+    """
+    arrays: dict[str, np.ndarray] = {}
+
+    def put(key: str, interval: Interval) -> None:
+        if interval.replicates is None:
+            raise ValueError(f"save_replicates: {key} has no replicates (was it made by score_sets?)")
+        arrays[key] = np.asarray(interval.replicates, dtype=np.float64)
+        arrays[f"{key}|mean"] = np.asarray([interval.mean], dtype=np.float64)
+
+    for method, result in results.items():
+        for metric in REPLICATE_METRICS:
+            put(f"method|{method}|{metric}", getattr(result, metric))
+    for (num, den), by_metric in ratios.items():
+        for metric, interval in by_metric.items():
+            put(f"ratio|{num}|{den}|{metric}", interval)
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            np.savez(handle, **arrays)
+
+    return atomic_write(path, write)
+
+
+def load_replicates(path: str | Path) -> dict[str, Interval]:
+    """``save_replicates``'s file back as {key: Interval} (mean, 95 % percentile interval, replicates)."""
+    with np.load(path, allow_pickle=False) as data:
+        keys = [k for k in data.files if not k.endswith("|mean")]
+        out = {}
+        for key in keys:
+            reps = data[key]
+            low, high = np.percentile(reps, [2.5, 97.5]) if np.isfinite(reps).all() else (float("nan"),) * 2
+            out[key] = Interval(float(data[f"{key}|mean"][0]), float(low), float(high), reps)
+    return out
