@@ -486,6 +486,7 @@ def evaluate_all(
         "methods_not_run": methods_not_run(rows, seeds, cfg),
         "metric_names": fd_names,
         "methods": summary["methods"],
+        "head_method": summary["head_method"],
         "ratio_fd_inf": summary["ratio_fd_inf"],
         "ratio_kid": summary["ratio_kid"],
         "ratio_details": summary["ratio_details"],
@@ -646,7 +647,7 @@ def headline_summary(rows: pd.DataFrame, reps: dict[int, tuple], names: dict[str
             f"{ratios[f'{key}_sd_seeds']:.3f}: gain {'claimed' if decision[key] else 'NOT claimed'}"
         )
     lines.append(f"  goal FD∞ ratio >= 2.0: {'met' if ratios['fd_inf'][0] >= 2.0 else 'not met'}")
-    return {"methods": methods, "ratio_fd_inf": ratios["fd_inf"], "ratio_kid": ratios["kid"],
+    return {"methods": methods, "head_method": head, "ratio_fd_inf": ratios["fd_inf"], "ratio_kid": ratios["kid"],
             "ratio_details": ratios, "decision": decision, "text": "\n".join(lines)}  # fmt: skip
 
 

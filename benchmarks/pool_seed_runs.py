@@ -7,7 +7,9 @@ mean and sd of the per-seed estimates (the decision rule's second half). The poo
 2.5th percentile of the union of the seeds' replicates lies between the smallest and the largest per-seed 2.5th
 percentile, and likewise the 97.5th. The rule's first half ("the pooled interval lies above 1") is therefore settled
 when every per-seed lower bound is above 1 (met) or none is (not met); otherwise this says "undecided" instead of
-guessing.
+guessing. Runs that saved their replicates (``replicates-s<seed>.npz``, written by ``ddm_vs_monolith.py`` since
+protocol v6) are pooled exactly instead: the pooled interval is the percentile interval of all seeds' recentred
+replicates together, as the protocol says, and the rule is decided on it.
 
     python benchmarks/pool_seed_runs.py --runs benchmarks/results/v5 benchmarks/results/v5-seed1 \
         benchmarks/results/v5-seed2 --out benchmarks/results/v5-seeds
@@ -32,6 +34,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from ddm_vs_monolith import ATTRS  # noqa: E402
 
+from lib.evaluate.distances import load_replicates  # noqa: E402
+from lib.evaluate.report import BASELINE  # noqa: E402
 from lib.io import atomic_write  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -73,7 +77,7 @@ def pool_ratio(runs: list[dict], key: str) -> dict:
     highs = [v[2] for v in per_seed.values()]
     mean = float(points.mean())
     sd = float(points.std(ddof=1)) if len(points) > 1 else float("nan")
-    return {
+    pooled = {
         "per_seed": per_seed,
         "mean": round(mean, 4),
         "sd_seeds": round(sd, 4),
@@ -81,6 +85,22 @@ def pool_ratio(runs: list[dict], key: str) -> dict:
         "pooled_high_between": [round(min(highs), 4), round(max(highs), 4)],
         "decision": settle(lows, mean, sd),
     }
+    replicates = pooled_replicates(runs, key)
+    if replicates is not None:
+        low, high = (np.percentile(replicates, [2.5, 97.5]) if np.isfinite(replicates).all()
+                     else (float("nan"), float("nan")))  # fmt: skip
+        pooled["pooled_interval"] = [round(float(low), 4), round(float(high), 4)]
+        pooled["decision"] = "claimed" if low > 1.0 and mean - 2 * sd > 1.0 else "not claimed"
+    return pooled
+
+
+def pooled_replicates(runs: list[dict], key: str) -> np.ndarray | None:
+    """All runs' recentred replicates of the ratio monolith / head method, or None unless every run saved them."""
+    head = runs[0]["headline"].get("head_method")
+    files = [Path(r["folder"]) / f"replicates-s{r['seed']}.npz" for r in runs]
+    if head is None or not all(f.is_file() for f in files):
+        return None
+    return np.concatenate([load_replicates(f)[f"ratio|{BASELINE}|{head}|{key}"].replicates for f in files])
 
 
 def pool_quality(runs: list[dict]) -> dict:
@@ -144,16 +164,18 @@ def markdown(result: dict) -> str:
         f"Protocol sha256 `{result['protocol_sha256'][:8]}…`; runs: {', '.join(result['runs'])}.",
         "",
         "| ratio monolith / DDM | " + " | ".join(f"seed {s}" for s in result["training_seeds"])
-        + " | mean ± sd over seeds | pooled 95 % interval lies within | decision |",
+        + " | mean ± sd over seeds | pooled 95 % interval (or the bounds on it) | decision |",
         "|---|" + "---|" * (len(result["training_seeds"]) + 3),
     ]
     for key in ("fd_inf", "kid"):
         r = result[f"ratio_{key}"]
         cells = [f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" for v in r["per_seed"].values()]
         lows, highs = r["pooled_low_between"], r["pooled_high_between"]
+        interval = (f"[{r['pooled_interval'][0]:.3f}, {r['pooled_interval'][1]:.3f}] (exact)" if "pooled_interval" in r
+                    else f"[{lows[0]:.3f}…{lows[1]:.3f}, {highs[0]:.3f}…{highs[1]:.3f}]")  # fmt: skip
         lines.append(
             f"| {names[key]} | " + " | ".join(cells) + f" | {r['mean']:.3f} ± {r['sd_seeds']:.3f} | "
-            f"[{lows[0]:.3f}…{lows[1]:.3f}, {highs[0]:.3f}…{highs[1]:.3f}] | gain {r['decision']} |"
+            f"{interval} | gain {r['decision']} |"
         )
     lines += ["", "| method | seed | mean4 | colour / shape / bg / motion | object found | issue-15 bar |",
               "|---|---|---|---|---|---|"]  # fmt: skip

@@ -85,3 +85,33 @@ def test_quality_is_averaged_per_attribute_and_the_bar_is_judged_per_seed(pool_s
     current = json.loads((tmp_path / "current" / "quality.json").read_text())
     assert current["methods"]["ddm:topk"]["mean"] == pytest.approx(0.75)
     assert json.loads((tmp_path / "current" / "headline.json").read_text()) == written
+
+
+def test_runs_that_saved_their_replicates_pool_exactly(pool_script, tmp_path):
+    """With every run's replicates on disk the pooled interval is the percentile interval of all of them together,
+    and the rule is decided on it, even where the per-seed bounds straddle 1."""
+    import numpy as np
+
+    from lib.evaluate.distances import DistanceResult, Interval, save_replicates
+
+    ratios = [[1.5, 1.2, 1.8], [1.6, 0.95, 1.9], [1.55, 1.25, 1.85]]  # bounds alone: undecided
+    rng = np.random.default_rng(0)
+    draws = {}
+    runs = []
+    for seed, ratio in enumerate(ratios):
+        folder = _run(tmp_path / f"s{seed}", seed, ratio)
+        headline = json.loads((folder / "headline.json").read_text())
+        (folder / "headline.json").write_text(json.dumps({**headline, "head_method": "ddm:topk"}))
+        draws[seed] = rng.normal(ratio[0], 0.1, 200)
+        iv = Interval(ratio[0], ratio[1], ratio[2], draws[seed])
+        result = DistanceResult(iv, iv, iv, 0.0, 10, {}, 10, 10)
+        save_replicates(folder / f"replicates-s{seed}.npz", {"ddm:topk": result},
+                        {("monolith", "ddm:topk"): {"fd_inf": iv, "kid": iv}})  # fmt: skip
+        runs.append(pool_script.load_run(folder))
+    pooled = pool_script.pool(runs)["ratio_fd_inf"]
+    everything = np.concatenate(list(draws.values()))
+    assert pooled["pooled_interval"] == pytest.approx(list(np.percentile(everything, [2.5, 97.5])), abs=1e-4)
+    assert pooled["decision"] == "claimed"  # the exact interval lies above 1 and mean - 2 sd > 1
+    assert "(exact)" in pool_script.markdown(pool_script.pool(runs))
+    (tmp_path / "s2" / "replicates-s2.npz").unlink()  # one run without replicates: back to the bounds
+    assert "pooled_interval" not in pool_script.pool(runs)["ratio_fd_inf"]
