@@ -797,7 +797,7 @@ def machine_info(device: str) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/bench.yaml", help="run config (YAML)")
-    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/v5, or .../smoke)")
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/v6, or .../smoke)")
     parser.add_argument("--work", default=None, help="working folder for data and models (default cfg.output_dir)")
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides, e.g. expert.steps=10"
@@ -824,7 +824,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     timer = StageTimer()
     cfg = bench_config(args.config, args.smoke, args.set)
-    out = Path(args.out or ("benchmarks/results/smoke" if args.smoke else "benchmarks/results/v5"))
+    out = Path(args.out or ("benchmarks/results/smoke" if args.smoke else "benchmarks/results/v6"))
     work = Path(args.work or cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)

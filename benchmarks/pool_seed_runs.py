@@ -100,7 +100,10 @@ def pooled_replicates(runs: list[dict], key: str) -> np.ndarray | None:
     files = [Path(r["folder"]) / f"replicates-s{r['seed']}.npz" for r in runs]
     if head is None or not all(f.is_file() for f in files):
         return None
-    return np.concatenate([load_replicates(f)[f"ratio|{BASELINE}|{head}|{key}"].replicates for f in files])
+    parts = [load_replicates(f)[f"ratio|{BASELINE}|{head}|{key}"].replicates for f in files]
+    if any(len(p) == 0 for p in parts):  # a seed whose ratio was undefined leaves the pooled interval undefined
+        return np.array([np.nan])
+    return np.concatenate(parts)
 
 
 def pool_quality(runs: list[dict]) -> dict:

@@ -508,14 +508,15 @@ def save_replicates(
     Why: a run keeps its intervals, but pooling training seeds that ran in separate sessions needs the replicates
     themselves (the pooled interval is the percentile interval of all seeds' replicates together). Keys read
     ``method|<name>|<metric>`` and ``ratio|<numerator>|<denominator>|<metric>``, each with a ``|mean`` twin.
-    Plain arrays only, written atomically: ``load_replicates`` reads it without unpickling anything.
+    An interval without replicates (a ratio whose denominator reaches 0, reported as NaN) is stored as an empty
+    array and loads with a NaN interval. Plain arrays only, written atomically: ``load_replicates`` reads it
+    without unpickling anything.
     """
     arrays: dict[str, np.ndarray] = {}
 
-    def put(key: str, interval: Interval) -> None:
-        if interval.replicates is None:
-            raise ValueError(f"save_replicates: {key} has no replicates (was it made by score_sets?)")
-        arrays[key] = np.asarray(interval.replicates, dtype=np.float64)
+    def put(key: str, interval: Interval) -> None:  # no replicates (a ratio left undefined): an empty array
+        reps = interval.replicates if interval.replicates is not None else np.empty(0)
+        arrays[key] = np.asarray(reps, dtype=np.float64)
         arrays[f"{key}|mean"] = np.asarray([interval.mean], dtype=np.float64)
 
     for method, result in results.items():
@@ -538,6 +539,7 @@ def load_replicates(path: str | Path) -> dict[str, Interval]:
         out = {}
         for key in keys:
             reps = data[key]
-            low, high = np.percentile(reps, [2.5, 97.5]) if np.isfinite(reps).all() else (float("nan"),) * 2
+            defined = len(reps) > 0 and np.isfinite(reps).all()
+            low, high = np.percentile(reps, [2.5, 97.5]) if defined else (float("nan"),) * 2
             out[key] = Interval(float(data[f"{key}|mean"][0]), float(low), float(high), reps)
     return out
