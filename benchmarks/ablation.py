@@ -46,12 +46,12 @@ sys.path.insert(0, str(ROOT))
 from lib.config import (  # noqa: E402
     EncodeConfig,
     RunConfig,
-    config_from_dict,
     config_to_dict,
     load_config,
     replace_in,
     with_overrides,
 )
+from lib.io import atomic_write  # noqa: E402
 
 METHODS = ("monolith", "ddm:topk", "ddm:top1", "ddm:oracle")
 METRICS = ("kid_attrnet", "ratio_kid_attrnet", "fd_inf_attrnet", "ratio_fd_inf_attrnet", "attr_acc_attrnet",
@@ -156,8 +156,7 @@ def main() -> None:
     base = with_overrides(load_config(args.config), args.set)
     work = args.work or Path(f"{base.output_dir.rstrip('/')}-ablation")
     strategies = sorted(set(base.sample.compare_strategies) | {"oracle"})
-    cfg = replace_in(base, sample={"compare_strategies": strategies})
-    cfg = config_from_dict({**config_to_dict(cfg), "output_dir": str(work)})
+    cfg = replace_in(base, sample={"compare_strategies": strategies}, output_dir=str(work))
     results: list[dict[str, Any]] = []
     for index, (name, changes) in enumerate(rows(cfg, args.v5_router_steps)[: args.rows]):
         cfg = replace_in(cfg, **changes)
@@ -165,10 +164,9 @@ def main() -> None:
         seconds = run_row(cfg, folder)
         results.append({"row": name, "changes": changes, "seconds": seconds, **summarise(folder)})
         args.out.mkdir(parents=True, exist_ok=True)
-        tmp = args.out / "ablation.json.tmp"
         record = {"config": str(args.config), "set": args.set, "seed": cfg.seed, "rows": results}
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(args.out / "ablation.json")  # partial results survive a stopped run
+        # partial results survive a stopped run
+        atomic_write(args.out / "ablation.json", lambda tmp, r=record: tmp.write_text(json.dumps(r, indent=1) + "\n"))
         print(f"{name}: {seconds:.0f} s", flush=True)
     print(table(results))
 

@@ -49,10 +49,6 @@ LEVERS = {  # name: (expert.compile, expert.precision)
 }
 
 
-def _median_after(seconds: list[float], warmup: int) -> float:
-    return statistics.median(seconds[warmup:])
-
-
 def peak(dtype_name: str) -> dict[str, Any]:
     import torch
 
@@ -95,8 +91,8 @@ def expert_step(
         result = train(data, cfg, out, seed=0, name="bench", callbacks=[])
     seconds = result.log["seconds"].tolist()
     flops = flops_per_step(cfg, LATENT[0], LATENT[1:], text_len, 384)
-    return {"ms_per_step": 1e3 * _median_after(seconds, warmup), "first_steps_s": sum(seconds[:warmup]),
-            "gflops": flops / _median_after(seconds, warmup) / 1e9,
+    median = statistics.median(seconds[warmup:])
+    return {"ms_per_step": 1e3 * median, "first_steps_s": sum(seconds[:warmup]), "gflops": flops / median / 1e9,
             "final_loss": float(result.log["loss"].tail(10).mean())}  # fmt: skip
 
 
@@ -222,6 +218,7 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))  # the parent reads today's config; each child imports its own tree's lib
     from lib.config import EncodeConfig
+    from lib.io import atomic_write
 
     text_len = EncodeConfig().max_tokens  # today's caption length on every row, the baseline's included
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--text-len", str(text_len)]
@@ -266,9 +263,7 @@ def main() -> None:
               "peak_gflops": peaks, "steps": args.steps, "warmup": args.warmup, "rows": rows,
               "baseline_tree": str(args.baseline_tree) if args.baseline_tree else None}  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(args.json)
+    atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=1) + "\n"))
     print(f"\nrows written to {args.json}")
 
 

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from lib.config import load_config  # noqa: E402
 from lib.data.split import REFERENCE, TRAIN, VALIDATION, assign_roles  # noqa: E402
 from lib.encode.store import load_encoded, read_encoded_index  # noqa: E402
+from lib.io import atomic_write  # noqa: E402
 from lib.models.factory import load_expert  # noqa: E402
 from lib.train.heldout import heldout_loss  # noqa: E402
 from lib.train.trainer import TrainData, train  # noqa: E402
@@ -73,9 +74,7 @@ def main() -> None:
     print(f"held-out loss, lever effect per seed {[round(g, 4) for g in lever_gap]}, "
           f"seed effect per lever {[round(g, 4) for g in seed_gap]}")  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    tmp.replace(args.json)
+    atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(summary, indent=1) + "\n"))
 
 
 if __name__ == "__main__":
