@@ -45,7 +45,7 @@ from lib.io import atomic_write
 from lib.models.router import RouterModel
 from lib.progress import progress
 from lib.seeding import derive_seed
-from lib.train.trainer import sample_timesteps
+from lib.train.trainer import flow_matching_batch, sample_timesteps
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def _router_probs(
             x0 = latents[start : start + batch_size]
             t = draw_t(x0.shape[0])
             eps = torch.randn(x0.shape, generator=generator)
-            x_t = (1 - t).view(-1, 1, 1, 1, 1) * x0 + t.view(-1, 1, 1, 1, 1) * eps
+            x_t, _ = flow_matching_batch(x0, t, eps)
             logits = model(x_t.to(device), t.to(device), pooled[start : start + batch_size].to(device))
             probs.append(logits.float().softmax(dim=1).cpu())
     return torch.cat(probs)
@@ -350,7 +350,7 @@ def train_router(
         x0, y = latents[pick], labels[pick]
         t = router_timesteps(cfg.batch_size, cfg, gen)
         eps = torch.randn(x0.shape, generator=gen)
-        x_t = (1 - t).view(-1, 1, 1, 1, 1) * x0 + t.view(-1, 1, 1, 1, 1) * eps
+        x_t, _ = flow_matching_batch(x0, t, eps)
         logits = model(x_t.to(device), t.to(device), pooled[pick].to(device))
         loss = F.cross_entropy(logits.float(), y.to(device))
         if not math.isfinite(loss.item()):
