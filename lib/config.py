@@ -11,7 +11,9 @@ Validation happens in ``__post_init__`` so that a bad value is refused wherever 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -477,7 +479,9 @@ def _build(cls: type, values: Any, where: str) -> Any:
     unknown = sorted(set(values) - set(known))
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; known: {', '.join(sorted(known))}")
+        hints = [f"{prefix}{k} (did you mean {prefix}{close[0]}?)" if (close := _close_key(k, known)) else prefix + k
+                 for k in unknown]  # fmt: skip
+        raise ConfigError(f"unknown key(s) {', '.join(hints)}; known: {', '.join(sorted(known))}")
     kwargs = {}
     for name, value in values.items():
         dotted = f"{where}.{name}" if where else name
@@ -489,11 +493,22 @@ def _build(cls: type, values: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+def _close_key(key: str, known: dict[str, Any]) -> list[str]:
+    return difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+
+
+# PyYAML follows YAML 1.1, where a float needs a dot: `1e-3` arrives as the string "1e-3". Users write it anyway.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, default: Any, where: str) -> Any:
-    """Accept a YAML value only where its type matches the field's default (ints widen to float)."""
+    """Accept a YAML value only where its type matches the field's default (ints widen to float, and a float field
+    takes `1e-3`, which YAML 1.1 reads as a string)."""
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif isinstance(default, int):
@@ -544,14 +559,40 @@ def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    values = _read_yaml(path)
     try:
         return config_from_dict(values)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _read_yaml(path: Path) -> Any:
+    """The file's YAML, or one line naming file, line and column of a syntax error (PyYAML's own message spans
+    several lines and, through pyflyte, a 200-line traceback)."""
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = " ".join(part for part in (exc.context, exc.problem) if part)
+        raise ConfigError(f"{where}: not valid YAML: {what}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def cli_config_error(argv: list[str]) -> str | None:
+    """What is wrong with the ``--cfg`` file of a ``pyflyte run`` command line, in one line, or None.
+
+    Why: pyflyte parses ``--cfg`` itself before any project code runs and shows a mistake as a long traceback;
+    ``workflows/__init__.py`` calls this first and prints the line instead.
+    """
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag == "--cfg" and value.endswith((".yaml", ".yml")) and Path(value).is_file():
+            try:
+                load_config(value)
+            except ConfigError as exc:
+                return str(exc)
+    return None
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -581,19 +622,8 @@ def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
         section, dot, name = key.partition(".")
         _check(bool(sep and dot and name), item, "expected section.field=value, e.g. data.themed_scenes=true")
         _check(section in values, item, f"unknown section {section!r}")
-        values[section][name] = _scalar(raw)
+        values[section][name] = yaml.safe_load(raw)
     return config_from_dict(values)
-
-
-def _scalar(raw: str) -> Any:
-    """A YAML scalar, except that ``1e-3`` is a number (YAML 1.1 reads exponents without a dot as strings)."""
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def build_section(cls: type, values: Any, where: str) -> Any:

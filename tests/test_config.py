@@ -1,5 +1,9 @@
+import dataclasses
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,7 +35,8 @@ def test_tiny_is_the_cpu_default():
 def test_unknown_key_is_named_with_its_section(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("expert:\n  stepz: 3\n")
-    with pytest.raises(ConfigError, match=r"c.yaml: unknown key\(s\) expert.stepz; known: .*steps"):
+    hint = r"expert.stepz \(did you mean expert.steps\?\)"
+    with pytest.raises(ConfigError, match=rf"c.yaml: unknown key\(s\) {hint}; known: .*steps"):
         load_config(f)
 
 
@@ -100,9 +105,28 @@ def test_missing_and_invalid_files(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("data: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    bad.write_text("seed: 1\ndata: [unclosed\n")
+    where = re.escape(str(bad))
+    with pytest.raises(ConfigError, match=rf"^{where}:3:1: not valid YAML: while parsing a flow sequence"):
         load_config(bad)
+
+
+def test_floats_in_scientific_notation_and_did_you_mean(tmp_path):
+    """PyYAML reads `1e-3` as a string (YAML 1.1); a float field takes it, a string field keeps it as written."""
+    f = tmp_path / "c.yaml"
+    f.write_text("expert:\n  lr: 1e-3\n  weight_decay: 2.5E-1\noutput_dir: 1e-3\n")
+    cfg = load_config(f)
+    assert cfg.expert.lr == 1e-3 and cfg.expert.weight_decay == 0.25 and cfg.output_dir == "1e-3"
+    f.write_text("expert:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match="expert.lr: expected float, got str 'fast'"):
+        load_config(f)
+    f.write_text("expert:\n  stepz: 3\n  learning_rate: 1\nroutr: {}\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) routr \(did you mean router\?\)") as err:
+        load_config(f)
+    f.write_text("expert:\n  stepz: 3\n  learning_rate: 1\n")
+    with pytest.raises(ConfigError, match=r"expert.learning_rate, expert.stepz \(did you mean expert.steps\?\)"):
+        load_config(f)
+    assert "did you mean" not in str(err.value).split("routr")[0]
 
 
 def test_command_line_overrides_parse_yaml_values_and_name_bad_ones():
@@ -137,3 +161,26 @@ def test_pyflyte_takes_the_yaml_path_and_its_errors_name_file_field_and_allowed_
         cli.convert(str(bad), None, None)
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad))}: encode.codec"):
         load_config(bad)
+
+
+def _pyflyte(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FLYTE_SDK_LOGGING_LEVEL": "40"}
+    command = [str(Path(sys.executable).parent / "pyflyte"), "run", "workflows/pipeline.py", "pipeline", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_pyflyte_reports_a_bad_config_file_in_one_line_and_its_help_says_what_cfg_takes(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("expert:\n  lr: [1e-3\n  steps: 3\n")
+    run = _pyflyte("--cfg", str(bad))
+    assert run.returncode != 0
+    expected = "not valid YAML: while parsing a flow sequence expected ',' or ']', but got ':'"
+    assert run.stderr.strip() == f"error: {bad}:3:8: {expected}"
+    bad.write_text("expert:\n  stepz: 3\n")
+    run = _pyflyte("--cfg", str(bad))
+    assert run.returncode != 0 and len(run.stderr.strip().splitlines()) == 1
+    assert "expert.stepz (did you mean expert.steps?)" in run.stderr
+    help_text = " ".join(_pyflyte("--help").stdout.split())
+    assert "a YAML run config file, e.g. configs/tiny.yaml" in help_text
+    for section in [f.name for f in dataclasses.fields(RunConfig)]:
+        assert section in help_text.split("Options")[0], section

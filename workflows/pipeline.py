@@ -17,7 +17,18 @@ from workflows.train import ddm_stage
 
 @workflow
 def pipeline(cfg: RunConfig = RunConfig()) -> str:
-    """Returns where the results (DDM folder, monolith, samples, contact sheet, reports) were persisted."""
+    """The whole pipeline: data to a DDM and its monolith, sampled and evaluated; returns where the results
+    (DDM folder, monolith, samples, contact sheet, reports, summary.md, config.yaml) were persisted.
+
+    Args:
+        cfg: a YAML run config file, e.g. configs/tiny.yaml (CPU, minutes), configs/bench.yaml (the benchmark) or
+            configs/paper.yaml (GPU cluster), or the same as inline JSON. Every key is optional; unknown keys and bad
+            values are refused by name. Sections: seed and output_dir (top level), data (built-in clips or your
+            videos), encode (text encoder, latent codec), codec (the learned VAE), cluster (embedders, K), expert
+            (network, steps, lr, levers), router, sample (routing strategy, steps, CFG), eval (feature networks,
+            bootstrap), resources (CPU/GPU per task, GPU pool), distill, extend. Every field: README "Configuration
+            reference".
+    """
     shards, index, attributes, encoded, assignments, _, centroids = cluster_stage(cfg=cfg)
     ddm, monolith, router_report = ddm_stage(cfg=cfg, encoded=encoded, assignments=assignments, centroids=centroids)
     featnet, featnet_note = train_featnet(
