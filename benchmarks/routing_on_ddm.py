@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     for strategy in args.strategies:
         t0 = time.perf_counter()
         result = pipe.generate(
-            prompts["caption"].tolist(), num_steps=s.num_steps, guidance_scale=s.guidance_scale, strategy=strategy,
-            top_k=s.top_k, seed=sampling_seed(cfg.seed), batch_size=s.batch_size,
+            prompts["caption"].tolist(), num_inference_steps=s.num_steps, guidance_scale=s.guidance_scale,
+            strategy=strategy, top_k=s.top_k, seed=sampling_seed(cfg.seed), batch_size=s.batch_size,
             prompt_keys=prompts["prompt_id"].tolist(), shift=s.shift,
         )  # fmt: skip
         videos[f"ddm:{strategy}"] = result.videos

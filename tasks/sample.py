@@ -1,6 +1,7 @@
 """Assemble the DDM folder, fix the prompt set, and sample every compared method on it."""
 
 import json
+from pathlib import Path
 
 from flytekit import Cache, Deck, Resources, task
 from flytekit.types.directory import FlyteDirectory
@@ -14,7 +15,7 @@ from data_schemas.sample import PromptSet
 from lib.config import ClusterConfig, EncodeConfig, SampleConfig
 from lib.encode.store import read_codec_info
 from lib.sample.methods import gallery_html, sample_methods
-from lib.sample.pipeline import DDMPipeline, assemble_ddm, clustering_record
+from lib.sample.pipeline import MANIFEST, DDMPipeline, assemble_ddm, assemble_single, clustering_record
 from lib.sample.prompts import stratified_prompts
 from tasks.common import publish_stage, stage_dir, uri_of
 from tasks.image import TASK_IMAGE
@@ -44,6 +45,24 @@ def assemble_ddm_task(
     return FlyteDirectory(publish_stage(output_dir, out))
 
 
+@task(container_image=TASK_IMAGE, cache=Cache(version="assemble-single-v1"), requests=Resources(cpu="1", mem="2Gi"))
+def assemble_single_task(
+    encode_cfg: EncodeConfig, model: FlyteDirectory, encoded: FlyteDirectory, name: str, output_dir: str
+) -> FlyteDirectory:
+    """The monolith or a student as a K = 1 DDM folder, which ``DDMPipeline.from_pretrained`` loads anywhere."""
+    out = stage_dir(output_dir, "single", name, uri_of(model), uri_of(encoded)) / name
+    assemble_single(out, model.download(), read_codec_info(encoded.download()), encode_cfg)
+    print(f"{name}: loadable alone -> {out}", flush=True)
+    return FlyteDirectory(publish_stage(output_dir, out))
+
+
+def load_for_sampling(folder: str, encoded_info: dict) -> DDMPipeline:
+    """An assembled folder (a DDM, or one model with its codec) or, as re-evaluation may pass, a trainer's folder."""
+    if (Path(folder) / MANIFEST).is_file():
+        return DDMPipeline.from_pretrained(folder)
+    return DDMPipeline.from_single(folder, encoded_info)
+
+
 @task(container_image=TASK_IMAGE, cache=Cache(version="prompts-v2"))
 def make_prompts(
     cfg: SampleConfig, seed: int, assignments: DataFrame[ClusterAssignment], index: DataFrame[ClipIndex]
@@ -71,7 +90,7 @@ def sample_task(
     """Videos of the DDM (each strategy), each expert alone and the monolith: one per prompt, paired noise."""
     out = stage_dir(output_dir, "samples", cfg, seed, uri_of(ddm), uri_of(monolith), prompts.to_json())
     info = read_codec_info(encoded.download())
-    pipe, mono = DDMPipeline.from_pretrained(ddm.download()), DDMPipeline.from_single(monolith.download(), info)
+    pipe, mono = DDMPipeline.from_pretrained(ddm.download()), load_for_sampling(monolith.download(), info)
     result = sample_methods(pipe, mono, prompts, cfg, seed, out)
     Deck("samples", gallery_html(out, list(result.videos), prompts["caption"].tolist()))
     rates = {m: round(len(prompts) / s, 2) for m, s in result.seconds.items()}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import fsspec
 import pandas as pd
+import yaml
 from flytekit import task
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
@@ -14,12 +15,16 @@ from pandera.typing import DataFrame
 
 from data_schemas.evaluate import EvalReport
 from data_schemas.router import RouterReport
+from lib.config import RunConfig, config_to_dict
 from lib.evaluate.compare import headline
 from lib.io import persist
 from lib.storage import StorageError, check_output_dir, is_remote, publish_dir, resolve
 from lib.train.router import report_line
 from tasks.common import tracker_for
 from tasks.image import TASK_IMAGE
+
+SUMMARY = "summary.md"
+CONFIG = "config.yaml"
 
 
 @task(container_image=TASK_IMAGE, cache=False)
@@ -38,7 +43,7 @@ def as_directory(uri: str) -> FlyteDirectory:
 
 @task(container_image=TASK_IMAGE, cache=False)
 def summarize(
-    output_dir: str,
+    cfg: RunConfig,
     results_name: str,
     report: DataFrame[EvalReport],
     featnet_note: str,
@@ -48,12 +53,15 @@ def summarize(
     sheet: FlyteFile,
     router_report: DataFrame[RouterReport] | None = None,
 ) -> str:
-    """Copies the DDM folder, monolith, samples, contact sheet (``samples.png``, from ``evaluate_task``) and reports
-    to ``<output_dir>/<results_name>``; returns that path.
+    """Copies the DDM folder, monolith, samples, contact sheet (``samples.png``, from ``evaluate_task``), reports,
+    the printed summary (``summary.md``) and the resolved config (``config.yaml``) to
+    ``<cfg.output_dir>/<results_name>``; returns that path.
 
     On an object store the results are published as one folder (``lib.storage.publish_dir``): ``<dest>/ddm`` and
     the others resolve through ``<dest>/PUBLISHED.json``, and two runs finishing at once never mix their files."""
+    output_dir = cfg.output_dir
     dest = f"{output_dir.rstrip('/')}/{results_name}"
+    text = summary_text(dest, report, featnet_note, Path(ddm.download()), router_report)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp)
         for name, folder in (("ddm", ddm), ("monolith", monolith), ("samples", samples)):
@@ -62,6 +70,8 @@ def summarize(
         report.to_parquet(staged / "eval_report.parquet", index=False)
         if router_report is not None:  # re-evaluation trains no router
             router_report.to_parquet(staged / "router_report.parquet", index=False)
+        (staged / SUMMARY).write_text(f"```\n{text}\n```\n")
+        (staged / CONFIG).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         if is_remote(output_dir):
             check_output_dir(output_dir)
             publish_dir(staged, dest)
@@ -82,7 +92,16 @@ def summarize(
         tracker.log_metrics(run_id, [{"step": 0, **{f"{r.metric}.{r.method}".replace(":", "_"): r.mean
                                                      for r in main.itertuples() if pd.notna(r.mean)}}])  # fmt: skip
         tracker.finish(run_id)
-    missing = json.loads((Path(ddm.path) / "ddm.json").read_text()).get("missing_experts", [])
+    print(text, flush=True)
+    return dest
+
+
+def summary_text(
+    dest: str, report: pd.DataFrame, featnet_note: str, ddm: Path, router_report: pd.DataFrame | None
+) -> str:
+    """What a person reads first: printed at the end of a run and kept as ``summary.md`` beside the results."""
+    missing = json.loads((ddm / "ddm.json").read_text()).get("missing_experts", [])
+    reports = f"{dest}/eval_report.parquet" + (" and router_report.parquet" if router_report is not None else "")
     lines = [
         "=" * 100,
         "ddm-flyte run summary: held-out prompts, 95 % paired bootstrap intervals; metric names carry their feature "
@@ -91,12 +110,12 @@ def summarize(
         featnet_note,
         f"experts missing (failed training, excluded from routing): {missing}" if missing else "all experts trained",
         "router accuracy by t: " + (report_line(router_report) if router_report is not None else "not retrained"),
-        f"DDM (load with DDMPipeline.from_pretrained): {dest}/ddm",
-        f"monolith: {dest}/monolith   samples (GIFs per method): {dest}/samples/gifs",
+        f"DDM: {dest}/ddm   monolith: {dest}/monolith   (each loads with DDMPipeline.from_pretrained)",
+        f"samples (GIFs per method): {dest}/samples/gifs",
         f"contact sheet (real prompt clips above every method, same prompts): {dest}/samples.png",
-        f"reports: {dest}/eval_report.parquet (and router_report.parquet); Decks: clusters, training curves, "
-        "samples, evaluation (the Flyte console; locally deck.html files under TMPDIR)",
+        f"reports: {reports}; this summary: {dest}/{SUMMARY}; the resolved config: {dest}/{CONFIG}",
+        "Decks (clusters, training curves, samples, evaluation): the Flyte console; locally deck.html files under "
+        "TMPDIR",
         "=" * 100,
     ]
-    print("\n".join(lines), flush=True)
-    return dest
+    return "\n".join(lines)

@@ -4,6 +4,8 @@ Two 1-layer experts and a router trained for a few steps on built-in 4x16x16 cli
 """
 
 import dataclasses
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,7 +112,7 @@ def test_student_trains_loads_as_a_single_model_and_is_reused(run, tmp_path):
     assert teacher.stats.total_rows > 0
     assert load_expert(result.model_dir).config.num_layers == 1
     pipe = DDMPipeline.from_single(result.model_dir, run["info"])
-    videos = pipe(["a red circle moving left"], num_steps=2, guidance_scale=2.0, seed=0)
+    videos = pipe(["a red circle moving left"], num_inference_steps=2, guidance_scale=2.0, seed=0).frames
     assert videos.shape == (1, 4, 16, 16, 3) and videos.dtype == np.uint8
     again, _ = distill_student(cfg, run["ddm"], run["data"], tmp_path / "student", callbacks=[])
     assert again.skipped
@@ -138,7 +140,9 @@ def test_distill_workflow_end_to_end_and_rerun_reuses_the_student(tmp_path, capf
         output_dir=str(tmp_path / "out"),
     )
     student = distill_wf(cfg=cfg)
-    assert load_expert(student.path).config.num_layers == 1
+    assert load_expert(Path(student.path) / "experts" / "expert-00").config.num_layers == 1
+    moved = shutil.copytree(student.path, tmp_path / "moved-student")  # loads alone, wherever it lies
+    assert DDMPipeline.from_pretrained(moved)("a ball", num_inference_steps=1).frames.shape[0] == 1
     first = capfd.readouterr().out
     assert "student: trained 4 steps" in first and "teacher expert rows" in first
     distill_wf(cfg=cfg)

@@ -110,7 +110,7 @@ def test_grown_ddm_reuses_the_parents_experts_byte_for_byte_and_trains_only_the_
 
     pipe = DDMPipeline.from_pretrained(grown)
     assert pipe.num_experts == 3
-    videos = pipe(["a red circle moving left on a black checkerboard", "a ball"], num_steps=2, seed=0)
+    videos = pipe(["a red circle moving left on a black checkerboard", "a ball"], num_inference_steps=2, seed=0).frames
     assert videos.shape == (2, 4, 16, 16, 3) and videos.dtype == np.uint8
 
     # a rerun trains nothing: the parent's experts and the new one are all reused

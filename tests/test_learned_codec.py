@@ -144,5 +144,5 @@ def test_learned_codec_travels_with_the_encoded_folder_and_the_ddm(trained, tmp_
     assert (ddm / VAE_DIR / "config.json").is_file()
     shutil.rmtree(tmp_path / "moved-enc")
     shutil.move(ddm, tmp_path / "moved-ddm")
-    videos = DDMPipeline.from_pretrained(tmp_path / "moved-ddm")(["a red ball"], num_steps=2, seed=0)
+    videos = DDMPipeline.from_pretrained(tmp_path / "moved-ddm")(["a red ball"], num_inference_steps=2, seed=0).frames
     assert videos.shape == (1, 4, 16, 16, 3) and videos.dtype == np.uint8

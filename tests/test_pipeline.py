@@ -24,7 +24,7 @@ from lib.config import EncodeConfig, ExpertConfig, RouterConfig
 from lib.data.procedural import iter_builtin_clips
 from lib.encode.codec import PixelCodec
 from lib.encode.text import TextEncoder
-from lib.sample.pipeline import MANIFEST, DDMLoadError, DDMPipeline, assemble_ddm, save_videos
+from lib.sample.pipeline import MANIFEST, DDMLoadError, DDMPipeline, assemble_ddm, assemble_single, save_videos
 from lib.sample.prompts import proportional_counts, stratified_prompts
 from lib.train.router import train_router
 from lib.train.trainer import TrainCallback, TrainData, train
@@ -33,7 +33,7 @@ K = 2
 EXPERT = ExpertConfig(num_layers=1, num_heads=2, head_dim=8, ffn_dim=32, patch_size=[2, 4, 4], steps=4, batch_size=8,
                       warmup_steps=1, checkpoint_every=100)  # fmt: skip
 ROUTER = RouterConfig(num_layers=1, num_heads=2, hidden_dim=16, patch_size=[2, 8, 8], steps=5, batch_size=8)
-SAMPLE = {"num_steps": 4, "guidance_scale": 4.0}
+SAMPLE = {"num_inference_steps": 4, "guidance_scale": 4.0}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -111,14 +111,14 @@ def test_manifest_records_experts_router_codec_text_and_centroids(ddm_dir, train
 
 
 def test_fresh_process_gives_the_same_videos(pipe, ddm_dir, prompts, tmp_path):
-    here = pipe(prompts, seed=3, strategy="topk", **SAMPLE)
+    here = pipe(prompts, seed=3, strategy="topk", **SAMPLE).frames
     assert here.dtype == np.uint8 and here.shape == (len(prompts), 4, 16, 16, 3)
     out = tmp_path / "videos.npy"
     code = (
         "import json, sys, numpy as np, torch; torch.set_num_threads(1)\n"
         "from lib.sample.pipeline import DDMPipeline\n"
         f"p = DDMPipeline.from_pretrained({str(ddm_dir)!r})\n"
-        f"np.save({str(out)!r}, p({prompts!r}, seed=3, strategy='topk', **{SAMPLE!r}))\n"
+        f"np.save({str(out)!r}, p({prompts!r}, seed=3, strategy='topk', **{SAMPLE!r}).frames)\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     np.testing.assert_array_equal(np.load(out), here)
@@ -126,8 +126,8 @@ def test_fresh_process_gives_the_same_videos(pipe, ddm_dir, prompts, tmp_path):
 
 def test_seeds_batch_size_and_routing_weights(pipe, prompts):
     a = pipe.generate(prompts, seed=0, strategy="topk", batch_size=2, **SAMPLE)
-    again = pipe(prompts, seed=0, strategy="topk", batch_size=2, **SAMPLE)
-    other = pipe(prompts, seed=1, strategy="topk", batch_size=2, **SAMPLE)
+    again = pipe(prompts, seed=0, strategy="topk", batch_size=2, **SAMPLE).frames
+    other = pipe(prompts, seed=1, strategy="topk", batch_size=2, **SAMPLE).frames
     np.testing.assert_array_equal(a.videos, again)
     assert np.abs(a.videos.astype(int) - other.astype(int)).mean() > 1.0
     # prompt i's noise and video do not depend on the batch size or on the other prompts
@@ -137,13 +137,13 @@ def test_seeds_batch_size_and_routing_weights(pipe, prompts):
     torch.testing.assert_close(alone.result.x0[0], a.result.x0[2], atol=1e-4, rtol=0)
     # topk with K = 2 keeps both experts, renormalised; top1 keeps one
     w = a.result.weights
-    assert w.shape == (SAMPLE["num_steps"], len(prompts), K)
+    assert w.shape == (SAMPLE["num_inference_steps"], len(prompts), K)
     torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:2]))
     top1 = pipe.generate(prompts, seed=0, strategy="top1", **SAMPLE).result.weights
     assert ((top1 > 0).sum(-1) == 1).all()
     oracle = pipe.generate(prompts, seed=0, strategy="oracle", oracle_clusters=[0, 1, 1, 0, 1], **SAMPLE)
-    assert oracle.result.weights[:, :, 1].tolist() == [[0.0, 1.0, 1.0, 0.0, 1.0]] * SAMPLE["num_steps"]
-    assert oracle.result.stats.router_calls == 0 and a.result.stats.router_calls == 3 * SAMPLE["num_steps"]
+    assert oracle.result.weights[:, :, 1].tolist() == [[0.0, 1.0, 1.0, 0.0, 1.0]] * SAMPLE["num_inference_steps"]
+    assert oracle.result.stats.router_calls == 0 and a.result.stats.router_calls == 3 * SAMPLE["num_inference_steps"]
 
 
 def test_sample_routing_and_schedules_in_the_pipeline_are_paired_and_batch_free(pipe, prompts):
@@ -162,7 +162,7 @@ def test_sample_routing_and_schedules_in_the_pipeline_are_paired_and_batch_free(
     scheduled = pipe.generate(prompts, seed=0, strategy="topk>top1@0.5", **SAMPLE).result
     late = scheduled.timesteps <= 0.5
     assert ((scheduled.weights[~late] > 0).sum(-1) == K).all() and ((scheduled.weights[late] > 0).sum(-1) == 1).all()
-    videos = pipe(prompts, seed=0, strategy="sample>top1@0.5", **SAMPLE)
+    videos = pipe(prompts, seed=0, strategy="sample>top1@0.5", **SAMPLE).frames
     assert videos.shape[0] == len(prompts) and videos.dtype == np.uint8
     with pytest.raises(ValueError, match="expert 5 is not one of its experts"):
         pipe(prompts, strategy="topk>expert:5@0.5", **SAMPLE)
@@ -172,15 +172,53 @@ def test_single_models_share_the_noise_of_the_ddm(pipe, trained, prompts):
     """Paired comparison: the DDM run as expert 0 alone equals expert 0 loaded as a single model."""
     single = DDMPipeline.from_single(trained["experts"][0], trained["info"])
     torch.testing.assert_close(single.noise(5, seed=7), pipe.noise(5, seed=7), atol=0, rtol=0)
-    np.testing.assert_array_equal(single(prompts, seed=7, strategy="topk", **SAMPLE),
-                                  pipe(prompts, seed=7, strategy="expert:0", **SAMPLE))  # fmt: skip
+    np.testing.assert_array_equal(single(prompts, seed=7, strategy="topk", **SAMPLE).frames,
+                                  pipe(prompts, seed=7, strategy="expert:0", **SAMPLE).frames)  # fmt: skip
     mono = DDMPipeline.from_single(trained["monolith"], trained["info"])
     assert mono.num_experts == 1 and mono.router is None
     routed = mono.generate(prompts, seed=7, strategy="full", **SAMPLE)  # any strategy runs the one model
-    np.testing.assert_array_equal(routed.videos, mono(prompts, seed=7, strategy="expert:0", **SAMPLE))
+    np.testing.assert_array_equal(routed.videos, mono(prompts, seed=7, strategy="expert:0", **SAMPLE).frames)
     assert routed.result.stats.router_calls == 0
     with pytest.raises(ValueError, match="expert 1 is not one of its experts"):
         mono(prompts, strategy="expert:1", **SAMPLE)
+
+
+def test_diffusers_conventions_and_the_old_names(pipe, prompts):
+    """``num_inference_steps``, ``generator`` and an output with ``.frames`` as in diffusers; ``num_steps`` still
+    works for one version, with a DeprecationWarning."""
+    out = pipe(prompts[:2], num_inference_steps=2, seed=5)
+    assert out.frames is out.videos and out.frames.shape == (2, 4, 16, 16, 3) and out.result.weights.shape[0] == 2
+    by_generator = pipe(prompts[:2], num_inference_steps=2, generator=torch.Generator().manual_seed(5)).frames
+    np.testing.assert_array_equal(by_generator, out.frames)
+    with pytest.warns(DeprecationWarning, match="num_steps is deprecated.*num_inference_steps"):
+        old = pipe(prompts[:2], num_steps=2, seed=5).frames
+    np.testing.assert_array_equal(old, out.frames)
+    (frames,) = pipe(prompts[:2], num_inference_steps=2, seed=5, return_dict=False)
+    np.testing.assert_array_equal(frames, out.frames)
+    np.testing.assert_array_equal(pipe(prompts[0], num_inference_steps=2, seed=5).frames, out.frames[:1])
+    with pytest.raises(ValueError, match="seed or generator, not both"):
+        pipe(prompts[:1], seed=1, generator=torch.Generator())
+
+
+def test_every_model_folder_loads_alone_wherever_it_is_moved(pipe, trained, ddm_dir, prompts, tmp_path):
+    """The DDM, the monolith (assembled with its codec), one expert inside a DDM folder: each loads from its own
+    path after a move and draws what it drew before; a bare trainer folder says how to load it."""
+    moved_ddm = shutil.copytree(ddm_dir, tmp_path / "elsewhere" / "ddm")
+    kwargs = {"num_inference_steps": 2, "seed": 1}
+    np.testing.assert_array_equal(DDMPipeline.from_pretrained(moved_ddm)(prompts, **kwargs).frames,
+                                  pipe(prompts, **kwargs).frames)  # fmt: skip
+    mono = assemble_single(trained["root"] / "mono-alone", trained["monolith"], trained["info"], EncodeConfig())
+    moved_mono = shutil.copytree(mono, tmp_path / "elsewhere" / "monolith")
+    shutil.rmtree(mono)
+    from_trainer = DDMPipeline.from_single(trained["monolith"], trained["info"])
+    np.testing.assert_array_equal(DDMPipeline.from_pretrained(moved_mono)(prompts, **kwargs).frames,
+                                  from_trainer(prompts, **kwargs).frames)  # fmt: skip
+    expert = DDMPipeline.from_pretrained(moved_ddm / "experts" / "expert-01")
+    assert expert.num_experts == 1 and expert.router is None
+    np.testing.assert_array_equal(expert(prompts, **kwargs).frames,
+                                  pipe(prompts, strategy="expert:1", **kwargs).frames)  # fmt: skip
+    with pytest.raises(DDMLoadError, match=r"a trainer's model folder.*from_single\(folder, codec_info\)"):
+        DDMPipeline.from_pretrained(trained["monolith"])
 
 
 def test_missing_expert_is_excluded(trained, prompts):
@@ -289,7 +327,7 @@ def test_eps_conversion_settings_reach_the_sampler(pipe, prompts, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "sample_ddm", spy)
-    pipe(prompts[:3], strategy="topk", num_steps=1, batch_size=2, eps_x0_clamp=1.5, eps_alpha_floor=0.2)
+    pipe(prompts[:3], strategy="topk", num_inference_steps=1, batch_size=2, eps_x0_clamp=1.5, eps_alpha_floor=0.2)
     assert seen == [(1.5, 0.2), (1.5, 0.2)]
 
 
@@ -304,10 +342,10 @@ def test_unconditional_input_is_the_trainers_caption_dropout(pipe, prompts, monk
         return real(model, x_t, t, tokens, mask)
 
     monkeypatch.setattr(pipeline, "expert_forward", spy)
-    pipe(prompts[:2], strategy="expert:0", num_steps=1, guidance_scale=4.0)
+    pipe(prompts[:2], strategy="expert:0", num_inference_steps=1, guidance_scale=4.0)
     ((tokens, mask),) = seen
     assert tokens.shape[0] == 4 and mask[:2].any(dim=1).all() and not mask[2:].any()
     assert not tokens[2:].any()
     seen.clear()
-    pipe(prompts[:2], strategy="expert:0", num_steps=1, guidance_scale=1.0)  # no CFG: conditional half only
+    pipe(prompts[:2], strategy="expert:0", num_inference_steps=1, guidance_scale=1.0)  # no CFG: conditional half only
     assert seen[0][0].shape[0] == 2

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.config import RunConfig, config_to_dict, replace_in
+from lib.config import RunConfig, config_to_dict, load_config, replace_in
 from lib.sample.pipeline import DDMPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,6 +122,11 @@ def test_pipeline_cold_cached_and_downstream_reruns(tmp_path):
     assert (results / "eval_report.parquet").is_file() and list((results / "samples" / "gifs").glob("*.gif"))
     assert (results / "samples.png").read_bytes()[:8] == PNG_MAGIC  # the contact sheet, named in the summary
     assert f"contact sheet (real prompt clips above every method, same prompts): {results}/samples.png" in cold
+    summary = (results / "summary.md").read_text()  # the printed summary, kept beside the results
+    assert "ddm-flyte run summary" in summary and summary.strip("`\n") in cold
+    assert load_config(results / "config.yaml") == cfg  # the resolved config, reloadable as it ran
+    moved = shutil.copytree(results / "monolith", tmp_path / "moved" / "monolith")  # loads alone, anywhere
+    assert DDMPipeline.from_pretrained(moved).num_experts == 1
     _assert_tracked(out / "mlflow.db")
 
     for stale in Path("/tmp").glob("flyte-*"):  # Flyte's default temp folders: nothing may depend on them
@@ -158,7 +163,10 @@ def test_reevaluation_samples_existing_checkpoints(tmp_path):
         str(out / "results" / "monolith"),
     )
     assert not _trained(again) and "sample:" in again
+    assert "router_report.parquet" not in again and "router accuracy by t: not retrained" in again
     assert (out / "reevaluation" / "eval_report.parquet").is_file()
+    assert load_config(out / "reevaluation" / "config.yaml").sample.num_steps == 4
+    assert "ddm-flyte run summary" in (out / "reevaluation" / "summary.md").read_text()
     assert (out / "reevaluation" / "samples.png").read_bytes()[:8] == PNG_MAGIC
 
 
@@ -187,5 +195,5 @@ def test_same_seed_gives_identical_models_and_videos_and_another_seed_differs(tm
         # Observed once under load: a 1-level difference in a few pixels (float summation order in sampling).
         assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (method, int(diff.max()), float((diff > 0).mean()))
     differing = {k for k in prints["a"] if prints["a"][k] != prints["c"].get(k)}
-    assert {"ddm/centroids.safetensors", "monolith/diffusion_pytorch_model.safetensors"} <= differing
+    assert {"ddm/centroids.safetensors", "monolith/experts/expert-00/diffusion_pytorch_model.safetensors"} <= differing
     assert not np.array_equal(videos["a"]["monolith"], videos["c"]["monolith"])

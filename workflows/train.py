@@ -12,7 +12,7 @@ from pandera.typing import DataFrame
 from data_schemas.cluster import ClusterAssignment
 from data_schemas.router import RouterReport
 from lib.config import RunConfig
-from tasks.sample import assemble_ddm_task
+from tasks.sample import assemble_ddm_task, assemble_single_task
 from tasks.train import (
     make_specs,
     place_experts,
@@ -48,7 +48,8 @@ def train_stage(
 def ddm_stage(
     cfg: RunConfig, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment], centroids: FlyteFile
 ) -> tuple[FlyteDirectory, FlyteDirectory, DataFrame[RouterReport]]:
-    """Trained models up to the loadable DDM folder: the DDM, the monolith and the router report."""
+    """Trained models up to loadable folders: the DDM, the monolith (a K = 1 folder with its codec) and the router
+    report."""
     experts, mono, router, report = train_stage(cfg=cfg, encoded=encoded, assignments=assignments)
     ddm = assemble_ddm_task(
         encode_cfg=cfg.encode,
@@ -59,7 +60,10 @@ def ddm_stage(
         centroids=centroids,
         output_dir=cfg.output_dir,
     )
-    return ddm, mono, report
+    monolith = assemble_single_task(
+        encode_cfg=cfg.encode, model=mono, encoded=encoded, name="monolith", output_dir=cfg.output_dir
+    )
+    return ddm, monolith, report
 
 
 @workflow

@@ -113,12 +113,12 @@ def sampling_seed(seed: int) -> int:
 
 def sample_prompts(pipe: DDMPipeline, prompts: pd.DataFrame, cfg: SampleConfig, seed: int, strategy: str) -> np.ndarray:
     """One video per prompt with the run's sampler settings and the shared noise: uint8 [P, T, H, W, 3]."""
-    return pipe(
-        prompts["caption"].tolist(), num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, strategy=strategy,
-        top_k=cfg.top_k, seed=sampling_seed(seed), oracle_clusters=prompts["cluster_id"].tolist(),
+    return pipe.generate(
+        prompts["caption"].tolist(), num_inference_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale,
+        strategy=strategy, top_k=cfg.top_k, seed=sampling_seed(seed), oracle_clusters=prompts["cluster_id"].tolist(),
         batch_size=cfg.batch_size, prompt_keys=prompts["prompt_id"].tolist(), eps_x0_clamp=cfg.eps_x0_clamp,
         eps_alpha_floor=cfg.eps_alpha_floor, shift=cfg.shift,
-    )  # fmt: skip
+    ).videos  # fmt: skip
 
 
 def load_sampled(folder: str | Path) -> tuple[dict[str, np.ndarray], pd.DataFrame, dict[str, str]]:

@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,18 +261,30 @@ def assemble_ddm(
     return out_dir
 
 
+def assemble_single(out_dir: str | Path, model_dir: str | Path, encoded_info: dict[str, Any],
+                    encode_cfg: EncodeConfig) -> Path:  # fmt: skip
+    """One trained model (the monolith, a distilled student) as a K = 1 DDM folder with its own codec, so that
+    ``DDMPipeline.from_pretrained`` loads it wherever the folder is moved, like the DDM beside it."""
+    return assemble_ddm(out_dir, {0: model_dir}, None, encoded_info, None, encode_cfg)
+
+
 @dataclass(frozen=True)
 class PipelineOutput:
     """Videos plus what the sampler did, for analysis.
 
     Attributes:
-        videos: uint8 [N, T, H, W, 3].
+        videos: uint8 [N, T, H, W, 3] (also ``frames``, diffusers' name).
         result: the sampler's result over all prompts: x0 [N, C, T', H', W'], weights [num_steps, N, K], timesteps
             [num_steps], stats summed over the batches.
     """
 
     videos: np.ndarray
     result: SampleResult
+
+    @property
+    def frames(self) -> np.ndarray:
+        """The videos under the name diffusers' video pipelines give them (``pipe(prompts).frames``)."""
+        return self.videos
 
 
 def _load_codec(codec: dict[str, Any], device: str | torch.device) -> LatentCodec:
@@ -338,6 +351,13 @@ class DDMPipeline:
             device: where the networks, the text encoder and a VAE run.
         """
         folder = Path(folder)
+        if not (folder / MANIFEST).is_file() and (folder / TRAINING_INFO).is_file():
+            if (folder.parent.parent / MANIFEST).is_file():  # one expert of a DDM folder: that expert alone
+                return cls._expert_of(folder.parent.parent, folder, device)
+            raise DDMLoadError(
+                f"{folder}: a trainer's model folder, which does not record its codec: load it with "
+                "DDMPipeline.from_single(folder, codec_info), or make it loadable alone with assemble_single"
+            )
         manifest = _read_json(folder / MANIFEST, "DDM manifest; build the folder with assemble_ddm")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise DDMLoadError(
@@ -378,6 +398,16 @@ class DDMPipeline:
         log.info("loaded DDM %s: %d experts (missing %s)", folder, len(experts), manifest["missing_experts"])
         return cls(experts, objectives, router, encoder, _load_codec(codec, device), codec["latent_shape"],
                    str(folder), centroids, device)  # fmt: skip
+
+    @classmethod
+    def _expert_of(cls, ddm_folder: Path, expert_folder: Path, device: str | torch.device) -> DDMPipeline:
+        """Expert ``expert_folder`` of the DDM in ``ddm_folder`` as a K = 1 pipeline, with the DDM's codec."""
+        ddm = cls.from_pretrained(ddm_folder, device)
+        for k, model in ddm.experts.items():
+            if model is not None and (ddm_folder / expert_dir_name(k)).resolve() == expert_folder.resolve():
+                return cls({0: model}, {0: ddm.objectives[k]}, None, ddm.text_encoder, ddm.codec, ddm.latent_shape,
+                           str(expert_folder), None, device)  # fmt: skip
+        raise DDMLoadError(f"{expert_folder}: not one of the present experts of {ddm_folder / MANIFEST}")
 
     @classmethod
     def from_single(
@@ -461,17 +491,19 @@ class DDMPipeline:
     def generate(
         self,
         prompts: list[str],
-        num_steps: int = 20,
+        num_inference_steps: int = 20,
         guidance_scale: float = 4.0,
         strategy: str = "topk",
         top_k: int = 2,
-        seed: int = 0,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
         oracle_clusters: Sequence[int] | None = None,
         batch_size: int = 16,
         prompt_keys: Sequence[int | str] | None = None,
         eps_x0_clamp: float = DEFAULT_X0_CLAMP,
         eps_alpha_floor: float = DEFAULT_ALPHA_FLOOR,
         shift: float = 1.0,
+        num_steps: int | None = None,
     ) -> PipelineOutput:
         """Sample one video per prompt and keep the routing weights.
 
@@ -481,22 +513,32 @@ class DDMPipeline:
 
         Args:
             prompts: N captions.
-            num_steps: Euler steps.
+            num_inference_steps: Euler steps.
             guidance_scale: CFG scale (1 disables CFG).
             strategy: top1 | topk | full | sample | oracle | expert:<id>, or a schedule such as ``topk>top1@0.5``.
             top_k: experts kept by topk.
-            seed: noise seed; prompt i starts from ``derive_seed(seed, "sample", prompt_keys[i])`` (and draws its
-                experts under ``sample`` routing from ``derive_seed(seed, "route", prompt_keys[i])``).
+            seed: noise seed (default 0); prompt i starts from ``derive_seed(seed, "sample", prompt_keys[i])`` (and
+                draws its experts under ``sample`` routing from ``derive_seed(seed, "route", prompt_keys[i])``).
+            generator: as in diffusers, instead of ``seed``: its ``initial_seed()`` is the seed. Each prompt still
+                gets its own generator from it, so a prompt's video does not depend on its batch.
             oracle_clusters: true cluster per prompt, for ``oracle``.
             batch_size: prompts per sampler call (does not change any prompt's noise).
             prompt_keys: noise key per prompt (default: its index), e.g. stable prompt ids of a prompt set.
             eps_x0_clamp: ε-experts only: |x̂0| bound of the ε -> v conversion (``sample.eps_x0_clamp``).
             eps_alpha_floor: ε-experts only: smallest 1 - t divided by in that conversion (``sample.eps_alpha_floor``).
             shift: time-grid shift of the Euler steps (``sample.shift``; 1 keeps the uniform grid).
+            num_steps: the old name of ``num_inference_steps``, accepted with a DeprecationWarning until 0.3.
 
         Returns:
-            PipelineOutput.
+            PipelineOutput (``.frames`` / ``.videos``, ``.result``).
         """
+        if num_steps is not None:
+            warnings.warn("num_steps is deprecated (removed in 0.3): use num_inference_steps, as diffusers does",
+                          DeprecationWarning, stacklevel=2)  # fmt: skip
+            num_inference_steps = num_steps
+        if seed is not None and generator is not None:
+            raise ValueError("give seed or generator, not both")
+        seed = generator.initial_seed() if generator is not None else (0 if seed is None else seed)
         if not prompts:
             raise ValueError(f"{self.name}: no prompts given")
         if batch_size < 1:
@@ -511,7 +553,7 @@ class DDMPipeline:
         strategy = self._resolve_strategy(strategy)
         emb = self.text_encoder.encode(list(prompts))  # all at once: a prompt's embedding ignores sampler batching
         noise = self.noise(len(prompts), seed, prompt_keys)
-        uniforms = self.route_uniforms(len(prompts), num_steps, seed, prompt_keys)
+        uniforms = self.route_uniforms(len(prompts), num_inference_steps, seed, prompt_keys)
         handles = {k: (self.handle(k) if m is not None else None) for k, m in self.experts.items()}
         results = []
         bar = progress(total=len(prompts), desc=f"sample {strategy}", unit="video")
@@ -522,7 +564,8 @@ class DDMPipeline:
                 sample_ddm(
                     handles, self.router, noise[sl].to(self.device),
                     cond=(tokens, mask), uncond=(torch.zeros_like(tokens), torch.zeros_like(mask)),
-                    pooled=emb.pooled[sl].to(self.device), strategy=strategy, top_k=top_k, num_steps=num_steps,
+                    pooled=emb.pooled[sl].to(self.device), strategy=strategy, top_k=top_k,
+                    num_steps=num_inference_steps,
                     guidance_scale=guidance_scale, oracle_clusters=None if oracle is None else oracle[sl],
                     clamp=eps_x0_clamp, alpha_floor=eps_alpha_floor, route_uniforms=uniforms[sl].to(self.device),
                     shift=shift,
@@ -541,9 +584,11 @@ class DDMPipeline:
         videos = torch.cat([self.codec.decode(x0[i : i + batch_size]) for i in range(0, len(x0), batch_size)])
         return PipelineOutput(videos.numpy(), merged)
 
-    def __call__(self, prompts: list[str], **kwargs: Any) -> np.ndarray:
-        """uint8 videos [N, T, H, W, 3]; keyword arguments as ``generate``."""
-        return self.generate(prompts, **kwargs).videos
+    def __call__(self, prompts: str | list[str], return_dict: bool = True, **kwargs: Any) -> PipelineOutput | tuple:
+        """Videos as diffusers pipelines return them: ``pipe(prompts).frames`` (uint8 [N, T, H, W, 3]), or the tuple
+        ``(frames,)`` with ``return_dict=False``; keyword arguments as ``generate``."""
+        output = self.generate([prompts] if isinstance(prompts, str) else list(prompts), **kwargs)
+        return output if return_dict else (output.frames,)
 
 
 def save_videos(
