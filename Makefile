@@ -12,11 +12,14 @@ export FLYTE_SDK_LOGGING_LEVEL ?= 40
 
 install: $(VENV)/.installed
 
+# The last step puts the repository root on the venv's path (a .pth file): the `ddm-sample` command and scripts
+# saved outside the repository import lib/ from here.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(PIP_TORCH_ARGS)
 	$(PY) -m pip install -q -c constraints.txt ".[dev]"
+	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "ddm_flyte_repo.pth").write_text(str(pathlib.Path.cwd()) + "\n")'
 	touch $@
 
 # Flyte's local cache (under $$HOME/.flyte) points at task outputs: stage folders under the config's output_dir and

@@ -1,6 +1,7 @@
 """Assemble the DDM folder, fix the prompt set, and sample every compared method on it."""
 
 import json
+import tempfile
 from pathlib import Path
 
 from flytekit import Cache, Deck, Resources, task
@@ -14,6 +15,8 @@ from data_schemas.ingest import ClipIndex
 from data_schemas.sample import PromptSet
 from lib.config import ClusterConfig, EncodeConfig, SampleConfig
 from lib.encode.store import read_codec_info
+from lib.io import persist
+from lib.sample.command import load_model, sample_to_folder
 from lib.sample.methods import gallery_html, sample_methods
 from lib.sample.pipeline import MANIFEST, DDMPipeline, assemble_ddm, assemble_single, clustering_record
 from lib.sample.prompts import stratified_prompts
@@ -96,3 +99,24 @@ def sample_task(
     rates = {m: round(len(prompts) / s, 2) for m, s in result.seconds.items()}
     print(f"sample: videos/s per method {json.dumps(rates)}; skipped {result.skipped or 'none'} -> {out}", flush=True)
     return FlyteDirectory(publish_stage(output_dir, out))
+
+
+@task(container_image=TASK_IMAGE, requests=Resources(cpu="2", mem="4Gi"), retries=1)
+def sample_model_task(
+    model_uri: str,
+    prompts: list[str],
+    out: str,
+    num_inference_steps: int,
+    guidance_scale: float,
+    strategy: str,
+    top_k: int,
+    seed: int,
+) -> str:
+    """Videos of a trained model folder for given prompts, persisted to ``out`` (a folder or a bucket URI)."""
+    settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "strategy": strategy,
+                "top_k": top_k, "seed": seed}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = sample_to_folder(load_model(model_uri), prompts, tmp, **settings)
+        persist(tmp, out)
+    print(f"sample: {len(prompts)} prompt(s), {len(paths)} file(s) and the contact sheet -> {out}", flush=True)
+    return out

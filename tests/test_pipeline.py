@@ -349,3 +349,40 @@ def test_unconditional_input_is_the_trainers_caption_dropout(pipe, prompts, monk
     seen.clear()
     pipe(prompts[:2], strategy="expert:0", num_inference_steps=1, guidance_scale=1.0)  # no CFG: conditional half only
     assert seen[0][0].shape[0] == 2
+
+
+def test_sample_command_and_workflow_write_videos_sheet_and_prompts(ddm_dir, pipe, prompts, tmp_path, capsys):
+    """``ddm-sample`` (the console command, run from another folder) and ``sample_wf`` write what the pipeline
+    draws for the same settings, with a contact sheet and the prompts, and refuse bad input in one line."""
+    from lib.sample.command import main
+    from workflows.sample import sample_wf
+
+    main([str(ddm_dir), "--prompt", prompts[0], "--prompt", prompts[1], "--out", str(tmp_path / "cli"),
+          "--num-inference-steps", "2", "--seed", "3", "--formats", "gif"])  # fmt: skip
+    expected = pipe(prompts[:2], num_inference_steps=2, seed=3).frames
+    written = sorted((tmp_path / "cli").glob("sample-*.gif"))
+    assert [p.name for p in written] == ["sample-0000.gif", "sample-0001.gif"]
+    assert Image.open(written[1]).n_frames == expected.shape[1]
+    assert (tmp_path / "cli" / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads((tmp_path / "cli" / "prompts.json").read_text())
+    assert record["videos"] == {"sample-0000": prompts[0], "sample-0001": prompts[1]}
+    assert record["settings"]["num_inference_steps"] == 2 and "2 video(s)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no prompts: give --prompt"):
+        main([str(ddm_dir)])
+    with pytest.raises(SystemExit, match="ddm-sample: error: .*missing \\(DDM manifest"):
+        main([str(tmp_path), "--prompt", "a ball"])
+
+    prompt_file = tmp_path / "prompts.txt"
+    prompt_file.write_text(f"{prompts[2]}\n\n")
+    command = shutil.which("ddm-sample", path=str(Path(sys.executable).parent))
+    assert command, "the console command is installed with the project (make install)"
+    run = subprocess.run([command, str(ddm_dir), "--prompts-file", str(prompt_file), "--out", "here",
+                          "--num-inference-steps", "1", "--formats", "mp4"], cwd=tmp_path, capture_output=True,
+                         text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "here" / "sample-0000.mp4").is_file()
+
+    out = sample_wf(ddm_uri=str(ddm_dir), prompts=prompts[:2], out=str(tmp_path / "wf"), num_inference_steps=2,
+                    seed=3)  # fmt: skip
+    assert out == str(tmp_path / "wf") and (tmp_path / "wf" / "samples.png").is_file()
+    assert (tmp_path / "wf" / "sample-0001.gif").read_bytes() == written[1].read_bytes()  # same frames, same file
