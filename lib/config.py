@@ -558,6 +558,11 @@ def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def config_to_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML in field order, which ``load_config`` reads back into the same config."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
 def replace_in(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
     """Copy ``cfg`` with some fields of some sections changed, e.g. ``replace_in(cfg, expert={"steps": 5})``."""
     values = config_to_dict(cfg)

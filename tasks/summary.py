@@ -14,6 +14,7 @@ from pandera.typing import DataFrame
 
 from data_schemas.evaluate import EvalReport
 from data_schemas.router import RouterReport
+from lib.config import RunConfig, config_to_dict, config_to_yaml
 from lib.evaluate.compare import headline
 from lib.io import persist
 from lib.storage import StorageError, check_output_dir, is_remote, publish_dir, resolve
@@ -38,7 +39,7 @@ def as_directory(uri: str) -> FlyteDirectory:
 
 @task(container_image=TASK_IMAGE, cache=False)
 def summarize(
-    output_dir: str,
+    cfg: RunConfig,
     results_name: str,
     report: DataFrame[EvalReport],
     featnet_note: str,
@@ -49,10 +50,12 @@ def summarize(
     router_report: DataFrame[RouterReport] | None = None,
 ) -> str:
     """Copies the DDM folder, monolith, samples, contact sheet (``samples.png``, from ``evaluate_task``) and reports
-    to ``<output_dir>/<results_name>``; returns that path.
+    to ``<output_dir>/<results_name>``; returns that path. The execution's MLflow run gets the resolved ``cfg`` (as
+    params and ``config.yaml``) with the results.
 
     On an object store the results are published as one folder (``lib.storage.publish_dir``): ``<dest>/ddm`` and
     the others resolve through ``<dest>/PUBLISHED.json``, and two runs finishing at once never mix their files."""
+    output_dir = cfg.output_dir
     dest = f"{output_dir.rstrip('/')}/{results_name}"
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp)
@@ -70,6 +73,7 @@ def summarize(
     tracker = tracker_for(output_dir, only_after_work=True)
     if tracker is not None:  # what a person compares between executions: the table, sheet, GIFs, headline numbers
         run_id = tracker.execution_run()
+        tracker.log_config(run_id, config_to_dict(cfg), config_to_yaml(cfg))
         with tempfile.TemporaryDirectory() as tmp:
             table = Path(tmp) / "eval_report.csv"
             report.to_csv(table, index=False)

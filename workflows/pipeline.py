@@ -41,7 +41,7 @@ def pipeline(cfg: RunConfig = RunConfig()) -> str:
         monolith=monolith,
     )
     return summarize(
-        output_dir=cfg.output_dir,
+        cfg=cfg,
         results_name="results",
         report=report,
         router_report=router_report,

@@ -38,7 +38,7 @@ def reevaluate(cfg: RunConfig, ddm_uri: str, monolith_uri: str) -> str:
         monolith=monolith,
     )
     return summarize(
-        output_dir=cfg.output_dir,
+        cfg=cfg,
         results_name="reevaluation",
         report=report,
         featnet_note=featnet_note,
