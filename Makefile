@@ -35,8 +35,11 @@ run: install
 	echo "total time: $$(( $$(date +%s) - start )) s"
 
 # The MLflow UI on a run's local tracking store (every execution, every model's curves): `make ui CONFIG=...`.
+# Artifacts resolve against the store's own mlartifacts folder (lib.tracking), so a moved output_dir still shows them.
 ui: install
-	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(OUTPUT_DIR)/mlflow.db"
+	@echo "runs page: http://127.0.0.1:5000/#/experiments/1/runs"
+	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(OUTPUT_DIR)/mlflow.db" \
+		--artifacts-destination "$(OUTPUT_DIR)/mlartifacts"
 
 test: install
 	$(VENV)/bin/ruff check .

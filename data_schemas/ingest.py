@@ -21,6 +21,8 @@ QUARANTINE_REASONS = (
     "cut_failed",  # scene cutting of a raw video crashed its task (the map task element failed)
     "missing_member",  # a WebDataset sample without its video or caption member (txt/json)
     "bad_json",  # a WebDataset sample whose json member does not parse as a JSON object
+    "held_frames",  # a source slower than data.fps, whose clip repeats frames, with data.quarantine_held_frames
+    "duplicate_source",  # the same path, start and end as an earlier manifest row (the same clip listed twice)
 )
 
 
@@ -68,6 +70,8 @@ class ClipIndex(pa.DataFrameModel):
     # quality scores (lib.data.filters) of decoded manifest/raw clips; absent for the built-in dataset
     motion: Series[float] | None = pa.Field(ge=0, nullable=True)
     aesthetic: Series[float] | None = pa.Field(nullable=True)  # NaN when no aesthetic head is configured
+    # frames repeating the one before (sample-and-hold of a source slower than data.fps); absent for the built-in data
+    held_frames: Series[int] | None = pa.Field(ge=0)
 
     class Config:
         strict = True

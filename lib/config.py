@@ -55,6 +55,9 @@ class DataConfig:
     height: int = 32  # H after resize + centre crop
     width: int = 32  # W after resize + centre crop
     fps: float = 8.0  # frame rate clips are resampled to (manifest videos)
+    # a source slower than fps fills its clip by repeating frames (sample-and-hold; counted in the ingest report);
+    # true quarantines such clips instead (reason held_frames)
+    quarantine_held_frames: bool = False
     max_objects: int = 2  # built-in clips hold 1..max_objects objects
     themed_scenes: bool = False  # built-in: each scene family has its own shapes and motions (lib.data.procedural)
     scenes: list[str] = field(default_factory=lambda: list(SCENES))  # built-in: the scene families drawn from
@@ -597,6 +600,11 @@ def cli_config_error(argv: list[str]) -> str | None:
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML in field order, which ``load_config`` reads back into the same config."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
 def replace_in(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:

@@ -9,6 +9,13 @@ Where runs go: ``MLFLOW_TRACKING_URI`` (a team's server) when set; otherwise a S
 ``output_dir`` (``<output_dir>/mlflow.db``; open it with ``make ui``). A cloud ``output_dir`` without a tracking URI
 tracks nothing (a SQLite file cannot live in a bucket) and says so once. ``DDM_TRACKING=0`` turns tracking off.
 
+A local store keeps its artifacts beside it in ``<output_dir>/mlartifacts`` under MLflow's proxied scheme
+(``mlflow-artifacts:/ddm-flyte/<run id>/artifacts``), so the database holds no absolute path and a moved or copied
+``output_dir`` still finds them: MLflow's server resolves that scheme against its ``--artifacts-destination``
+(``make ui`` passes ``<output_dir>/mlartifacts``), and ``Tracker`` against the folder beside the database. MLflow
+itself refuses a relative ``file:`` location (it makes it absolute against the working directory) and writes to
+``mlflow-artifacts:`` only through a server, hence ``Tracker.log_artifact`` writing those files itself.
+
 Tasks run apart (map-task elements, pods), so they cannot hand each other a run object: each finds its execution's
 run by the tag ``ddm.execution`` and creates it when it is the first. Metrics are sent in batches (one request per
 ``flush_every`` steps), so tracking costs the training loop next to nothing. MLflow itself (import and database
@@ -20,6 +27,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +43,13 @@ MODEL_TAG = "ddm.model"
 LEVEL_TAG = "ddm.level"  # "execution" (the parent) or "model": children carry the execution tag too
 ENV_SWITCH = "DDM_TRACKING"
 DB_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"  # beside DB_FILE: what ``mlflow-artifacts:/`` locations resolve against
+PROXY_SCHEME = "mlflow-artifacts:"
+# MLflow's limits (mlflow.utils.validation): longer param values are cut (the execution's config.yaml artifact holds
+# them whole), and one log_batch request takes at most so many params or metrics
+MAX_PARAM_CHARS = 6000
+PARAMS_PER_BATCH = 100
+METRICS_PER_BATCH = 1000
 
 
 def tracking_uri(output_dir: str) -> str | None:
@@ -72,14 +88,12 @@ class Tracker:
             logging.getLogger(name).setLevel(logging.WARNING)
         self.client = MlflowClient(tracking_uri=uri)
         self.execution = execution
-        found = self.client.get_experiment_by_name(experiment)
         # a local SQLite store keeps its artifacts beside it (MLflow's default is ./mlruns under the working directory)
-        local = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:///") else None
-        self.experiment_id = (
-            found.experiment_id
-            if found
-            else self.client.create_experiment(experiment, artifact_location=local.as_uri() if local else None)
-        )
+        local = uri.startswith("sqlite:///")
+        self.artifact_root = Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR if local else None
+        found = self.client.get_experiment_by_name(experiment)
+        location = f"{PROXY_SCHEME}/{experiment}" if local else None  # relative to the store (module docstring)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment, location)
 
     def execution_run(self) -> str:
         """The execution's parent run id, created by the first task that asks."""
@@ -91,41 +105,77 @@ class Tracker:
                                      tags={EXECUTION_TAG: self.execution, LEVEL_TAG: "execution"})  # fmt: skip
         return run.info.run_id
 
-    def model_run(self, model: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> str:
-        """A run for one model, nested under the execution's run, with its params."""
+    def model_run(
+        self, model: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None, started: float | None = None
+    ) -> str:
+        """A run for one model, nested under the execution's run, with its params; it starts now or at ``started``
+        (``time.time()`` seconds)."""
         parent = self.execution_run()
         all_tags = {"mlflow.parentRunId": parent, EXECUTION_TAG: self.execution, LEVEL_TAG: "model", MODEL_TAG: model,
                     **(tags or {})}  # fmt: skip
-        run_id = self.client.create_run(self.experiment_id, run_name=model, tags=all_tags).info.run_id
+        start_ms = None if started is None else int(started * 1000)
+        run = self.client.create_run(self.experiment_id, start_time=start_ms, tags=all_tags, run_name=model)
+        run_id = run.info.run_id
         self.log_params(run_id, params)
         return run_id
 
-    def record_model(self, model: str, kind: str, params: Mapping[str, Any], rows: list[dict[str, float]]) -> None:
-        """A finished model's whole run at once (router, evaluation network): params, metric rows, done."""
-        run_id = self.model_run(model, params, tags={"ddm.kind": kind})
+    def record_model(
+        self, model: str, kind: str, params: Mapping[str, Any], rows: list[dict[str, float]], started: float
+    ) -> None:
+        """A finished model's whole run at once (router, evaluation network): params, metric rows, done. It lasts
+        from ``started`` (``time.time()`` when its training began) to now, so its duration is the training's."""
+        run_id = self.model_run(model, params, tags={"ddm.kind": kind}, started=started)
         self.log_metrics(run_id, rows)
         self.finish(run_id)
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Nested params under dotted names (``flatten``), each value cut to MLflow's limit."""
         from mlflow.entities import Param
 
-        items = [Param(k, v[:6000]) for k, v in flatten(params).items()]
-        for i in range(0, len(items), 100):  # MLflow's batch limit for params
-            self.client.log_batch(run_id, params=items[i : i + 100])
+        items = [Param(k, v[:MAX_PARAM_CHARS]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=items[i : i + PARAMS_PER_BATCH])
+
+    def log_config(self, run_id: str, config: Mapping[str, Any], text: str, name: str = "config.yaml") -> None:
+        """The resolved run config on a run: every field as a param (``expert.lr``) and ``text`` (its YAML) as the
+        artifact ``name``, which keeps any value too long for a param whole."""
+        self.log_params(run_id, config)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(text)
+            self.log_artifact(run_id, path)
 
     def log_metrics(self, run_id: str, rows: list[dict[str, float]]) -> None:
-        """Rows of {"step": n, name: value, ...}; every other key becomes a metric at that step."""
+        """Rows of {"step": n, name: value, ...}; every other key becomes a metric at that step, stamped now."""
         from mlflow.entities import Metric
 
-        metrics = [Metric(name, float(value), 0, int(row["step"]))
+        now = int(time.time() * 1000)
+        metrics = [Metric(name, float(value), now, int(row["step"]))
                    for row in rows for name, value in row.items() if name != "step"]  # fmt: skip
-        for i in range(0, len(metrics), 1000):  # MLflow's batch limit for metrics
-            self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
+        for i in range(0, len(metrics), METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i : i + METRICS_PER_BATCH])
+
+    def artifact_dir(self, run_id: str) -> Path | None:
+        """Where a run's artifacts lie in a local store's ``mlartifacts`` folder (None for a server's run, or a run
+        of a store made before artifact locations were relative: MLflow itself reaches those)."""
+        uri = self.client.get_run(run_id).info.artifact_uri
+        if self.artifact_root is None or not uri.startswith(PROXY_SCHEME):
+            return None
+        return self.artifact_root / uri.removeprefix(PROXY_SCHEME).lstrip("/")
 
     def log_artifact(self, run_id: str, path: str | Path, folder: str | None = None) -> None:
         """A file, or a whole folder's files, as artifacts of the run (under ``folder``)."""
         path = Path(path)
-        if path.is_dir():
+        local = self.artifact_dir(run_id)
+        if local is not None:  # a proxied location of a local store: written where a server would write it
+            from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+            repo = LocalArtifactRepository(str(local))
+            if path.is_dir():
+                repo.log_artifacts(str(path), folder)
+            else:
+                repo.log_artifact(str(path), folder)
+        elif path.is_dir():
             self.client.log_artifacts(run_id, str(path), folder)
         else:
             self.client.log_artifact(run_id, str(path), folder)

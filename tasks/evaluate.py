@@ -1,5 +1,6 @@
 """Evaluation tasks: the offline feature network (once per dataset) and the comparison report with its Deck."""
 
+import time
 from pathlib import Path
 
 from flytekit import Cache, Deck, Resources, task
@@ -44,6 +45,7 @@ def train_featnet(
     by_role = {role: attributes[attributes["clip_id"].isin(rows_with_role(index, role)["clip_id"])]
                for role in (TRAIN, VALIDATION)}  # fmt: skip
     videos = {role: load_clips(shards.download(), index, rows["clip_id"].tolist()) for role, rows in by_role.items()}
+    started = time.time()  # the MLflow run's start: it lasts as long as the training
     model, checks = fit_attrnet(
         videos[TRAIN], by_role[TRAIN], videos[VALIDATION], by_role[VALIDATION], cfg.featnet_steps, seed
     )
@@ -51,8 +53,8 @@ def train_featnet(
     tracker = tracker_for(output_dir)
     if tracker is not None:
         params = {"featnet_steps": cfg.featnet_steps, "seed": seed, "train_clips": len(by_role[TRAIN])}
-        tracker.record_model("attrnet", "featnet", params, [{"step": 0, **{k.replace(".", "_"): v
-                                                                          for k, v in checks.items()}}])  # fmt: skip
+        rows = [{"step": 0, **{k.replace(".", "_"): v for k, v in checks.items()}}]
+        tracker.record_model("attrnet", "featnet", params, rows, started)
     note = featnet_note(checks)
     print(note, flush=True)
     return FlyteDirectory(publish_stage(output_dir, out)), note

@@ -8,6 +8,7 @@ from flytekit.types.directory import FlyteDirectory
 from pandera.typing import DataFrame
 
 from data_schemas.ingest import ClipAttributes, ClipIndex, FilteredClip, QuarantineRecord
+from lib.data.ingest import held_line
 from lib.io import write_parquet
 from tasks.common import uri_of
 from tasks.image import TASK_IMAGE
@@ -28,11 +29,12 @@ def report_ingest(
         write_parquet(table, f"{dest}/{name}.parquet")
     reasons = quarantine["reason"].value_counts().to_dict()
     rules = filtered["rule"].value_counts().to_dict()
+    held = f"\ningest: {held_line(index)}" if "held_frames" in index.columns else ""  # decoded sources only
     print(
         f"ingest: {len(index)} clips in {index['shard'].nunique()} shard(s) -> {uri_of(shards)}\n"
         f"ingest: tables -> {', '.join(f'{dest}/{name}.parquet' for name in tables)}\n"
         f"ingest: quarantined {len(quarantine)} row(s) {reasons if reasons else ''}\n"
-        f"ingest: filtered {len(filtered)} clip(s) by quality rule {rules if rules else ''}",
+        f"ingest: filtered {len(filtered)} clip(s) by quality rule {rules if rules else ''}{held}",
         flush=True,
     )
     return dest

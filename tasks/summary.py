@@ -7,7 +7,6 @@ from pathlib import Path
 
 import fsspec
 import pandas as pd
-import yaml
 from flytekit import task
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
@@ -15,7 +14,7 @@ from pandera.typing import DataFrame
 
 from data_schemas.evaluate import EvalReport
 from data_schemas.router import RouterReport
-from lib.config import RunConfig, config_to_dict
+from lib.config import RunConfig, config_to_dict, config_to_yaml
 from lib.evaluate.compare import headline
 from lib.io import persist
 from lib.storage import StorageError, check_output_dir, is_remote, publish_dir, resolve
@@ -55,7 +54,8 @@ def summarize(
 ) -> str:
     """Copies the DDM folder, monolith, samples, contact sheet (``samples.png``, from ``evaluate_task``), reports,
     the printed summary (``summary.md``) and the resolved config (``config.yaml``) to
-    ``<cfg.output_dir>/<results_name>``; returns that path.
+    ``<cfg.output_dir>/<results_name>``; returns that path. The execution's MLflow run gets the config too (as params
+    and ``config.yaml``).
 
     On an object store the results are published as one folder (``lib.storage.publish_dir``): ``<dest>/ddm`` and
     the others resolve through ``<dest>/PUBLISHED.json``, and two runs finishing at once never mix their files."""
@@ -71,7 +71,7 @@ def summarize(
         if router_report is not None:  # re-evaluation trains no router
             router_report.to_parquet(staged / "router_report.parquet", index=False)
         (staged / SUMMARY).write_text(f"```\n{text}\n```\n")
-        (staged / CONFIG).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        (staged / CONFIG).write_text(config_to_yaml(cfg))
         if is_remote(output_dir):
             check_output_dir(output_dir)
             publish_dir(staged, dest)
@@ -80,6 +80,7 @@ def summarize(
     tracker = tracker_for(output_dir, only_after_work=True)
     if tracker is not None:  # what a person compares between executions: the table, sheet, GIFs, headline numbers
         run_id = tracker.execution_run()
+        tracker.log_config(run_id, config_to_dict(cfg), config_to_yaml(cfg))
         with tempfile.TemporaryDirectory() as tmp:
             table = Path(tmp) / "eval_report.csv"
             report.to_csv(table, index=False)

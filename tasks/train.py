@@ -16,6 +16,7 @@ processes of one expert all-reduce gradients (``lib.train.distributed``).
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -373,6 +374,7 @@ def train_router_task(
     out = stage_dir(output_dir, "router", cfg, num_clusters, seed, uri_of(encoded), rows["cluster_id"].tolist())
     data = load_encoded(encoded.download(), rows["clip_id"].tolist())
     labels = torch.tensor(rows["cluster_id"].to_numpy(), dtype=torch.int64)
+    started = time.time()  # the MLflow run's start: it lasts as long as the training
     result = train_router(data.latents, data.pooled, labels, cfg, num_clusters, seed, out)
     print("router accuracy per t bucket:", report_line(result.report), flush=True)
     Deck("router", router_report_html(result.report))
@@ -387,5 +389,5 @@ def train_router_task(
         points = {f"{r.kind}_{metric}_t{r.t_low:g}": getattr(r, metric)
                   for r in result.report[kind != BUCKET].itertuples()
                   for metric in ("accuracy", "ece", "mean_max_prob")}  # fmt: skip
-        tracker.record_model("router", "router", params, curve + buckets + [{"step": 0, **points}])
+        tracker.record_model("router", "router", params, curve + buckets + [{"step": 0, **points}], started)
     return FlyteDirectory(publish_stage(output_dir, result.model_dir)), result.report

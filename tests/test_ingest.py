@@ -1,3 +1,4 @@
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -124,3 +125,30 @@ def test_parquet_manifests_non_text_and_null_captions(video_dir):
     result = ingest(_cfg(nulls, max_bad_fraction=1.0), seed=0, out_dir=video_dir / "out2")
     assert list(result.quarantine["reason"]) == ["empty_caption"]
     assert list(result.index["clip_id"]) == ["row-0000001"]  # absolute paths work too
+
+
+def test_a_source_slower_than_data_fps_is_counted_and_can_be_quarantined(video_dir):
+    write_mp4(video_dir / "slow.mp4", np.stack([c.frames[0] for c in iter_builtin_clips(3, 4, 1, 24, 32)]), fps=2)
+    manifest = _manifest(video_dir, [("v0.mp4", "native", "a", "", ""), ("slow.mp4", "two fps", "b", "", "")])
+    kept = ingest(_cfg(manifest), seed=0, out_dir=video_dir / "out")
+    assert kept.quarantine.empty
+    assert kept.index.set_index("clip_id")["held_frames"].to_dict() == {"a": 0, "b": 6}  # 2 source frames fill 8
+    assert "1 clip(s) with held frames" in kept.summary()
+    strict = ingest(_cfg(manifest, quarantine_held_frames=True, max_bad_fraction=0.5), seed=0, out_dir=video_dir / "o2")
+    assert list(strict.index["clip_id"]) == ["a"]
+    (row,) = strict.quarantine.itertuples()
+    assert row.clip_id == "b" and row.reason == "held_frames" and "2 fps < data.fps 8" in row.detail
+    assert "held_frames: 1" in strict.summary()
+
+
+def test_a_manifest_without_ids_warns_once_and_quarantines_a_repeated_source(video_dir, caplog):
+    manifest = video_dir / "no_ids.csv"
+    manifest.write_text("path,caption,start\nv0.mp4,first,\nv1.mp4,other,\nv0.mp4,again,\nv0.mp4,later window,0.5\n")
+    with caplog.at_level(logging.WARNING, logger="lib.data.ingest"):
+        result = ingest(_cfg(manifest, max_bad_fraction=0.5), seed=0, out_dir=video_dir / "out")
+    warnings = [r.getMessage() for r in caplog.records if "no clip id column" in r.getMessage()]
+    assert len(warnings) == 1 and str(manifest) in warnings[0]
+    assert list(result.index["clip_id"]) == ["row-0000000", "row-0000001", "row-0000003"]
+    (row,) = result.quarantine.itertuples()
+    assert (row.row, row.reason, row.detail) == (2, "duplicate_source", "same path, start and end as row 0")
+    assert "duplicate_source: 1" in result.summary()

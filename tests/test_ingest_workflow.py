@@ -4,10 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lib.config import RunConfig, config_to_dict, replace_in
+from lib.data.procedural import iter_builtin_clips
+from lib.data.video import write_mp4
 from tasks.ingest import ingest_clips
+from tasks.report import report_ingest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,3 +75,17 @@ def test_pyflyte_run_refuses_unknown_config_keys(tmp_path):
     )
     assert proc.returncode != 0
     assert "data.num_clipz" in proc.stdout + proc.stderr
+
+
+def test_ingest_report_counts_clips_with_held_frames(tmp_path, capsys):
+    frames = np.stack([c.frames[0] for c in iter_builtin_clips(0, 16, 1, 16, 16)])
+    write_mp4(tmp_path / "native.mp4", frames, fps=8)
+    write_mp4(tmp_path / "slow.mp4", frames[:4], fps=2)
+    (tmp_path / "m.csv").write_text("path,caption,clip_id\nnative.mp4,native,a\nslow.mp4,slow,b\n")
+    cfg = replace_in(_cfg(tmp_path), data={"source": "manifest", "manifest": str(tmp_path / "m.csv"), "fps": 8.0,
+                                           "frames": 8})  # fmt: skip
+    out = ingest_clips(cfg=cfg.data, seed=cfg.seed, output_dir=cfg.output_dir, videos=[], cuts=[])
+    report_ingest(output_dir=cfg.output_dir, shards=out.shards, index=out.index, quarantine=out.quarantine,
+                  attributes=out.attributes, filtered=out.filtered)  # fmt: skip
+    assert "ingest: 1 clip(s) with held frames (source slower than data.fps" in capsys.readouterr().out
+    assert pd.read_parquet(tmp_path / "out" / "ingest" / "clip_index.parquet")["held_frames"].tolist() == [0, 6]

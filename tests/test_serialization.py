@@ -65,7 +65,7 @@ def _tasks(package):
 def test_package_holds_every_task_with_cache_versions_and_retries(package):
     tasks = _tasks(package)
     expected_cache = {
-        "tasks.ingest.ingest_clips": "ingest-v3",
+        "tasks.ingest.ingest_clips": "ingest-v4",
         "tasks.raw.cut_scenes": "cut-v1",
         "tasks.encode.train_codec": "codec-v1",
         "tasks.encode.encode_clips": "encode-v3",

@@ -2,7 +2,7 @@ import av
 import numpy as np
 import pytest
 
-from lib.data.video import VideoDecodeError, decode_clip, write_gif, write_mp4
+from lib.data.video import VideoDecodeError, decode_clip, decode_window, write_gif, write_mp4
 
 
 def _ramp(t=16, h=24, w=40):
@@ -28,6 +28,15 @@ def test_decodes_requested_frames_size_and_rate(ramp_mp4):
 def test_start_offset_and_upsampling_hold_frames(ramp_mp4):
     assert _levels(decode_clip(ramp_mp4, frames=3, fps=16, height=8, width=8, start=0.5)) == [8, 9, 10]
     assert _levels(decode_clip(ramp_mp4, frames=4, fps=32, height=8, width=8)) == [0, 0, 1, 1]
+
+
+def test_decode_window_counts_the_frames_sample_and_hold_repeats(ramp_mp4):
+    slower = decode_window(ramp_mp4, frames=4, fps=32, height=8, width=8)  # a 16 fps source at 32 fps
+    assert slower.held == 2 and slower.source_fps == 16
+    assert decode_window(ramp_mp4, frames=4, fps=16, height=8, width=8).held == 0  # its native rate
+    assert decode_window(ramp_mp4, frames=4, fps=8, height=8, width=8).held == 0  # faster sources skip frames
+    last = decode_window(ramp_mp4, frames=2, fps=32, height=8, width=8, start=15 / 16)  # the final frame, held
+    assert _levels(last.frames) == [15, 15] and last.held == 1
 
 
 def test_centre_crop_keeps_aspect(tmp_path):

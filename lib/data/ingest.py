@@ -4,6 +4,11 @@ Rows are processed one at a time and written through a ShardWriter, so memory is
 whatever the manifest's length. A bad row never stops the run by itself: it becomes a QuarantineRecord
 with a reason. The run fails only when the quarantined fraction passes ``data.max_bad_fraction``, and
 the error then lists the counts per reason and a few examples.
+
+A source slower than ``data.fps`` fills its clip by repeating frames (sample-and-hold, ``lib.data.video``): each
+clip's ``held_frames`` are on the ClipIndex and the clips holding any are counted in the report, or quarantined as
+``held_frames`` with ``data.quarantine_held_frames``. A manifest row repeating an earlier row's path, start and end
+is quarantined as ``duplicate_source``, the one duplicate a manifest without a clip id column can still show.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import fsspec
-import numpy as np
 import pandas as pd
 
 from data_schemas.ingest import ClipAttributes, ClipIndex, FilteredClip, QuarantineRecord, VideoManifest
@@ -27,7 +31,7 @@ from lib.data.filters import ClipScores, QualityFilter
 from lib.data.procedural import iter_builtin_clips
 from lib.data.shards import ShardWriter
 from lib.data.split import assign_roles, role_counts
-from lib.data.video import VideoDecodeError, decode_clip
+from lib.data.video import DecodedClip, VideoDecodeError, decode_window
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +52,13 @@ class FilteringShardWriter:
         self.writer = ShardWriter(out_dir, cfg.shard_size, source=source)
         self.quality = QualityFilter(cfg)
         self.scores: list[ClipScores] = []
+        self.held: list[int] = []
         self.filtered: list[dict[str, object]] = []
 
     def add(
-        self, row: int, clip_id: str, path: str, start: float, end: float | None, frames: np.ndarray, caption: str
+        self, row: int, clip_id: str, path: str, start: float, end: float | None, clip: DecodedClip, caption: str
     ) -> None:
+        frames = clip.frames
         score = self.quality.score(frames)
         verdict = self.quality.verdict(score)
         if verdict:
@@ -62,11 +68,13 @@ class FilteringShardWriter:
             return
         self.writer.add(clip_id, frames, caption)
         self.scores.append(score)
+        self.held.append(clip.held)
 
     def close(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The ClipIndex (with ``motion`` and ``aesthetic``) and the FilteredClip table."""
+        """The ClipIndex (with ``motion``, ``aesthetic`` and ``held_frames``) and the FilteredClip table."""
         index = self.writer.close().assign(motion=[s.motion for s in self.scores],
-                                           aesthetic=[s.aesthetic for s in self.scores])  # fmt: skip
+                                           aesthetic=[s.aesthetic for s in self.scores],
+                                           held_frames=self.held)  # fmt: skip
         return index, FilteredClip.validate(pd.DataFrame(self.filtered, columns=FILTERED_COLUMNS))
 
 
@@ -97,6 +105,8 @@ class IngestResult:
         text += f", {len(self.filtered)} filtered"
         if rules:
             text += " (" + ", ".join(f"{r}: {n}" for r, n in sorted(rules.items())) + ")"
+        if "held_frames" in self.index.columns:
+            text += f", {held_line(self.index)}"
         rate = len(self.index) / self.seconds if self.seconds > 0 else float("inf")
         roles = ", ".join(f"{r} {n}" for r, n in role_counts(self.index).items())
         return f"{text}; roles: {roles}; {self.seconds:.1f} s, {rate:.0f} clips/s"
@@ -157,6 +167,20 @@ def read_manifest(uri: str, columns: Mapping[str, str] | None = None) -> pd.Data
     return VideoManifest.validate(df)
 
 
+def held_line(index: pd.DataFrame) -> str:
+    """How many kept clips hold frames, for the ingest report (the ClipIndex of a decoding source)."""
+    held = int((index["held_frames"] > 0).sum())
+    return f"{held} clip(s) with held frames (source slower than data.fps, frames repeated to fill)"
+
+
+def held_problem(clip: DecodedClip, cfg: DataConfig) -> tuple[str, str] | None:
+    """``held_frames`` when the config quarantines clips whose source is too slow to fill them without repeats."""
+    if not (cfg.quarantine_held_frames and clip.held):
+        return None
+    detail = f"source at {clip.source_fps:g} fps < data.fps {cfg.fps:g}: {clip.held} of {len(clip.frames)} frames"
+    return "held_frames", f"{detail} repeat the one before (data.quarantine_held_frames)"
+
+
 def caption_problem(caption: object) -> tuple[str, str] | None:
     if caption is None or (isinstance(caption, float) and math.isnan(caption)):
         return "empty_caption", "caption is missing"
@@ -182,9 +206,14 @@ def ingest_manifest(cfg: DataConfig, out_dir: str | Path, source: str = "manifes
     manifest holds scene windows)."""
     t0 = time.perf_counter()
     manifest = read_manifest(cfg.manifest, cfg.columns)
+    if "clip_id" not in manifest.columns:
+        log.warning("%s: no clip id column (data.columns.clip_id), so clips are named row-NNNNNNN and a video listed "
+                    "twice cannot be told by its id; only a row repeating an earlier row's path, start and end is "
+                    "quarantined (duplicate_source)", cfg.manifest)  # fmt: skip
     writer = FilteringShardWriter(cfg, out_dir, source)
     quarantine: list[dict[str, object]] = []
     seen: set[str] = set()
+    sources: dict[tuple[str, float, float | None], int] = {}  # (path, start, end) of decoded rows -> the first row
     for row, rec in enumerate(manifest.to_dict("records")):
         clip_id = str(rec.get("clip_id") or f"row-{row:07d}")
         path = _resolve(rec["path"], cfg.manifest)
@@ -207,16 +236,24 @@ def ingest_manifest(cfg: DataConfig, out_dir: str | Path, source: str = "manifes
         if start < 0 or (end is not None and end <= start):
             refuse("bad_time_range", f"start={rec.get('start')!r}, end={rec.get('end')!r}")
             continue
+        if (path, start, end) in sources:
+            refuse("duplicate_source", f"same path, start and end as row {sources[path, start, end]}")
+            continue
         try:
             with fsspec.open(path, "rb") as f:
-                frames = decode_clip(f, cfg.frames, cfg.fps, cfg.height, cfg.width, start, end, cfg.max_source_pixels)
+                clip = decode_window(f, cfg.frames, cfg.fps, cfg.height, cfg.width, start, end, cfg.max_source_pixels)
         except FileNotFoundError:
             refuse("missing_file", "no such file")
             continue
         except VideoDecodeError as exc:
             refuse(exc.reason, exc.detail)
             continue
-        writer.add(row, clip_id, path, start, end, frames, rec["caption"].strip())
+        sources[path, start, end] = row
+        problem = held_problem(clip, cfg)
+        if problem:
+            refuse(*problem)
+            continue
+        writer.add(row, clip_id, path, start, end, clip, rec["caption"].strip())
     index, filtered_df = writer.close()
     quarantine_df = QuarantineRecord.validate(pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS))
     check_bad_fraction(quarantine_df, len(manifest), cfg.max_bad_fraction, cfg.manifest)

@@ -233,7 +233,8 @@ def ingest_raw(
         result.quarantine["row"] = positions[result.quarantine["row"].to_numpy(dtype=int)]
         result.filtered["row"] = positions[result.filtered["row"].to_numpy(dtype=int)]
     else:  # every video refused: an empty index, and the bad-fraction check below says why
-        index = ShardWriter(out_dir, cfg.shard_size, source="raw").close().assign(motion=[], aesthetic=[])
+        index = ShardWriter(out_dir, cfg.shard_size, source="raw").close()
+        index = index.assign(motion=[], aesthetic=[], held_frames=[])
         attrs = ClipAttributes.validate(pd.DataFrame(columns=list(ClipAttributes.to_schema().columns)))
         result = IngestResult(index, refusals.iloc[:0], attrs, 0.0)
     quarantine = pd.concat([refusals, result.quarantine], ignore_index=True).sort_values("row", kind="stable")

@@ -6,6 +6,7 @@ centre-cropped: the aspect ratio is kept and nothing is stretched.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +22,15 @@ class VideoDecodeError(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+@dataclass(frozen=True)
+class DecodedClip:
+    """A decoded window and how much of it sample-and-hold filled."""
+
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    held: int  # frames repeating the source frame of the one before: > 0 when the source is slower than the fps
+    source_fps: float  # the stream's average frame rate, 0.0 when the container does not give one
 
 
 def _resize_crop(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
@@ -41,10 +51,25 @@ def decode_clip(
     end: float | None = None,
     max_source_pixels: int = 4096 * 4096,
 ) -> np.ndarray:
-    """Decode ``frames`` frames spaced 1/fps apart from ``start`` seconds: uint8 [T, H, W, 3].
+    """Decode ``frames`` frames spaced 1/fps apart from ``start`` seconds: uint8 [T, H, W, 3] (``decode_window``)."""
+    return decode_window(source, frames, fps, height, width, start, end, max_source_pixels).frames
+
+
+def decode_window(
+    source: str | Path | BinaryIO,
+    frames: int,
+    fps: float,
+    height: int,
+    width: int,
+    start: float = 0.0,
+    end: float | None = None,
+    max_source_pixels: int = 4096 * 4096,
+) -> DecodedClip:
+    """Decode ``frames`` frames spaced 1/fps apart from ``start`` seconds, counting the held ones.
 
     Each target time takes the last decoded frame at or before it (sample-and-hold), so a source slower than
-    ``fps`` repeats frames rather than failing. The window must lie inside the video and inside [start, end].
+    ``fps`` repeats frames rather than failing; ``DecodedClip.held`` counts the repeats. The window must lie inside
+    the video and inside [start, end].
 
     Raises:
         VideoDecodeError: with a quarantine reason (unreadable, no_video_stream, too_few_frames, frame_too_large).
@@ -68,27 +93,30 @@ def decode_clip(
             )
         if start > 0 and stream.time_base:
             container.seek(int(start / stream.time_base), stream=stream)  # lands on the keyframe before start
-        frame_dur = 1.0 / float(stream.average_rate) if stream.average_rate else 0.0
+        source_fps = float(stream.average_rate) if stream.average_rate else 0.0
+        frame_dur = 1.0 / source_fps if source_fps else 0.0
         out = np.empty((frames, height, width, 3), dtype=np.uint8)
-        filled, last, last_t = 0, None, -np.inf
+        filled, held, last, last_t, last_used = 0, 0, None, -np.inf, False
         try:
             for frame in container.decode(stream):
                 if frame.time is None:
                     continue
                 while filled < frames and last is not None and targets[filled] < frame.time - 1e-6:
                     out[filled] = last  # the frame on screen at this target time
-                    filled += 1
+                    held += last_used  # ... already shown at the target before: a held frame
+                    filled, last_used = filled + 1, True
                 if filled == frames:
                     break
-                last, last_t = _resize_crop(frame, height, width), frame.time
+                last, last_t, last_used = _resize_crop(frame, height, width), frame.time, False
         except (av.error.FFmpegError, ValueError) as exc:
             raise VideoDecodeError("unreadable", f"decoding failed after {filled} frames: {exc}") from exc
     while filled < frames and last is not None and targets[filled] < last_t + frame_dur - 1e-6:
         out[filled] = last  # the final frame stays on screen for one frame duration
-        filled += 1
+        held += last_used
+        filled, last_used = filled + 1, True
     if filled < frames:
         raise VideoDecodeError("too_few_frames", f"decoded {filled}/{frames} frames from {start} s at {fps} fps")
-    return out
+    return DecodedClip(out, held, source_fps)
 
 
 def write_mp4(path: str | Path, video: np.ndarray, fps: float = 8.0) -> Path:

@@ -33,8 +33,15 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from data_schemas.ingest import ClipAttributes, QuarantineRecord
 from lib.config import DataConfig
 from lib.data.columns import ColumnError, source_column
-from lib.data.ingest import QUARANTINE_COLUMNS, FilteringShardWriter, IngestResult, caption_problem, check_bad_fraction
-from lib.data.video import VideoDecodeError, decode_clip
+from lib.data.ingest import (
+    QUARANTINE_COLUMNS,
+    FilteringShardWriter,
+    IngestResult,
+    caption_problem,
+    check_bad_fraction,
+    held_problem,
+)
+from lib.data.video import DecodedClip, VideoDecodeError, decode_window
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +121,8 @@ def _caption(sample: dict[str, Any], meta: dict[str, Any], columns: dict[str, st
     return caption
 
 
-def _clip(sample: dict[str, Any], cfg: DataConfig) -> tuple[str, str, Any, float, float | None]:
-    """(clip id, caption, frames, start, end) of one sample, or Refused with its quarantine reason."""
+def _clip(sample: dict[str, Any], cfg: DataConfig) -> tuple[str, str, DecodedClip, float, float | None]:
+    """(clip id, caption, decoded clip, start, end) of one sample, or Refused with its quarantine reason."""
     meta = _metadata(sample)
     clip_id = _field(meta, "clip_id", cfg.columns)
     clip_id = str(sample["__key__"] if clip_id is None else clip_id)
@@ -136,12 +143,15 @@ def _clip(sample: dict[str, Any], cfg: DataConfig) -> tuple[str, str, Any, float
     if start < 0 or (end is not None and end <= start):
         raise Refused("bad_time_range", f"start={start!r}, end={end!r}")
     try:
-        frames = decode_clip(
+        clip = decode_window(
             io.BytesIO(video), cfg.frames, cfg.fps, cfg.height, cfg.width, start, end, cfg.max_source_pixels
         )
     except VideoDecodeError as exc:
         raise Refused(exc.reason, exc.detail) from None
-    return clip_id, caption.strip(), frames, start, end
+    problem = held_problem(clip, cfg)
+    if problem:
+        raise Refused(*problem)
+    return clip_id, caption.strip(), clip, start, end
 
 
 def ingest_webdataset(cfg: DataConfig, out_dir: str | Path) -> IngestResult:
@@ -165,11 +175,11 @@ def ingest_webdataset(cfg: DataConfig, out_dir: str | Path) -> IngestResult:
     for sample in iter_samples(urls, shard_error):
         path = f"{sample['__url__']}#{sample['__key__']}"
         try:
-            clip_id, caption, frames, start, end = _clip(sample, cfg)
+            clip_id, caption, clip, start, end = _clip(sample, cfg)
             if clip_id in seen:
                 raise Refused("duplicate_id", f"clip id {clip_id!r} already used by an earlier sample")
             seen.add(clip_id)
-            writer.add(rows, clip_id, path, start, end, frames, caption)
+            writer.add(rows, clip_id, path, start, end, clip, caption)
         except Refused as exc:
             refuse(str(sample["__key__"]), path, exc.reason, exc.detail)
         rows += 1
