@@ -180,6 +180,10 @@ class Tracker:
         else:
             self.client.log_artifact(run_id, str(path), folder)
 
+    def name_execution(self, run_id: str, workflow: str) -> None:
+        """Name the execution's run after the workflow that ran (its first task could not know it)."""
+        self.client.set_tag(run_id, "mlflow.runName", f"{workflow} {self.execution}")
+
     def finish(self, run_id: str, failed: bool = False) -> None:
         self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 

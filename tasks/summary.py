@@ -80,6 +80,7 @@ def summarize(
     tracker = tracker_for(output_dir, only_after_work=True)
     if tracker is not None:  # what a person compares between executions: the table, sheet, GIFs, headline numbers
         run_id = tracker.execution_run()
+        tracker.name_execution(run_id, "pipeline" if results_name == "results" else results_name)
         tracker.log_config(run_id, config_to_dict(cfg), config_to_yaml(cfg))
         with tempfile.TemporaryDirectory() as tmp:
             table = Path(tmp) / "eval_report.csv"

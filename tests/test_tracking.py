@@ -98,6 +98,8 @@ def test_the_execution_run_holds_the_resolved_config_as_params_and_yaml(tmp_path
     assert params["expert.lr"] == "0.001" and params["cluster.num_clusters"] == str(cfg.cluster.num_clusters)
     assert params["data.manifest"] == "m" * MAX_PARAM_CHARS  # cut to MLflow's limit; the YAML keeps it whole
     assert load_config(tracker.artifact_dir(run_id) / "config.yaml") == cfg
+    tracker.name_execution(run_id, "reevaluation")  # a re-evaluation is not named like a pipeline run
+    assert tracker.client.get_run(run_id).info.run_name == "reevaluation exec-1"
 
 
 def test_a_copied_tracking_store_reads_its_artifacts_from_the_copy(tmp_path):
