@@ -16,7 +16,7 @@ from lib.data.shards import load_clips
 from lib.data.split import TRAIN, VALIDATION, rows_with_role
 from lib.evaluate.compare import compare_methods
 from lib.evaluate.featnet import AttrNet, featnet_note, fit_attrnet
-from lib.evaluate.report import report_html
+from lib.evaluate.page import report_html
 from lib.evaluate.sheet import REAL_ROW, contact_sheet, sheet_html
 from lib.io import atomic_write
 from lib.sample.methods import gallery_html, load_sampled
@@ -90,7 +90,7 @@ def evaluate_task(
     real = load_clips(shards_dir, index, prompts["clip_id"].astype(str).tolist())
     sheet = contact_sheet([(REAL_ROW, real), *generated.items()], prompts, out / "samples.png")
     gallery = sheet_html(sheet) + gallery_html(samples.path, list(generated), prompts["caption"].tolist())
-    html = report_html(report, gallery) + f"<p>{featnet_note}</p><p>skipped methods: {skipped or 'none'}</p>"
+    html = report_html(report, gallery, notes=f"<p>{featnet_note}</p><p>skipped methods: {skipped or 'none'}</p>")
     atomic_write(out / "report.html", lambda tmp: tmp.write_text(html))
     sheet_uri = publish_stage(output_dir, sheet)  # the whole stage folder, report.html beside the sheet
     Deck("evaluation", html)

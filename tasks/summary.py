@@ -1,5 +1,6 @@
 """The end of a run: persist the results to ``output_dir`` and print what a person reads first."""
 
+import html
 import json
 import shutil
 import tempfile
@@ -16,14 +17,18 @@ from data_schemas.evaluate import EvalReport
 from data_schemas.router import RouterReport
 from lib.config import RunConfig, config_to_dict, config_to_yaml
 from lib.evaluate.compare import headline
+from lib.evaluate.page import report_html
+from lib.evaluate.sheet import sheet_html
 from lib.io import persist
+from lib.sample.methods import gallery_html, load_sampled
 from lib.storage import StorageError, check_output_dir, is_remote, publish_dir, resolve
-from lib.train.router import report_line
+from lib.train.router import report_line, router_report_html
 from tasks.common import tracker_for
 from tasks.image import TASK_IMAGE
 
 SUMMARY = "summary.md"
 CONFIG = "config.yaml"
+PAGE = "report.html"
 
 
 @task(container_image=TASK_IMAGE, cache=False)
@@ -71,6 +76,8 @@ def summarize(
         if router_report is not None:  # re-evaluation trains no router
             router_report.to_parquet(staged / "router_report.parquet", index=False)
         (staged / SUMMARY).write_text(f"```\n{text}\n```\n")
+        (staged / PAGE).write_text(results_page(report, featnet_note, staged / "samples", staged / "samples.png",
+                                                router_report))  # fmt: skip
         (staged / CONFIG).write_text(config_to_yaml(cfg))
         if is_remote(output_dir):
             check_output_dir(output_dir)
@@ -115,9 +122,21 @@ def summary_text(
         f"DDM: {dest}/ddm   monolith: {dest}/monolith   (each loads with DDMPipeline.from_pretrained)",
         f"samples (GIFs per method): {dest}/samples/gifs",
         f"contact sheet (real prompt clips above every method, same prompts): {dest}/samples.png",
+        f"the results page (headline table, charts, contact sheet, samples, router; open in a browser): {dest}/{PAGE}",
         f"reports: {reports}; this summary: {dest}/{SUMMARY}; the resolved config: {dest}/{CONFIG}",
-        "Decks (clusters, training curves, samples, evaluation): the Flyte console; locally deck.html files under "
-        "TMPDIR",
         "=" * 100,
     ]
     return "\n".join(lines)
+
+
+def results_page(
+    report: pd.DataFrame, featnet_note: str, samples: Path, sheet: Path, router_report: pd.DataFrame | None
+) -> str:
+    """``report.html``: the evaluation page (the evaluation Deck's content) with the router's report below, one file
+    that opens from the results folder wherever it is copied."""
+    _, prompts, skipped = load_sampled(samples)
+    methods = [m for m in report["method"].drop_duplicates() if m != "real"]
+    gallery = sheet_html(sheet) + gallery_html(samples, methods, prompts["caption"].tolist())
+    notes = f"<p>{html.escape(featnet_note)}</p><p>skipped methods: {skipped or 'none'}</p>"
+    router = router_report_html(router_report) if router_report is not None else "<p>router not retrained</p>"
+    return report_html(report, gallery + router, notes=notes)

@@ -4,6 +4,8 @@ A barely trained AttrNet (feature_dim 16, so that the FD∞ extrapolation's 4·D
 methods on the same prompts: noise, the prompts' own clips (a perfect generator) and those clips again as ``real``.
 """
 
+import re
+
 import numpy as np
 import pandas as pd
 import pandera.errors
@@ -18,7 +20,8 @@ from lib.evaluate.aesthetic import AestheticScorer
 from lib.evaluate.compare import headline
 from lib.evaluate.featnet import train_attrnet
 from lib.evaluate.frechet import FeatureError
-from lib.evaluate.report import bootstrap_mean, evaluate_methods, fd_feature_spec, report_html
+from lib.evaluate.page import report_html
+from lib.evaluate.report import bootstrap_mean, evaluate_methods, fd_feature_spec
 from lib.sample.methods import gallery_html
 from tests.test_clip_score import clip_dir  # noqa: F401  (the tiny CLIP folder fixture)
 
@@ -136,6 +139,12 @@ def test_report_html_has_table_chart_and_animations(setup, tmp_path):
     assert page.count("data:image/gif;base64,") == 6 and page.count("data:image/png;base64,") == 1
     assert "<table" in page and "kid_attrnet" in page and "ddm:topk" in page and "paired bootstrap" in page
     assert "a blue square" in page and (tmp_path / "gifs" / "monolith-0000.gif").read_bytes()[:6] == b"GIF89a"
+    # the headline table (method x metric with intervals) comes first; every row of the report is folded at the end
+    assert page.index("<table") < page.index("data:image/png") < page.index("<details>")
+    first = page[page.index("<table") : page.index("</table>")]
+    assert "ddm:topk" in first and re.search(r"<td>\d+\.\d+ \[\d+\.\d+, \d+\.\d+\]</td>", first)
+    assert all(f"<td>{method}</td>" in first for method in generated)  # one row per method
+    assert "img{max-width:100%" in page  # figures fit the page
 
 
 def test_compare_methods_scores_held_out_prompts_against_held_out_reference(tmp_path):

@@ -125,6 +125,9 @@ def test_pipeline_cold_cached_and_downstream_reruns(tmp_path):
     summary = (results / "summary.md").read_text()  # the printed summary, kept beside the results
     assert "ddm-flyte run summary" in summary and summary.strip("`\n") in cold
     assert load_config(results / "config.yaml") == cfg  # the resolved config, reloadable as it ran
+    page = (results / "report.html").read_text()  # one page, its path printed: headline first, sheet, router
+    assert f"{results}/report.html" in cold and page.index("ddm:topk") < page.index('alt="contact sheet"')
+    assert "<h3>Router</h3>" in page and page.count("data:image/gif;base64,") >= 3
     moved = shutil.copytree(results / "monolith", tmp_path / "moved" / "monolith")  # loads alone, anywhere
     assert DDMPipeline.from_pretrained(moved).num_experts == 1
     _assert_tracked(out / "mlflow.db")

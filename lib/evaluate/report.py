@@ -1,4 +1,4 @@
-"""Scores of every sampling method in one EvalReport table, and its HTML rendering for a Flyte Deck.
+"""Scores of every sampling method in one EvalReport table (its HTML page: ``lib.evaluate.page``).
 
 Rules that keep the numbers meaningful:
 - the reference set is held-out ``reference`` clips and the prompts are held-out ``prompt`` clips
@@ -16,15 +16,12 @@ Rules that keep the numbers meaningful:
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.figure import Figure
 from pandera.typing import DataFrame
 from torch import nn
 
@@ -268,41 +265,3 @@ def evaluate_methods(
                 mean, low, high = bootstrap_mean(values.astype(np.float64), cfg.bootstrap, bseed)
                 rows.append(_row(method, name, extractor, cluster, 0, len(gen_idx), mean, low, high))
     return EvalReport.validate(pd.DataFrame(rows, columns=list(EvalReport.to_schema().columns)))
-
-
-def _bar_chart_png(report: pd.DataFrame) -> bytes:
-    """One panel per headline metric (all prompts), bars per method with their 95 % bootstrap intervals."""
-    main = report[
-        (report[EvalReport.cluster] == ALL_CLUSTERS) & ~report[EvalReport.metric].str.contains(".", regex=False)
-    ]
-    metrics = list(dict.fromkeys(main[EvalReport.metric]))
-    fig = Figure(figsize=(3.2 * max(len(metrics), 1), 3.0))
-    axes = fig.subplots(1, max(len(metrics), 1), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=False):
-        sub = main[main[EvalReport.metric] == metric]
-        err = np.stack([sub[EvalReport.mean] - sub[EvalReport.ci_low], sub[EvalReport.ci_high] - sub[EvalReport.mean]])
-        ax.bar(sub[EvalReport.method], sub[EvalReport.mean], yerr=np.nan_to_num(np.clip(err, 0, None)), capsize=3)
-        ax.set_title(metric, fontsize=9)
-        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return buf.getvalue()
-
-
-def report_html(report_df: pd.DataFrame, samples_html: str) -> str:
-    """Self-contained HTML: the EvalReport table, a bar chart and, below them, the samples (``samples_html``, e.g.
-    ``lib.sample.methods.gallery_html``: GIFs per method on the same prompts)."""
-    report = EvalReport.validate(report_df)
-    png = base64.b64encode(_bar_chart_png(report)).decode()
-    parts = [
-        "<h3>Evaluation</h3>",
-        "<p>Metric names carry their feature network: <code>*_attrnet</code> metrics are offline proxies, not FVD "
-        "or CLIP. <code>fd_inf</code> and <code>kid</code> do not depend on N; the fixed-N <code>fd</code> compares "
-        "only at equal n_generated. Intervals: 95 % paired bootstrap over held-out prompts; "
-        "<code>ratio_*</code> = monolith / method.</p>",
-        report.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–"),
-        f'<img alt="metrics" src="data:image/png;base64,{png}"/>',
-        samples_html,
-    ]
-    return "\n".join(parts)
