@@ -18,7 +18,7 @@ flow-matching MSE, with fixed noise, conditioned on the caption.
 Budgets are counted in training samples (steps x batch) and the monolith spends its budget as the config's
 ``expert.monolith_scaling`` says (K x the steps, or K x the batch), exactly as the benchmark and the pipeline do.
 
-Usage: ``python benchmarks/ddm_compute_probe.py [--budget-factor 2 --evals 6 --out benchmarks/results/probe]
+Usage: ``python benchmarks/ddm_compute_probe.py [--budget-factor 2 --evals 6 --out benchmarks/results/probes/probe]
 [--set expert.monolith_scaling=steps expert.steps=720 expert.batch_size=16 data.themed_scenes=true]``.
 """
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-factor", type=float, default=2.0, help="largest budget, in benchmark budgets")
     parser.add_argument("--evals", type=int, default=6, help="budgets scored per model (evenly spaced)")
     parser.add_argument("--holdout", type=float, default=0.1, help="fraction of each cluster kept out of training")
-    parser.add_argument("--out", default="benchmarks/results/probe")
+    parser.add_argument("--out", default="benchmarks/results/probes/probe")
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides, e.g. expert.num_layers=2"
     )
