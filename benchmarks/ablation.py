@@ -40,10 +40,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from lib.config import (  # noqa: E402
+from lib.config import (
     EncodeConfig,
     RunConfig,
     config_to_dict,
@@ -51,7 +48,10 @@ from lib.config import (  # noqa: E402
     replace_in,
     with_overrides,
 )
-from lib.io import atomic_write  # noqa: E402
+from lib.io import atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
+
 
 METHODS = ("monolith", "ddm:topk", "ddm:top1", "ddm:oracle")
 METRICS = ("kid_attrnet", "ratio_kid_attrnet", "fd_inf_attrnet", "ratio_fd_inf_attrnet", "attr_acc_attrnet",

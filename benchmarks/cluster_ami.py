@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,17 +33,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lib.cluster.embedders import compute_embeddings
+from lib.cluster.kmeans import cluster_fit_on
+from lib.cluster.report import attribute_ami
+from lib.config import load_config, replace_in
+from lib.data.ingest import ingest
+from lib.data.split import TRAIN
+from lib.encode.text import TextEncoder
+from lib.io import atomic_write
 
-from lib.cluster.embedders import compute_embeddings  # noqa: E402
-from lib.cluster.kmeans import cluster_fit_on  # noqa: E402
-from lib.cluster.report import attribute_ami  # noqa: E402
-from lib.config import load_config, replace_in  # noqa: E402
-from lib.data.ingest import ingest  # noqa: E402
-from lib.data.split import TRAIN  # noqa: E402
-from lib.encode.text import TextEncoder  # noqa: E402
-from lib.io import atomic_write  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 log = logging.getLogger("cluster_ami")
 

@@ -14,22 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks import quality_sweep as sweep
+from lib.config import load_config, with_overrides
+from lib.data.shards import load_clips
+from lib.data.split import VALIDATION, rows_with_role
+from lib.io import atomic_write
+
 REPO = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO.parent))
-sys.path.insert(0, str(REPO))
 
-import quality_sweep as sweep  # noqa: E402
-
-from lib.config import load_config, with_overrides  # noqa: E402
-from lib.data.shards import load_clips  # noqa: E402
-from lib.data.split import VALIDATION, rows_with_role  # noqa: E402
-from lib.io import atomic_write  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

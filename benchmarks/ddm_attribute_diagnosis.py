@@ -20,19 +20,23 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lib.data.split import TRAIN
+from lib.evaluate.featnet import HEADLINE_ATTRIBUTES, attribute_hits
+from lib.experiment.context import bench_config, prepare
+from lib.experiment.models import train_models
+from lib.experiment.scoring import featnet_for, sample_cached, sample_seed
+from lib.experiment.tables import markdown
+from lib.experiment.timer import StageTimer
+from lib.experiment.variants import semantic_variant
+from lib.io import atomic_write
+from lib.sample.pipeline import DDMPipeline
+from lib.sample.prompts import stratified_prompts
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-import ddm_vs_monolith as bench  # noqa: E402
 
-from lib.data.split import TRAIN  # noqa: E402
-from lib.evaluate.featnet import attribute_hits  # noqa: E402
-from lib.io import atomic_write  # noqa: E402
-from lib.sample.pipeline import DDMPipeline  # noqa: E402
-from lib.sample.prompts import stratified_prompts  # noqa: E402
 
-ATTRS = bench.ATTRS
+ATTRS = HEADLINE_ATTRIBUTES
 
 
 def accuracy_table(hits: dict[str, pd.DataFrame], clusters: np.ndarray) -> pd.DataFrame:
@@ -68,7 +72,7 @@ def background_table(hits: dict[str, pd.DataFrame], prompts: pd.DataFrame, train
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/bench.yaml")
+    parser.add_argument("--config", default="configs/yaml")
     parser.add_argument("--work", default=None, help="the headline run's working folder (default cfg.output_dir)")
     parser.add_argument("--training-seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="markdown file for the two tables")
@@ -76,17 +80,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = bench.bench_config(args.config, False, [])
-    timer = bench.StageTimer()
-    ctx = bench.prepare(cfg, Path(args.work or cfg.output_dir), "cpu", timer)
-    semantic = bench.semantic_variant(ctx, timer)
+    cfg = bench_config(args.config, False, [])
+    timer = StageTimer()
+    ctx = prepare(cfg, Path(args.work or cfg.output_dir), "cpu", timer)
+    semantic = semantic_variant(ctx, timer)
     ctx.semantic = semantic.assignments
-    models = bench.train_models(ctx, semantic, args.training_seed, True, timer)  # reused by spec hash
-    featnet, _ = bench.featnet_for(ctx, timer)
+    models = train_models(ctx, semantic, args.training_seed, True, timer)  # reused by spec hash
+    featnet, _ = featnet_for(ctx, timer)
     prompts = stratified_prompts(semantic.assignments, ctx.index, cfg.sample.num_prompts, cfg.seed)
-    videos = bench.sample_seed(ctx, [models], args.training_seed, prompts, timer, ["monolith", "ddm:topk"])
+    videos = sample_seed(ctx, [models], args.training_seed, prompts, timer, ["monolith", "ddm:topk"])
     pipe = DDMPipeline.from_pretrained(models.ddm_dir, device=ctx.device)
-    videos["ddm:top1"] = bench.sample_cached(ctx, pipe, "top1", prompts, models.key)
+    videos["ddm:top1"] = sample_cached(ctx, pipe, "top1", prompts, models.key)
     attrs = ctx.attributes.set_index("clip_id").loc[prompts["clip_id"]].reset_index()
     hits = {name: attribute_hits(featnet, v, attrs) for name, v in videos.items()}
     frame = semantic.assignments.merge(ctx.attributes, on="clip_id")
@@ -96,9 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     text = (
         f"# DDM attribute diagnosis, training seed {args.training_seed} (exploratory, not a protocol result)\n\n"
         f"`{' '.join(['python', *sys.argv])}`; {len(prompts)} held-out prompts, the run's AttrNet.\n\n"
-        + bench.markdown(overall.round(3))
+        + markdown(overall.round(3))
         + "\n\nBackground accuracy per (background, prompt cluster):\n\n"
-        + bench.markdown(backgrounds.sort_values("ddm:topk").round(3))
+        + markdown(backgrounds.sort_values("ddm:topk").round(3))
         + "\n"
     )
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))

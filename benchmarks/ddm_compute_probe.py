@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,19 +36,17 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lib.cluster.embedders import compute_embeddings  # noqa: E402
-from lib.cluster.kmeans import cluster_embeddings  # noqa: E402
-from lib.config import ExpertConfig, load_config, with_overrides  # noqa: E402
-from lib.data.ingest import ingest  # noqa: E402
-from lib.encode.store import EncodedData, encode_dataset, load_encoded  # noqa: E402
-from lib.models.factory import build_expert, count_parameters, expert_forward  # noqa: E402
-from lib.seeding import derive_seed, numpy_rng, torch_generator  # noqa: E402
-from lib.train import checkpoint as ckpt  # noqa: E402
-from lib.train.compute import flops_per_step  # noqa: E402
-from lib.train.specs import monolith_config  # noqa: E402
-from lib.train.trainer import ProgressCallback, TrainData, flow_matching_batch, train  # noqa: E402
+from lib.cluster.kmeans import cluster_embeddings
+from lib.config import ExpertConfig, load_config, with_overrides
+from lib.encode.store import EncodedData, load_encoded
+from lib.experiment.context import prepare
+from lib.experiment.timer import StageTimer
+from lib.models.factory import build_expert, count_parameters, expert_forward
+from lib.seeding import derive_seed, numpy_rng, torch_generator
+from lib.train import checkpoint as ckpt
+from lib.train.compute import flops_per_step
+from lib.train.specs import monolith_config
+from lib.train.trainer import ProgressCallback, TrainData, flow_matching_batch, train
 
 T_GRID = torch.sigmoid(torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.1, 0.9, 9)))  # logit-normal deciles
 
@@ -120,21 +117,20 @@ def main(argv: list[str] | None = None) -> None:
         )
     out = Path(args.out)
     work = Path(cfg.output_dir) / ("probe-smoke" if args.smoke else "probe")  # a smoke run never wipes a real one
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work / "models", ignore_errors=True)  # the models retrain; the data, codec and encode are reused
     out.mkdir(parents=True, exist_ok=True)
 
-    result = ingest(cfg.data, cfg.seed, work / "shards")
-    encode_dataset(work / "shards", result.index, cfg.encode, work / "encoded", device="cpu")
-    x, _ = compute_embeddings(cfg.cluster, work / "shards", result.index, pooled_text=None, device="cpu")
-    clusters = cluster_embeddings(x, cfg.cluster, cfg.seed)
-    clip_ids = np.array(result.index["clip_id"].tolist())
+    ctx = prepare(cfg, Path(cfg.output_dir), "cpu", StageTimer())  # the experiments' shared stages
+    encoded = ctx.encoded
+    clusters = cluster_embeddings(ctx.embeddings, cfg.cluster, cfg.seed)
+    clip_ids = np.array(ctx.index["clip_id"].tolist())
     k = cfg.cluster.num_clusters
     rng = numpy_rng(cfg.seed, "probe", "holdout")
     train_ids, held_out = {}, {}
     for c in range(k):
         members = clip_ids[clusters.labels == c][rng.permutation(int((clusters.labels == c).sum()))]
         cut = max(1, int(round(args.holdout * len(members))))
-        held_out[c] = load_encoded(work / "encoded", sorted(members[:cut].tolist()))
+        held_out[c] = load_encoded(encoded, sorted(members[:cut].tolist()))
         train_ids[c] = sorted(members[cut:].tolist())
     sizes = {c: (len(train_ids[c]), len(held_out[c].clip_ids)) for c in range(k)}
     print(f"clusters (train, held-out): {sizes}", flush=True)
@@ -156,10 +152,10 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"{name}: {args.budget_factor:g} x {unit.steps} steps is not a multiple of {args.evals}")
         ecfg = replace(unit, steps=int(steps), checkpoint_every=int(steps) // args.evals)
         per_step = flops_per_step(ecfg, shape[0], shape[2], sample.tokens.shape[1], shape[1])
-        data = load_encoded(work / "encoded", ids)
+        data = load_encoded(encoded, ids)
         callback = ScoreCheckpoints(name, ecfg, shape, scored, noise, rows, per_step, args.budget_factor / steps)
         seed = derive_seed(cfg.seed, "train", name)
-        train(TrainData(data.clip_ids, data.latents, data.tokens, data.mask), ecfg, work / name, seed, name,
+        train(TrainData(data.clip_ids, data.latents, data.tokens, data.mask), ecfg, work / "models" / name, seed, name,
               callbacks=[callback])  # fmt: skip
         pd.DataFrame(rows).to_csv(out / "probe.csv", index=False)  # partial results survive an interruption
 

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -42,57 +40,31 @@ import re
 import shlex
 import shutil
 import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.numpy import load_file, save_file
+
+from data_schemas.router import CAPTION_ONLY, EXACT, RouterReport
+from lib.config import RunConfig
+from lib.data.shards import load_clips
+from lib.evaluate.compare import compare_methods, reference_clip_ids
+from lib.evaluate.distances import Interval, save_replicates
+from lib.evaluate.featnet import HEADLINE_ATTRIBUTES, featnet_note
+from lib.evaluate.report import BASELINE
+from lib.experiment.context import Shared, bench_config, prepare
+from lib.experiment.models import Models, train_models
+from lib.experiment.scoring import assert_disjoint, distance_replicates, featnet_for, plot_samples, sample_seed
+from lib.experiment.tables import json_safe, markdown
+from lib.experiment.timer import StageTimer, say
+from lib.experiment.variants import SEMANTIC, Variant, random_variant, semantic_variant
+from lib.io import atomic_write
+from lib.sample.prompts import stratified_prompts
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run as a script from the repository root
-
-
-from data_schemas.cluster import ClusterAssignment  # noqa: E402
-from data_schemas.router import CAPTION_ONLY, EXACT, RouterReport  # noqa: E402
-from lib.cluster.embedders import compute_embeddings  # noqa: E402
-from lib.cluster.kmeans import cluster_fit_on  # noqa: E402
-from lib.cluster.report import assignment_frame, cluster_report  # noqa: E402
-from lib.config import RunConfig, load_config, replace_in, with_overrides  # noqa: E402
-from lib.data.ingest import ingest  # noqa: E402
-from lib.data.shards import load_clips  # noqa: E402
-from lib.data.split import TRAIN, VALIDATION, rows_with_role  # noqa: E402
-from lib.encode.prepare import codec_key, fit_codec  # noqa: E402
-from lib.encode.store import encode_dataset, load_encoded, read_codec_info  # noqa: E402
-from lib.evaluate.compare import compare_methods, reference_clip_ids  # noqa: E402
-from lib.evaluate.distances import Interval, save_replicates, score_sets  # noqa: E402
-from lib.evaluate.featnet import AttrNet, AttrNetFeatures, featnet_note, fit_attrnet  # noqa: E402
-from lib.evaluate.report import BASELINE, _features  # noqa: E402
-from lib.evaluate.sheet import REAL_ROW, contact_sheet  # noqa: E402
-from lib.io import atomic_write  # noqa: E402
-from lib.models.factory import weights_digest, weights_sha256  # noqa: E402
-from lib.sample.methods import sample_prompts  # noqa: E402
-from lib.sample.pipeline import DDMPipeline, assemble_ddm  # noqa: E402
-from lib.sample.prompts import stratified_prompts  # noqa: E402
-from lib.seeding import derive_seed, numpy_rng  # noqa: E402
-from lib.train.router import report_line, train_router  # noqa: E402
-from lib.train.specs import (  # noqa: E402
-    ExpertSpec,
-    compute_table,
-    expert_specs,
-    monolith_spec,
-    training_data,
-    training_rows,
-)
-from lib.train.trainer import TrainResult, train  # noqa: E402
-
 PROTOCOL = REPO / "benchmarks" / "protocol.md"
 RESULTS = REPO / "benchmarks" / "results"  # headline.json / quality.json here are the latest versioned run's
-SEMANTIC, RANDOM = "semantic", "random"
-ATTRS = ("color", "shape", "background", "motion")  # the headline attributes (their mean: attr_acc)
 DISTANCES = ("fd_inf", "kid", "fd")
 BUSY_LOAD = 1.5  # 1-minute load average above which torch's multi-threading on a 2-core machine collapses
 
@@ -109,29 +81,8 @@ SMOKE = {
 }
 
 
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
-class StageTimer:
-    """Wall time per named stage (a stage entered twice adds up)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.start = time.perf_counter()
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            dt = time.perf_counter() - t0
-            self.seconds[name] = self.seconds.get(name, 0.0) + dt
-            say(f"[time] {name}: {dt:.1f} s")
-
-    def total(self) -> float:
-        return time.perf_counter() - self.start
 
 
 # ------------------------------------------------------------------------------------------ protocol guard
@@ -164,270 +115,36 @@ def check_protocol(sha: str) -> None:
 # ------------------------------------------------------------------------------------------ shared stages
 
 
-@dataclass
-class Shared:
-    """Everything computed once and used by every variant and training seed."""
-
-    cfg: RunConfig
-    work: Path
-    device: str
-    shards: Path
-    index: pd.DataFrame
-    attributes: pd.DataFrame
-    encoded: Path
-    info: dict
-    embeddings: np.ndarray
-    data_key: str  # hash of the data + encode config: models trained on other data are never reused
-    semantic: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-@dataclass
-class Variant:
-    """One DDM under test: its clustering (semantic, or random shards of the same sizes)."""
-
-    name: str
-    assignments: pd.DataFrame
-    centroids: np.ndarray
-    note: str
 
 
-@dataclass
-class Models:
-    """The trained models of one (variant, training seed)."""
-
-    variant: str
-    seed: int
-    ddm_dir: Path
-    monolith_dir: Path | None
-    train_rows: list[dict]
-    compute: pd.DataFrame
-    router: pd.DataFrame
-    key: str  # identity of the model set (spec hashes + router key): sampled videos are cached under it
 
 
-def prepare(cfg: RunConfig, work: Path, device: str, timer: StageTimer) -> Shared:
-    """Ingest (with roles), encode, embed: once for all variants and seeds."""
-    with timer("ingest"):
-        shards = work / "shards"
-        shutil.rmtree(shards, ignore_errors=True)
-        result = ingest(cfg.data, cfg.seed, shards)
-        say(f"ingest: {result.summary()}")
-    learned = None
-    if cfg.encode.codec == "learned":
-        with timer("codec (train clips)"):
-            folder = work / "codecs" / codec_key(cfg.codec, cfg.seed, result.index, shards)
-            learned, report = fit_codec(cfg.codec, cfg.seed, shards, result.index, folder)
-            say(report.summary())
-    with timer("encode"):
-        encoded = work / "encoded"
-        shutil.rmtree(encoded, ignore_errors=True)
-        encode_dataset(shards, result.index, cfg.encode, encoded, device=device, learned_codec=learned)
-        info = read_codec_info(encoded)
-    with timer("embed"):
-        clip_ids = result.index["clip_id"].tolist()
-        pooled = load_encoded(encoded, clip_ids).pooled.numpy() if "text" in cfg.cluster.embedders else None
-        x, _ = compute_embeddings(cfg.cluster, shards, result.index, pooled_text=pooled, device=device)
-    parts = [cfg.seed, dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.encode)]
-    if learned is not None:  # models trained on another codec's latents are never reused: its config and its
-        # weights (a codec refitted on another CPU computes other weights from the same config)
-        parts += [dataclasses.asdict(cfg.codec), weights_digest(weights_sha256(learned))]
-    key = json.dumps(parts, sort_keys=True)
-    data_key = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return Shared(cfg, work, device, shards, result.index, result.attributes, encoded, info, x, data_key)
 
 
-def semantic_variant(ctx: Shared, timer: StageTimer) -> Variant:
-    """The pipeline's clustering, fitted on the train clips; held-out clips assigned to it."""
-    cfg = ctx.cfg
-    roles = ctx.index["role"].to_numpy()
-    with timer("cluster"):
-        result = cluster_fit_on(ctx.embeddings, roles == TRAIN, cfg.cluster, cfg.seed)
-        attrs = ctx.attributes.set_index("clip_id").loc[ctx.index["clip_id"]].reset_index()
-        report = cluster_report(
-            ctx.embeddings, result, ctx.index["caption"].tolist(), attrs, cfg.seed, cfg.cluster.silhouette_sample,
-            ctx.work / "clusters.png",
-        )  # fmt: skip
-    frame = assignment_frame(ctx.index["clip_id"].tolist(), result, roles)
-    train_sizes = np.bincount(training_rows(frame)["cluster_id"], minlength=cfg.cluster.num_clusters).tolist()
-    ami = ", ".join(f"{a} {v:.2f}" for a, v in report.ami.items())
-    note = (
-        f"semantic clusters K={cfg.cluster.num_clusters} (fitted on train clips): train sizes {train_sizes}, all "
-        f"clips {report.sizes}, silhouette {report.silhouette:.3f}, AMI with attributes: {ami}"
-    )
-    say(note)
-    return Variant(SEMANTIC, frame, result.centroids, note)
 
 
-def random_variant(semantic: Variant, seed: int, k: int) -> Variant:
-    """The control: the semantic train-cluster sizes with the train clips shuffled among clusters."""
-    frame = semantic.assignments.copy()
-    train_mask = (frame["role"] == TRAIN).to_numpy()
-    labels = frame.loc[train_mask, "cluster_id"].to_numpy()
-    shuffled = labels[numpy_rng(seed, "bench-random-clusters").permutation(len(labels))]
-    frame.loc[train_mask, "cluster_id"] = shuffled
-    # distance and fine_cluster mean nothing for random shards; the schema wants values: 0 and the shard
-    frame.loc[train_mask, "distance"] = 0.0
-    frame.loc[train_mask, "fine_cluster"] = shuffled
-    note = f"random shards K={k}: train sizes {np.bincount(shuffled, minlength=k).tolist()} (semantic sizes, shuffled)"
-    say(note)
-    return Variant(RANDOM, ClusterAssignment.validate(frame), semantic.centroids, note)
 
 
 # ------------------------------------------------------------------------------------------ training
 
 
-def train_spec(ctx: Shared, spec: ExpertSpec, assignments: pd.DataFrame) -> TrainResult:
-    """The pipeline's train step for one spec; a finished model with the same spec hash is reused as is."""
-    data = training_data(spec, [(ctx.encoded, assignments)])
-    out = ctx.work / "train" / ctx.data_key / f"{spec.name}-{spec.spec_hash()}"
-    result = train(
-        data,
-        spec.expert,
-        out,
-        spec.seed,
-        spec.name,
-        spec_hash=spec.spec_hash(),
-    )
-    state = "reused" if result.skipped else f"trained {result.steps} steps"
-    loss = result.log["loss"].tail(20).mean() if len(result.log) else float("nan")
-    say(f"{spec.name} (seed {spec.seed}): {state} on {spec.num_clips} clips, final loss {loss:.4f}")
-    return result
 
 
-def train_row(variant: str, seed: int, spec: ExpertSpec, result: TrainResult) -> dict:
-    log_table = result.log
-    return {
-        "variant": variant,
-        "training_seed": seed,
-        "model": spec.name,
-        "clips": spec.num_clips,
-        "steps": spec.expert.steps,
-        "batch": spec.expert.batch_size,
-        "final_loss": float(log_table["loss"].tail(20).mean()) if len(log_table) else float("nan"),
-        "s_per_step": float(log_table["seconds"].median()) if len(log_table) else float("nan"),
-        "reused": result.skipped,
-    }
 
 
-def router_for(ctx: Shared, v: Variant, seed: int) -> tuple[Path, pd.DataFrame, str]:
-    """Train (or reuse) the router of a variant and seed on its train clips; returns folder, report, key."""
-    cfg = ctx.cfg
-    rows = training_rows(v.assignments)
-    key_src = [
-        ctx.data_key,
-        seed,
-        dataclasses.asdict(cfg.router),
-        rows["clip_id"].tolist(),
-        rows["cluster_id"].tolist(),
-    ]
-    key = hashlib.sha256(json.dumps(key_src).encode()).hexdigest()[:16]
-    out = ctx.work / "router" / f"{v.name}-s{seed}-{key}"
-    report_path = out / "report.csv"
-    if report_path.is_file():
-        return out / "router", pd.read_csv(report_path), key
-    data = load_encoded(ctx.encoded, rows["clip_id"].tolist())
-    labels = torch.tensor(rows["cluster_id"].to_numpy(), dtype=torch.int64)
-    k = cfg.cluster.num_clusters
-    result = train_router(data.latents, data.pooled, labels, cfg.router, k, seed, out, device=ctx.device)
-    atomic_write(report_path, lambda tmp: result.report.to_csv(tmp, index=False))
-    return result.model_dir, result.report, key
 
 
-def train_models(ctx: Shared, v: Variant, seed: int, with_monolith: bool, timer: StageTimer) -> Models:
-    """Experts of ``v`` and the router under training seed ``seed`` (and the monolith when asked)."""
-    cfg = replace_in(ctx.cfg, seed=seed)  # the training seed only: data, split and clusters stay the data seed's
-    specs = expert_specs(cfg, v.assignments)
-    mono = monolith_spec(cfg, ctx.semantic)
-    c, t, h, w = ctx.info["latent_shape"]
-    text = ctx.info["text_encoder"]
-    table = compute_table(specs, mono, c, (t, h, w), text["max_tokens"], text["dim"], cfg.router)
-    rows, experts = [], {}
-    with timer(f"train {v.name} experts s{seed}"):
-        for spec in specs:
-            result = train_spec(ctx, spec, v.assignments)
-            experts[spec.cluster_id] = result.model_dir
-            rows.append(train_row(v.name, seed, spec, result))
-    mono_dir = None
-    if with_monolith:
-        with timer(f"train monolith s{seed}"):
-            mono_result = train_spec(ctx, mono, ctx.semantic)
-            rows.append(train_row("shared", seed, mono, mono_result))
-            mono_dir = mono_result.model_dir
-    with timer(f"router {v.name} s{seed}"):
-        router_dir, report, router_key = router_for(ctx, v, seed)
-    say(f"router {v.name} s{seed} accuracy by t: {report_line(report)}")
-    ddm_dir = assemble_ddm(
-        ctx.work / "ddm" / f"{v.name}-s{seed}", experts, router_dir, ctx.info, v.centroids, cfg.encode
-    )
-    key_src = [s.spec_hash() for s in specs] + [router_key] + ([mono.spec_hash()] if with_monolith else [])
-    key = hashlib.sha256(json.dumps(key_src).encode()).hexdigest()[:16]
-    return Models(v.name, seed, ddm_dir, mono_dir, rows, table, report, key)
 
 
 # ------------------------------------------------------------------------------------------ evaluation
 
 
-def featnet_for(ctx: Shared, timer: StageTimer) -> tuple[AttrNet, dict]:
-    """AttrNet on train clips + negatives, checked on validation clips; cached in the work folder."""
-    cfg = ctx.cfg
-    key = hashlib.sha256(json.dumps([ctx.data_key, cfg.eval.featnet_steps, cfg.seed]).encode()).hexdigest()[:12]
-    folder = ctx.work / f"featnet-{key}"
-    checks_path = folder / "checks.json"
-    if checks_path.is_file():
-        return AttrNet.from_pretrained(folder / "attrnet"), json.loads(checks_path.read_text())
-    with timer("evaluation network (train clips + negatives)"):
-        by_role = {
-            role: ctx.attributes[ctx.attributes["clip_id"].isin(rows_with_role(ctx.index, role)["clip_id"])]
-            for role in (TRAIN, VALIDATION)
-        }
-        videos = {role: load_clips(ctx.shards, ctx.index, rows["clip_id"].tolist()) for role, rows in by_role.items()}
-        model, checks = fit_attrnet(
-            videos[TRAIN], by_role[TRAIN], videos[VALIDATION], by_role[VALIDATION], cfg.eval.featnet_steps, cfg.seed
-        )
-    model.save_pretrained(folder / "attrnet")
-    atomic_write(checks_path, lambda tmp: Path(tmp).write_text(json.dumps(checks, indent=1)))
-    return model, checks
 
 
-def sample_cached(ctx: Shared, pipe: DDMPipeline, strategy: str, prompts: pd.DataFrame, key: str) -> np.ndarray:
-    """One video per prompt; cached under the model set, the prompts and the sampler settings."""
-    s = ctx.cfg.sample
-    src = [key, strategy, dataclasses.asdict(s), prompts.to_dict("list"), ctx.cfg.seed]
-    path = ctx.work / "samples" / f"{hashlib.sha256(json.dumps(src).encode()).hexdigest()[:20]}.safetensors"
-    if path.is_file():
-        return load_file(str(path))["videos"]
-    videos = sample_prompts(pipe, prompts, s, ctx.cfg.seed, strategy)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: save_file({"videos": np.ascontiguousarray(videos)}, str(tmp)))
-    return videos
 
 
-def sample_seed(
-    ctx: Shared, models: list[Models], seed: int, prompts: pd.DataFrame, timer: StageTimer, only: list[str] | None
-) -> dict:
-    """The methods of one training seed (protocol: monolith + ddm:topk always; ddm:top1 and the control at seed 0);
-    ``only`` restricts them (``--methods``), and the results say which protocol methods were left out."""
-    sem = next(m for m in models if m.variant == SEMANTIC and m.seed == seed)
-    ctrl = next((m for m in models if m.variant == RANDOM and m.seed == seed), None)
-    pipe = DDMPipeline.from_pretrained(sem.ddm_dir, device=ctx.device)
-    mono = DDMPipeline.from_single(sem.monolith_dir, ctx.info, device=ctx.device)
-    plan = [("monolith", mono, "expert:0", sem.key), (f"ddm:{ctx.cfg.sample.strategy}", pipe, ctx.cfg.sample.strategy,
-                                                       sem.key)]  # fmt: skip
-    if seed == ctx.cfg.seed:
-        plan += [(f"ddm:{s}", pipe, s, sem.key) for s in ctx.cfg.sample.compare_strategies]
-    if ctrl is not None:
-        strategy = ctx.cfg.sample.strategy
-        plan.append((f"ddm:random_{strategy}", DDMPipeline.from_pretrained(ctrl.ddm_dir, device=ctx.device), strategy,
-                     ctrl.key))  # fmt: skip
-    videos = {}
-    for name, p, strategy, key in plan:
-        if only is not None and name not in only:
-            continue
-        with timer(f"sample {name} s{seed}"):
-            t0 = time.perf_counter()
-            videos[name] = sample_cached(ctx, p, strategy, prompts, key + ("-mono" if name == "monolith" else ""))
-            say(f"sample {name} s{seed}: {len(prompts)} videos in {time.perf_counter() - t0:.1f} s")
-    return videos
 
 
 def evaluate_all(
@@ -543,8 +260,8 @@ def quality_record(rows: pd.DataFrame, strategy: str, codec_info: dict) -> dict:
         if mine.empty:
             continue
         value = {m: float(v) for m, v in mine.groupby("metric")["mean"].mean().items()}
-        entry = {a: round(value[f"attr_acc_attrnet.{a}"], 4) for a in ATTRS}
-        entry["mean"] = round(float(np.mean([entry[a] for a in ATTRS])), 4)
+        entry = {a: round(value[f"attr_acc_attrnet.{a}"], 4) for a in HEADLINE_ATTRIBUTES}
+        entry["mean"] = round(float(np.mean([entry[a] for a in HEADLINE_ATTRIBUTES])), 4)
         entry["object_found"] = round(value["object_found_attrnet"], 4)
         entry["prompts"] = int(mine["n_generated"].max())
         entry["training_seeds"] = sorted(int(x) for x in mine["training_seed"].unique())
@@ -567,17 +284,6 @@ def methods_not_run(rows: pd.DataFrame, seeds: list[int], cfg: RunConfig) -> lis
     return [f"{m} (training seed {s})" for m, s in planned if (m, s) not in have]
 
 
-def assert_disjoint(
-    index: pd.DataFrame, prompts: pd.DataFrame, reference: list[str], assignments: pd.DataFrame
-) -> None:
-    """The four roles are disjoint by clip id, and no model or the feature net trained on a held-out clip."""
-    train_ids = set(training_rows(assignments)["clip_id"])
-    val_ids = set(rows_with_role(index, VALIDATION)["clip_id"])
-    sets = {"train": train_ids, "validation": val_ids, "reference": set(reference), "prompt": set(prompts["clip_id"])}
-    for a, b in itertools.combinations(sets, 2):
-        shared = sets[a] & sets[b]
-        if shared:
-            raise SystemExit(f"split broken: {len(shared)} clip(s) are both {a} and {b}, e.g. {sorted(shared)[:3]}")
 
 
 def metric_names(cfg: RunConfig) -> dict[str, str]:
@@ -587,17 +293,6 @@ def metric_names(cfg: RunConfig) -> dict[str, str]:
     return {"fd": base, "fd_inf": base.replace("_", "_inf_", 1), "kid": ("kvd_" if cfg.eval.i3d_path else "kid_") + net}
 
 
-def distance_replicates(featnet: AttrNet, ctx: Shared, reference: list[str], videos: dict, cfg: RunConfig) -> tuple:
-    """``score_sets`` on the all-prompt features exactly as ``compare_methods`` calls it, kept with its replicates.
-
-    Same features, seed and pairs (bootstrap indices depend only on the seed and N), so the numbers equal the
-    report's; the recentred replicates are what the protocol pools over training seeds.
-    """
-    module = AttrNetFeatures(featnet)
-    ref = _features(module, load_clips(ctx.shards, ctx.index, reference))
-    gen = {m: _features(module, v) for m, v in videos.items()}
-    pairs = [(BASELINE, m) for m in gen if m != BASELINE] if BASELINE in gen else []
-    return score_sets(ref, gen, ratio_pairs=pairs, bootstrap=cfg.eval.bootstrap, seed=derive_seed(cfg.seed, "eval", -1))
 
 
 def _pool(intervals: list[Interval]) -> list[float]:
@@ -651,15 +346,6 @@ def headline_summary(rows: pd.DataFrame, reps: dict[int, tuple], names: dict[str
             "ratio_details": ratios, "decision": decision, "text": "\n".join(lines)}  # fmt: skip
 
 
-def json_safe(value: object) -> object:
-    """NaN (a metric the data cannot give, e.g. FD∞ below 4·D videos) becomes null: headline.json stays strict JSON."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def _r(value: float) -> float:
@@ -683,21 +369,8 @@ def headline_markdown(result: dict, names: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def plot_samples(ctx: Shared, videos: dict[str, np.ndarray], prompts: pd.DataFrame, path: Path) -> None:
-    """Rows = real prompt clips and every method (training seed 0); columns = prompts (``lib.evaluate.sheet``)."""
-    real = load_clips(ctx.shards, ctx.index, prompts["clip_id"].tolist())
-    contact_sheet([(REAL_ROW, real), *videos.items()], prompts, path)
 
 
-def markdown(df: pd.DataFrame) -> str:
-    """A GitHub markdown table (pandas' to_markdown needs tabulate, which the project does not ship)."""
-
-    def cell(v: object) -> str:
-        return ("nan" if np.isnan(v) else f"{v:.4g}") if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def per_cluster_table(rows: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
@@ -767,9 +440,6 @@ def write_summary(out: Path, rows: pd.DataFrame, result: dict, models: list[Mode
 # --------------------------------------------------------------------------------------------- main
 
 
-def bench_config(path: str, smoke: bool, overrides: list[str]) -> RunConfig:
-    cfg = with_overrides(load_config(path), overrides)
-    return replace_in(cfg, **SMOKE) if smoke else cfg
 
 
 def machine_info(device: str) -> dict:

@@ -17,32 +17,36 @@ import hashlib
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from lib.data.shards import load_clips
+from lib.data.split import TRAIN, rows_with_role
+from lib.distill.student import distill_student, student_config
+from lib.encode.store import load_encoded
+from lib.evaluate.compare import compare_methods, reference_clip_ids
+from lib.evaluate.featnet import HEADLINE_ATTRIBUTES
+from lib.experiment.context import Shared, bench_config, prepare
+from lib.experiment.scoring import assert_disjoint, distance_replicates, featnet_for, plot_samples, sample_cached
+from lib.experiment.tables import markdown
+from lib.experiment.timer import StageTimer
+from lib.experiment.variants import semantic_variant
+from lib.sample.pipeline import DDMPipeline
+from lib.sample.prompts import stratified_prompts
+from lib.train.compute import flops_per_step
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-import ddm_vs_monolith as bench  # noqa: E402
 
-from lib.data.split import TRAIN, rows_with_role  # noqa: E402
-from lib.distill.student import distill_student, student_config  # noqa: E402
-from lib.encode.store import load_encoded  # noqa: E402
-from lib.evaluate.compare import compare_methods  # noqa: E402
-from lib.sample.pipeline import DDMPipeline  # noqa: E402
-from lib.sample.prompts import stratified_prompts  # noqa: E402
-from lib.train.compute import flops_per_step  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 PROTOCOL = RESULTS / "distill" / "protocol.md"
 
 
-def forward_flops_per_sample(ctx: bench.Shared, cfg) -> float:
+def forward_flops_per_sample(ctx: Shared, cfg) -> float:
     c, t, h, w = ctx.info["latent_shape"]
     text = ctx.info["text_encoder"]
     return flops_per_step(cfg, c, (t, h, w), text["max_tokens"], text["dim"]) / cfg.batch_size / 3
@@ -50,7 +54,7 @@ def forward_flops_per_sample(ctx: bench.Shared, cfg) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/bench.yaml")
+    parser.add_argument("--config", default="configs/yaml")
     parser.add_argument("--ddm", required=True, help="the DDM folder (teacher and compared method)")
     parser.add_argument("--monolith", required=True, help="the monolith's model folder")
     parser.add_argument("--work", default="outputs/bench-distill")
@@ -61,21 +65,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     protocol_sha = hashlib.sha256(PROTOCOL.read_bytes()).hexdigest()
-    logging.basicConfig(level=bench.logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = bench.bench_config(args.config, False, [])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = bench_config(args.config, False, [])
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if Path(args.codecs).is_dir() and not (work / "codecs").exists():
         shutil.copytree(args.codecs, work / "codecs")
-    timer = bench.StageTimer()
-    ctx = bench.prepare(cfg, work, "cpu", timer)
+    timer = StageTimer()
+    ctx = prepare(cfg, work, "cpu", timer)
     if args.featnet and not (work / Path(args.featnet).name).exists():
         shutil.copytree(args.featnet, work / Path(args.featnet).name)
-    semantic = bench.semantic_variant(ctx, timer)
-    featnet, checks = bench.featnet_for(ctx, timer)
+    semantic = semantic_variant(ctx, timer)
+    featnet, checks = featnet_for(ctx, timer)
     prompts = stratified_prompts(semantic.assignments, ctx.index, cfg.sample.num_prompts, cfg.seed)
-    reference = bench.reference_clip_ids(ctx.index, cfg.eval.num_real, cfg.seed)
-    bench.assert_disjoint(ctx.index, prompts, reference, semantic.assignments)
+    reference = reference_clip_ids(ctx.index, cfg.eval.num_real, cfg.seed)
+    assert_disjoint(ctx.index, prompts, reference, semantic.assignments)
 
     ddm = DDMPipeline.from_pretrained(args.ddm)
     monolith = DDMPipeline.from_single(args.monolith, ctx.info)
@@ -83,14 +87,14 @@ def main(argv: list[str] | None = None) -> None:
 
     def sample(name: str, pipe: DDMPipeline, strategy: str) -> None:
         with timer(f"sample {name}"):
-            videos[name] = bench.sample_cached(ctx, pipe, strategy, prompts, f"{name}-{Path(args.ddm).name}")
+            videos[name] = sample_cached(ctx, pipe, strategy, prompts, f"{name}-{Path(args.ddm).name}")
 
     def evaluate() -> tuple[pd.DataFrame, dict]:
         with timer("evaluate"):
             rows = compare_methods(str(ctx.shards), ctx.index, ctx.attributes, semantic.assignments, videos, prompts,
                                    cfg.eval, featnet, cfg.seed)  # fmt: skip
-            real = bench.load_clips(ctx.shards, ctx.index, prompts["clip_id"].tolist())
-            results, _ = bench.distance_replicates(featnet, ctx, reference, {**videos, "real": real}, cfg)
+            real = load_clips(ctx.shards, ctx.index, prompts["clip_id"].tolist())
+            results, _ = distance_replicates(featnet, ctx, reference, {**videos, "real": real}, cfg)
         return rows, results
 
     sample("monolith", monolith, "expert:0")
@@ -116,8 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     methods = {}
     for method in ("monolith", "ddm:topk", "student", "real"):
         mine = main_rows[main_rows["method"] == method].set_index("metric")["mean"]
-        entry = {a: round(float(mine[f"attr_acc_attrnet.{a}"]), 4) for a in bench.ATTRS}
-        entry["mean_attr_acc"] = round(float(np.mean([entry[a] for a in bench.ATTRS])), 4)
+        entry = {a: round(float(mine[f"attr_acc_attrnet.{a}"]), 4) for a in HEADLINE_ATTRIBUTES}
+        entry["mean_attr_acc"] = round(float(np.mean([entry[a] for a in HEADLINE_ATTRIBUTES])), 4)
         entry["object_found"] = round(float(mine["object_found_attrnet"]), 4)
         iv = results[method]
         entry["fd_inf"] = [round(v, 1) for v in iv.fd_inf.as_list()]
@@ -163,10 +167,10 @@ def main(argv: list[str] | None = None) -> None:
     out = RESULTS / "distill.json"
     out.write_text(json.dumps(record, indent=1) + "\n")
     (RESULTS / "distill").mkdir(exist_ok=True)
-    bench.plot_samples(ctx, videos, prompts, RESULTS / "distill" / "samples.png")
+    plot_samples(ctx, videos, prompts, RESULTS / "distill" / "samples.png")
     table = pd.DataFrame(methods).T.rename_axis("method").reset_index()
     (RESULTS / "distill" / "summary.md").write_text(
-        "# Distilled student vs DDM vs monolith\n\n" + bench.markdown(table) + "\n"
+        "# Distilled student vs DDM vs monolith\n\n" + markdown(table) + "\n"
     )
     print(table.to_string())
     print(f"-> {out}")

@@ -16,58 +16,63 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from lib.cluster.embedders import compute_embeddings
+from lib.cluster.kmeans import cluster_fit_on
+from lib.cluster.report import assignment_frame
+from lib.config import RunConfig, replace_in
+from lib.data.ingest import ingest
+from lib.data.shards import load_clips
+from lib.data.split import TRAIN
+from lib.encode.store import read_codec_info
+from lib.evaluate.compare import compare_methods, reference_clip_ids
+from lib.evaluate.featnet import HEADLINE_ATTRIBUTES, AttrNet
+from lib.experiment.context import Shared, bench_config
+from lib.experiment.models import router_for, train_row, train_spec
+from lib.experiment.scoring import distance_replicates, plot_samples, sample_cached
+from lib.experiment.tables import json_safe, markdown
+from lib.experiment.timer import StageTimer, say
+from lib.experiment.variants import Variant
+from lib.extend.assign import place_new_clips
+from lib.extend.grow import grow_ddm, read_parent
+from lib.io import atomic_write
+from lib.sample.pipeline import DDMPipeline, assemble_ddm, clustering_record
+from lib.sample.prompts import stratified_prompts
+from lib.train.compute import flops_per_step
+from lib.train.specs import expert_specs, training_rows
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-import ddm_vs_monolith as bench  # noqa: E402
 
-from lib.cluster.embedders import compute_embeddings  # noqa: E402
-from lib.cluster.kmeans import cluster_fit_on  # noqa: E402
-from lib.cluster.report import assignment_frame  # noqa: E402
-from lib.config import RunConfig, replace_in  # noqa: E402
-from lib.data.ingest import ingest  # noqa: E402
-from lib.data.split import TRAIN  # noqa: E402
-from lib.encode.store import read_codec_info  # noqa: E402
-from lib.evaluate.compare import compare_methods, reference_clip_ids  # noqa: E402
-from lib.evaluate.featnet import AttrNet  # noqa: E402
-from lib.extend.assign import place_new_clips  # noqa: E402
-from lib.extend.grow import grow_ddm, read_parent  # noqa: E402
-from lib.io import atomic_write  # noqa: E402
-from lib.sample.pipeline import DDMPipeline, assemble_ddm, clustering_record  # noqa: E402
-from lib.sample.prompts import stratified_prompts  # noqa: E402
-from lib.train.compute import flops_per_step  # noqa: E402
-from lib.train.specs import expert_specs, training_rows  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 PROTOCOL = RESULTS / "extend" / "protocol.md"
 NEW_SCENES = ("checker",)
 
 
-def router(ctx: bench.Shared, name: str, assignments: pd.DataFrame, k: int) -> Path:
+def router(ctx: Shared, name: str, assignments: pd.DataFrame, k: int) -> Path:
     """The headline's router step (``router_for``: trained on the train rows, reused by its inputs) over ``k``
     clusters."""
     kctx = dataclasses.replace(ctx, cfg=replace_in(ctx.cfg, cluster={"num_clusters": k}))
-    folder, report, _ = bench.router_for(kctx, bench.Variant(name, assignments, np.empty((k, 0)), ""), ctx.cfg.seed)
-    bench.say(f"router {name}: accuracy per t bucket {report['accuracy'].round(2).tolist()}")
+    folder, report, _ = router_for(kctx, Variant(name, assignments, np.empty((k, 0)), ""), ctx.cfg.seed)
+    say(f"router {name}: accuracy per t bucket {report['accuracy'].round(2).tolist()}")
     return folder
 
 
-def train_all(ctx: bench.Shared, cfg: RunConfig, assignments: pd.DataFrame, ids: list[int] | None) -> tuple:
+def train_all(ctx: Shared, cfg: RunConfig, assignments: pd.DataFrame, ids: list[int] | None) -> tuple:
     """The experts of ``ids`` (all of ``cfg.cluster.num_clusters`` when None): folders and training records."""
     folders, rows = {}, []
     for spec in expert_specs(cfg, assignments, cluster_ids=ids):
-        result = bench.train_spec(ctx, spec, assignments)
+        result = train_spec(ctx, spec, assignments)
         folders[spec.cluster_id] = result.model_dir
-        rows.append({**bench.train_row("", cfg.seed, spec, result), "cluster_id": spec.cluster_id})
+        rows.append({**train_row("", cfg.seed, spec, result), "cluster_id": spec.cluster_id})
     return folders, rows
 
 
@@ -76,8 +81,8 @@ def method_scores(rows: pd.DataFrame, results: dict, methods: list[str]) -> dict
     out = {}
     for method in methods:
         mine = main[main["method"] == method].set_index("metric")["mean"]
-        entry = {a: round(float(mine[f"attr_acc_attrnet.{a}"]), 4) for a in bench.ATTRS}
-        entry["mean_attr_acc"] = round(float(np.mean([entry[a] for a in bench.ATTRS])), 4)
+        entry = {a: round(float(mine[f"attr_acc_attrnet.{a}"]), 4) for a in HEADLINE_ATTRIBUTES}
+        entry["mean_attr_acc"] = round(float(np.mean([entry[a] for a in HEADLINE_ATTRIBUTES])), 4)
         entry["object_found"] = round(float(mine["object_found_attrnet"]), 4)
         entry["kid"] = [round(v, 1) for v in results[method].kid.as_list()]  # FD∞ needs >= 512 per set at D = 128
         out[method] = entry
@@ -86,7 +91,7 @@ def method_scores(rows: pd.DataFrame, results: dict, methods: list[str]) -> dict
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/bench.yaml")
+    parser.add_argument("--config", default="configs/yaml")
     parser.add_argument("--encoded", required=True, help="the headline's encoded folder (its codec and latents)")
     parser.add_argument("--featnet", required=True, help="the headline's AttrNet folder (featnet-<key>)")
     parser.add_argument("--work", default="outputs/bench-extend")
@@ -97,14 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    bench.logging.basicConfig(level=bench.logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     steps, n_prompts = (8, 16) if args.smoke else (args.steps, args.prompts)
-    cfg = bench.bench_config(args.config, False, [f"expert.steps={steps}", f"eval.num_real={n_prompts}"])
+    cfg = bench_config(args.config, False, [f"expert.steps={steps}", f"eval.num_real={n_prompts}"])
     if args.smoke:
         cfg = replace_in(cfg, router={"steps": 4}, sample={"num_steps": 4})
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    timer = bench.StageTimer()
+    timer = StageTimer()
 
     with timer("ingest"):
         shards = work / "shards"
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         x_all, _ = compute_embeddings(cfg.cluster, shards, index)
         x_old, standard = compute_embeddings(cfg.cluster, shards, old_index)
         x_new, _ = compute_embeddings(cfg.cluster, shards, new_index, standard=standard)
-    ctx = bench.Shared(cfg, work, "cpu", shards, index, attrs, encoded, info, x_all, data_key)
+    ctx = Shared(cfg, work, "cpu", shards, index, attrs, encoded, info, x_all, data_key)
     featnet_dir = Path(args.featnet)  # the headline's, trained on the same corpus's train clips
     featnet, checks = (
         AttrNet.from_pretrained(featnet_dir / "attrnet"),
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     placed = place_new_clips(x_new, new_index["clip_id"].tolist(), new_roles, parent.centroids,
                              training_rows(parent_assign)["distance"].to_numpy(), cfg.extend, cfg.cluster.niter,
                              cfg.seed)  # fmt: skip
-    bench.say(f"placement: {json.dumps(placed.summary)}")
+    say(f"placement: {json.dumps(placed.summary)}")
     both = pd.concat([parent_assign, placed.assignments], ignore_index=True)
     with timer("grow"):
         new_experts, new_rows = train_all(ctx, cfg, placed.assignments, placed.new_cluster_ids)
@@ -177,16 +182,16 @@ def main(argv: list[str] | None = None) -> None:
         for name, pipe in pipes.items():
             with timer(f"sample {name} {set_name}"):
                 # named as the headline names its control DDM (ddm:random_topk): the DDM, then the strategy
-                videos[f"ddm:{name}_{cfg.sample.strategy}"] = bench.sample_cached(
+                videos[f"ddm:{name}_{cfg.sample.strategy}"] = sample_cached(
                     ctx, pipe, cfg.sample.strategy, prompts, keys[name]
                 )
         with timer(f"evaluate {set_name}"):
             rows = compare_methods(str(shards), set_index, attrs, set_assign, videos, prompts, cfg.eval, featnet,
                                    cfg.seed)  # fmt: skip
-            real = bench.load_clips(shards, index, prompts["clip_id"].tolist())
-            results, _ = bench.distance_replicates(featnet, ctx, reference, {**videos, "real": real}, cfg)
+            real = load_clips(shards, index, prompts["clip_id"].tolist())
+            results, _ = distance_replicates(featnet, ctx, reference, {**videos, "real": real}, cfg)
         scores[set_name] = method_scores(rows, results, [*videos, "real"])
-        bench.plot_samples(ctx, videos, prompts, figures / f"samples_{set_name}.png")
+        plot_samples(ctx, videos, prompts, figures / f"samples_{set_name}.png")
 
     c, t, h, w = info["latent_shape"]
     text = info["text_encoder"]
@@ -222,11 +227,11 @@ def main(argv: list[str] | None = None) -> None:
         "stage_seconds": {name: round(s, 1) for name, s in timer.seconds.items()},
     }
     out = RESULTS / ("extend_smoke.json" if args.smoke else "extend.json")
-    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(bench.json_safe(record), indent=1) + "\n"))
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(json_safe(record), indent=1) + "\n"))
     lines = ["# Grown DDM vs retrained vs parent\n"]
     for set_name, table in scores.items():
         frame = pd.DataFrame(table).T.rename_axis("method").reset_index()
-        lines += [f"## {set_name} prompts ({n_prompts})\n", bench.markdown(frame), ""]
+        lines += [f"## {set_name} prompts ({n_prompts})\n", markdown(frame), ""]
     (RESULTS / "extend" / ("summary_smoke.md" if args.smoke else "summary.md")).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"-> {out}")

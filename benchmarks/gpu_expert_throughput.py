@@ -30,7 +30,6 @@ import contextlib
 import json
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -39,15 +38,11 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from trainer_overhead import bare_loop  # noqa: E402
-
-from lib.config import ExpertConfig  # noqa: E402
-from lib.models.factory import build_expert, count_parameters, tokens_per_sample  # noqa: E402
-from lib.train.compute import flops_per_step  # noqa: E402
-from lib.train.trainer import TrainCallback, TrainData, train  # noqa: E402
+from benchmarks.trainer_overhead import bare_loop
+from lib.config import ExpertConfig
+from lib.models.factory import build_expert, count_parameters, tokens_per_sample
+from lib.train.compute import flops_per_step
+from lib.train.trainer import TrainCallback, TrainData, train
 
 # Dense bf16 tensor-core peaks from NVIDIA's datasheets (SXM parts), FLOP/s.
 DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}

@@ -35,20 +35,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import faiss
 import numpy as np
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_info
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lib.cluster.kmeans import spherical_kmeans  # noqa: E402
-from lib.config import ClusterConfig  # noqa: E402
-from lib.seeding import derive_seed, numpy_rng  # noqa: E402
+from lib.cluster.kmeans import spherical_kmeans
+from lib.config import ClusterConfig
+from lib.seeding import derive_seed, numpy_rng
 
 NUM_BLOBS = 64
 LOW_RANK = 8  # each blob stretches along this many random directions (anisotropy)

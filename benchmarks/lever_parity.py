@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from lib.config import load_config
+from lib.data.split import REFERENCE, TRAIN, VALIDATION, assign_roles
+from lib.encode.store import load_encoded, read_encoded_index
+from lib.io import atomic_write
+from lib.models.factory import load_expert
+from lib.train.heldout import heldout_loss
+from lib.train.trainer import TrainData, train
 
-from lib.config import load_config  # noqa: E402
-from lib.data.split import REFERENCE, TRAIN, VALIDATION, assign_roles  # noqa: E402
-from lib.encode.store import load_encoded, read_encoded_index  # noqa: E402
-from lib.io import atomic_write  # noqa: E402
-from lib.models.factory import load_expert  # noqa: E402
-from lib.train.heldout import heldout_loss  # noqa: E402
-from lib.train.trainer import TrainData, train  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 LEVERS = {"eager fp32": {"compile": "never", "precision": "fp32"},
           "compiled bf16": {"compile": "always", "precision": "bf16"}}  # fmt: skip

@@ -33,16 +33,16 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lib.config import ExpertConfig, load_config, replace_in
+from lib.plan.placement import Plan, plan_experts, plan_table
+from lib.plan.pool import Failures, GpuType, Network, Pool, load_pool
+from lib.plan.simulate import monolith_run, simulate_monolith, simulate_plan
+from lib.plan.sweep import sweep, sweep_figure
+from lib.plan.work import TrainingWork, training_work
+from lib.train.specs import monolith_config
 
-from lib.config import ExpertConfig, load_config, replace_in  # noqa: E402
-from lib.plan.placement import Plan, plan_experts, plan_table  # noqa: E402
-from lib.plan.pool import Failures, GpuType, Network, Pool, load_pool  # noqa: E402
-from lib.plan.simulate import monolith_run, simulate_monolith, simulate_plan  # noqa: E402
-from lib.plan.sweep import sweep, sweep_figure  # noqa: E402
-from lib.plan.work import TrainingWork, training_work  # noqa: E402
-from lib.train.specs import monolith_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 RESULTS = REPO / "benchmarks" / "results"
 KS = [1, 2, 4, 8, 16, 32]

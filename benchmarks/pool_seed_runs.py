@@ -23,20 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from lib.evaluate.distances import load_replicates
+from lib.evaluate.featnet import HEADLINE_ATTRIBUTES as ATTRS
+from lib.evaluate.report import BASELINE
+from lib.io import atomic_write
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from ddm_vs_monolith import ATTRS  # noqa: E402
-
-from lib.evaluate.distances import load_replicates  # noqa: E402
-from lib.evaluate.report import BASELINE  # noqa: E402
-from lib.io import atomic_write  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 BAR = {"mean": 0.75, "object_found": 0.90}  # issue 15's bar: mean attribute accuracy and object found

@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -35,28 +34,28 @@ import numpy as np
 import pandas as pd
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lib.cluster.embedders import compute_embeddings
+from lib.cluster.kmeans import cluster_fit_on
+from lib.cluster.report import assignment_frame
+from lib.config import RunConfig, load_config, with_overrides
+from lib.data.ingest import ingest
+from lib.data.shards import load_clips
+from lib.data.split import TRAIN, VALIDATION, rows_with_role
+from lib.encode.prepare import codec_key, fit_codec
+from lib.encode.store import encode_dataset, load_encoded, read_codec_info
+from lib.evaluate.featnet import AttrNet, attribute_accuracy, fit_attrnet
+from lib.evaluate.sheet import REAL_ROW, contact_sheet
+from lib.io import atomic_write
+from lib.models.factory import load_expert
+from lib.sample.methods import sample_prompts
+from lib.sample.pipeline import DDMPipeline
+from lib.sample.prompts import stratified_prompts
+from lib.train.heldout import heldout_loss
+from lib.train.specs import expert_specs, monolith_spec, training_data
+from lib.train.trainer import train
 
-from lib.cluster.embedders import compute_embeddings  # noqa: E402
-from lib.cluster.kmeans import cluster_fit_on  # noqa: E402
-from lib.cluster.report import assignment_frame  # noqa: E402
-from lib.config import RunConfig, load_config, with_overrides  # noqa: E402
-from lib.data.ingest import ingest  # noqa: E402
-from lib.data.shards import load_clips  # noqa: E402
-from lib.data.split import TRAIN, VALIDATION, rows_with_role  # noqa: E402
-from lib.encode.prepare import codec_key, fit_codec  # noqa: E402
-from lib.encode.store import encode_dataset, load_encoded, read_codec_info  # noqa: E402
-from lib.evaluate.featnet import AttrNet, attribute_accuracy, fit_attrnet  # noqa: E402
-from lib.evaluate.sheet import REAL_ROW, contact_sheet  # noqa: E402
-from lib.io import atomic_write  # noqa: E402
-from lib.models.factory import load_expert  # noqa: E402
-from lib.sample.methods import sample_prompts  # noqa: E402
-from lib.sample.pipeline import DDMPipeline  # noqa: E402
-from lib.sample.prompts import stratified_prompts  # noqa: E402
-from lib.train.heldout import heldout_loss  # noqa: E402
-from lib.train.specs import expert_specs, monolith_spec, training_data  # noqa: E402
-from lib.train.trainer import train  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 ATTRS = ("color", "shape", "background", "motion")
 SHEET_PROMPTS, SHEET_SCALE = 8, 3  # the codec round-trip sheet

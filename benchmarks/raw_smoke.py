@@ -29,16 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from lib.config import load_config
+from lib.data.ingest import ingest
+from lib.data.raw import cut_video, list_raw_videos
+from lib.data.scenes import ScenePlan
+from lib.data.testsrc import MOVING_SOURCES, SOURCES, write_cut_video
+from lib.io import atomic_write
+from lib.seeding import numpy_rng
 
-from lib.config import load_config  # noqa: E402
-from lib.data.ingest import ingest  # noqa: E402
-from lib.data.raw import cut_video, list_raw_videos  # noqa: E402
-from lib.data.scenes import ScenePlan  # noqa: E402
-from lib.data.testsrc import MOVING_SOURCES, SOURCES, write_cut_video  # noqa: E402
-from lib.io import atomic_write  # noqa: E402
-from lib.seeding import numpy_rng  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 log = logging.getLogger("raw_smoke")
 

@@ -17,26 +17,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from benchmarks.quality_sweep import featnet, ingest_stage
+from lib.config import load_config, with_overrides
+from lib.data.shards import load_clips
+from lib.data.split import TRAIN, rows_with_role
+from lib.evaluate.featnet import HEADLINE_ATTRIBUTES, attribute_hits
+from lib.evaluate.report import bootstrap_mean
+from lib.io import atomic_write
+from lib.sample.methods import VIDEOS_FILE, load_sampled
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from quality_sweep import featnet, ingest_stage  # noqa: E402
-
-from lib.config import load_config, with_overrides  # noqa: E402
-from lib.data.shards import load_clips  # noqa: E402
-from lib.data.split import TRAIN, rows_with_role  # noqa: E402
-from lib.evaluate.featnet import HEADLINE_ATTRIBUTES, attribute_hits  # noqa: E402
-from lib.evaluate.report import bootstrap_mean  # noqa: E402
-from lib.io import atomic_write  # noqa: E402
-from lib.sample.methods import VIDEOS_FILE, load_sampled  # noqa: E402
 
 BOOTSTRAP = 1000
 

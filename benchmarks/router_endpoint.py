@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import asdict, replace
@@ -33,20 +32,20 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from data_schemas.router import BUCKET, CAPTION_ONLY, EXACT, RouterReport
+from lib.cluster.kmeans import cluster_fit_on
+from lib.cluster.report import assignment_frame
+from lib.config import RunConfig, load_config
+from lib.data.split import TRAIN, assign_roles
+from lib.encode.store import EncodedData, load_encoded
+from lib.io import atomic_write
+from lib.models.router import RouterModel
+from lib.seeding import derive_seed
+from lib.train.router import caption_only_row, evaluate_router, train_router
+from lib.train.specs import training_rows
 
-from data_schemas.router import BUCKET, CAPTION_ONLY, EXACT, RouterReport  # noqa: E402
-from lib.cluster.kmeans import cluster_fit_on  # noqa: E402
-from lib.cluster.report import assignment_frame  # noqa: E402
-from lib.config import RunConfig, load_config  # noqa: E402
-from lib.data.split import TRAIN, assign_roles  # noqa: E402
-from lib.encode.store import EncodedData, load_encoded  # noqa: E402
-from lib.io import atomic_write  # noqa: E402
-from lib.models.router import RouterModel  # noqa: E402
-from lib.seeding import derive_seed  # noqa: E402
-from lib.train.router import caption_only_row, evaluate_router, train_router  # noqa: E402
-from lib.train.specs import training_rows  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 OUT = REPO / "benchmarks" / "results" / "router_endpoint.json"
 EXACT_T = [1.0, 0.95, 0.9]

@@ -12,31 +12,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from lib.evaluate.compare import compare_methods
+from lib.experiment.context import bench_config, prepare
+from lib.experiment.models import train_models
+from lib.experiment.scoring import featnet_for
+from lib.experiment.timer import StageTimer
+from lib.experiment.variants import semantic_variant
+from lib.io import atomic_write
+from lib.sample.methods import sampling_seed
+from lib.sample.pipeline import DDMPipeline
+from lib.sample.prompts import stratified_prompts
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from ddm_vs_monolith import (  # noqa: E402
-    StageTimer,
-    bench_config,
-    featnet_for,
-    prepare,
-    semantic_variant,
-    train_models,
-)
 
-from lib.evaluate.compare import compare_methods  # noqa: E402
-from lib.io import atomic_write  # noqa: E402
-from lib.sample.methods import sampling_seed  # noqa: E402
-from lib.sample.pipeline import DDMPipeline  # noqa: E402
-from lib.sample.prompts import stratified_prompts  # noqa: E402
 
 METRICS = ("fd_inf_attrnet", "kid_attrnet", "attr_acc_attrnet", "object_found_attrnet")
 

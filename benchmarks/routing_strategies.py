@@ -13,17 +13,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lib.io import atomic_write
+from lib.sample.gaussian_mixture import GaussianMixture, check_strategy
 
-from lib.io import atomic_write  # noqa: E402
-from lib.sample.gaussian_mixture import GaussianMixture, check_strategy  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 # Three components in 4 dimensions (latents [1, 1, 2, 2]) with unequal weights: top-1's pull toward the largest
 # component shows, and the smallest one shows what a strategy starves.

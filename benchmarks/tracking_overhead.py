@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lib.config import load_config
 
-from lib.config import load_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 
 def one_run(config: str, tracking: bool, cold: bool) -> float:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,13 +27,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lib.config import ExpertConfig  # noqa: E402
-from lib.data.procedural import iter_builtin_clips  # noqa: E402
-from lib.models.factory import build_expert, count_parameters, expert_forward  # noqa: E402
-from lib.seeding import torch_generator  # noqa: E402
-from lib.train.trainer import (  # noqa: E402
+from lib.config import ExpertConfig
+from lib.data.procedural import iter_builtin_clips
+from lib.models.factory import build_expert, count_parameters, expert_forward
+from lib.seeding import torch_generator
+from lib.train.trainer import (
     BatchSampler,
     TrainData,
     ema_decay_at,

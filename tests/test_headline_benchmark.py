@@ -9,6 +9,10 @@ import pandas as pd
 import pytest
 
 from lib.evaluate.distances import Interval
+from lib.experiment.models import Models
+from lib.experiment.scoring import assert_disjoint
+from lib.experiment.tables import json_safe
+from lib.experiment.variants import RANDOM, SEMANTIC
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,11 +48,11 @@ def test_roles_must_be_disjoint(bench):
                                                                                   "prompt"]})  # fmt: skip
     assignments = index.assign(cluster_id=0)
     prompts = pd.DataFrame({"clip_id": ["g", "h"]})
-    bench.assert_disjoint(index, prompts, ["f"], assignments)
-    with pytest.raises(SystemExit, match="both train and prompt"):
-        bench.assert_disjoint(index, pd.DataFrame({"clip_id": ["a", "h"]}), ["f"], assignments)
-    with pytest.raises(SystemExit, match="both reference and prompt"):
-        bench.assert_disjoint(index, prompts, ["g"], assignments)
+    assert_disjoint(index, prompts, ["f"], assignments)
+    with pytest.raises(ValueError, match="both train and prompt"):
+        assert_disjoint(index, pd.DataFrame({"clip_id": ["a", "h"]}), ["f"], assignments)
+    with pytest.raises(ValueError, match="both reference and prompt"):
+        assert_disjoint(index, prompts, ["g"], assignments)
 
 
 def test_pooled_interval_is_the_percentiles_of_all_seeds_replicates(bench):
@@ -64,7 +68,7 @@ def test_pooled_interval_is_the_percentiles_of_all_seeds_replicates(bench):
 
 
 def test_headline_json_has_no_nan(bench):
-    data = bench.json_safe({"fd_inf": [float("nan"), 1.0], "nested": {"x": float("inf")}, "n": 3})
+    data = json_safe({"fd_inf": [float("nan"), 1.0], "nested": {"x": float("inf")}, "n": 3})
     assert data == {"fd_inf": [None, 1.0], "nested": {"x": None}, "n": 3}
     json.dumps(data, allow_nan=False)
 
@@ -141,8 +145,8 @@ def test_headline_records_router_accuracy_at_t1_beside_the_caption_ceiling_per_s
                              "t_high": [1.0, 0.9, 1.0, 1.0], "accuracy": [0.9, 0.8, t1, caption],
                              "ece": 0.1, "mean_max_prob": 0.8, "n": 40})  # fmt: skip
 
-    models = [bench.Models(bench.SEMANTIC, s, Path("d"), None, [], pd.DataFrame(), report(0.7 + s / 10, 0.95), "k")
-              for s in (0, 1)] + [bench.Models(bench.RANDOM, 0, Path("r"), None, [], pd.DataFrame(),
+    models = [Models(SEMANTIC, s, Path("d"), None, [], pd.DataFrame(), report(0.7 + s / 10, 0.95), "k")
+              for s in (0, 1)] + [Models(RANDOM, 0, Path("r"), None, [], pd.DataFrame(),
                                                report(0.1, 0.2), "k")]  # fmt: skip
     out = bench.router_at_t1(models)
     assert out == {"router_accuracy_t1": {0: 0.7, 1: 0.8}, "caption_ceiling_t1": {0: 0.95, 1: 0.95}}

@@ -103,7 +103,7 @@ def fd_feature_spec(cfg: EvalConfig, featnet: AttrNet | None, reference: torch.T
     return FeatureSpec(features, "fd_vstats", features.extractor_id)
 
 
-def _features(module: nn.Module, videos: np.ndarray, batch_size: int = 128) -> np.ndarray:
+def video_features(module: nn.Module, videos: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """Float64 features [N, D] of uint8 videos, in batches (the extractor decides layout and scaling)."""
     clips = as_video_batch(videos)
     with torch.no_grad():
@@ -216,8 +216,8 @@ def evaluate_methods(
     if clip is not None and (prompts is None or len(prompts) != p):
         got = None if prompts is None else len(prompts)
         raise ValueError(f"evaluate: clip_sim needs one prompt per generated video ({p}), got {got}")
-    ref_feats = _features(spec.module, ref_videos)
-    gen_feats = {m: _features(spec.module, v) for m, v in generated.items()}
+    ref_feats = video_features(spec.module, ref_videos)
+    gen_feats = {m: video_features(spec.module, v) for m, v in generated.items()}
     hits = {}
     if featnet is not None and len(prompts_attrs) > 0:
         hits = {m: attribute_hits(featnet, v, prompts_attrs) for m, v in generated.items()}

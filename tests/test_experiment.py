@@ -1,0 +1,33 @@
+"""The experiment driver's shared stages: a finished ingest and encode are reused from the work folder, and a stage
+is published whole, so experiments sharing a work folder neither redo nor tear each other's stages."""
+
+import numpy as np
+import pandas as pd
+
+from lib.config import RunConfig, replace_in
+from lib.experiment.context import prepare
+from lib.experiment.timer import StageTimer
+
+
+def _cfg() -> RunConfig:
+    return replace_in(RunConfig(), data={"num_clips": 40, "frames": 4, "height": 16, "width": 16, "shard_size": 16},
+                      cluster={"num_clusters": 2, "fine_clusters": 4, "silhouette_sample": 40})  # fmt: skip
+
+
+def test_prepare_reuses_a_finished_ingest_and_encode_and_leaves_no_temporary_folder(tmp_path, capsys):
+    first = prepare(_cfg(), tmp_path, "cpu", StageTimer())
+    out = capsys.readouterr().out
+    assert "ingest: 40 clips" in out and "reused" not in out
+    encoded_files = {p: p.stat().st_mtime_ns for p in first.encoded.rglob("*") if p.is_file()}
+    again = prepare(_cfg(), tmp_path, "cpu", StageTimer())
+    out = capsys.readouterr().out
+    assert f"ingest: reused {first.shards}" in out and f"encode: reused {first.encoded}" in out
+    assert {p: p.stat().st_mtime_ns for p in again.encoded.rglob("*") if p.is_file()} == encoded_files  # untouched
+    assert {"train", "prompt", "reference"} <= set(first.index["role"])  # the roles come back with the index
+    pd.testing.assert_frame_equal(again.index, first.index)
+    pd.testing.assert_frame_equal(again.attributes, first.attributes)
+    np.testing.assert_array_equal(again.embeddings, first.embeddings)
+    assert again.data_key == first.data_key and again.info == first.info
+    assert not [p for p in tmp_path.rglob(".*") if p.is_dir()], "temporary stage folders left behind"
+    other = prepare(replace_in(_cfg(), seed=1), tmp_path, "cpu", StageTimer())  # other data: its own stages
+    assert other.shards != first.shards and other.encoded != first.encoded and other.data_key != first.data_key
