@@ -5,6 +5,8 @@ from pandera.typing import Series
 
 from lib.data.split import ROLES
 
+SHA256_PATTERN = r"^[0-9a-f]{64}$"  # a file's sha256 as lowercase hex
+
 QUARANTINE_REASONS = (
     "missing_file",  # the path/URI does not exist or cannot be opened
     "unreadable",  # the container or codec cannot be decoded (corrupt, truncated, not a video)
@@ -72,6 +74,9 @@ class ClipIndex(pa.DataFrameModel):
     aesthetic: Series[float] | None = pa.Field(nullable=True)  # NaN when no aesthetic head is configured
     # frames repeating the one before (sample-and-hold of a source slower than data.fps); absent for the built-in data
     held_frames: Series[int] | None = pa.Field(ge=0)
+    # sha256 of the clip's shard file, recorded when it was written and checked by every read (lib.data.shards);
+    # absent only in indexes written before checksums, which load unchecked with a warning
+    shard_sha256: Series[str] | None = pa.Field(str_matches=SHA256_PATTERN)
 
     class Config:
         strict = True

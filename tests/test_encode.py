@@ -318,6 +318,39 @@ def test_encode_dataset_round_trip(tmp_path, clips, minilm):
         load_encoded(tmp_path)
 
 
+def test_a_flipped_bit_in_an_encoded_shard_is_refused_naming_the_file(tmp_path, clips, caplog):
+    from lib.io import ChecksumError, file_sha256
+
+    shards, index = clips
+    out = tmp_path / "encoded"
+    enc_index = encode_dataset(shards, index.iloc[:20], EncodeConfig(batch_size=10), out)  # two encoded shards
+    digests = enc_index.groupby("shard")[EncodedIndex.shard_sha256].unique()
+    assert {s: list(d) for s, d in digests.items()} == {s: [file_sha256(out / s)] for s in digests.index}
+    first, second = enc_index["clip_id"].iloc[0], enc_index["clip_id"].iloc[-1]
+    before = load_encoded(out, [first, second])  # an untouched folder loads
+
+    shard = out / "encoded-00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    header = int.from_bytes(data[:8], "little")  # safetensors: header length, JSON header, then the tensors' bytes
+    end = 8 + header + json.loads(data[8 : 8 + header])["pooled"]["data_offsets"][1]
+    data[end - 1] ^= 1 << 6  # an exponent bit of the last clip's last pooled value (float32, little-endian)
+    shard.write_bytes(bytes(data))
+    unchecked = load_file(str(shard))["pooled"][-1, -1]
+    assert unchecked != before.pooled[1, -1], "unchecked, the flip reads as a wrong number"
+    expected, found = digests[shard.name][0], file_sha256(shard)
+    with pytest.raises(ChecksumError, match=rf"{shard}: sha256 mismatch: expected {expected} .*found {found}"):
+        load_encoded(out, [first, second])
+    assert torch.equal(load_encoded(out, [first]).pooled, before.pooled[:1]), "the untouched shard still loads"
+
+    # a folder encoded before checksums: loads unchecked, with one warning naming it and the stage to re-run
+    enc_index.drop(columns=EncodedIndex.shard_sha256).to_parquet(out / "encoded_index.parquet", index=False)
+    with caplog.at_level("WARNING", logger="lib.io"):
+        assert load_encoded(out, [second]).pooled[0, -1] == unchecked
+        load_encoded(out)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and str(out) in warnings[0] and "re-run the encode stage" in warnings[0]
+
+
 def test_encode_dataset_counts_cut_captions_and_warns_above_one_percent(tmp_path, clips, caplog):
     shards, index = clips
     with caplog.at_level("WARNING", logger="lib.encode.store"):

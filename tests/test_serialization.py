@@ -65,10 +65,10 @@ def _tasks(package):
 def test_package_holds_every_task_with_cache_versions_and_retries(package):
     tasks = _tasks(package)
     expected_cache = {
-        "tasks.ingest.ingest_clips": "ingest-v4",
+        "tasks.ingest.ingest_clips": "ingest-v5",
         "tasks.raw.cut_scenes": "cut-v1",
         "tasks.encode.train_codec": "codec-v1",
-        "tasks.encode.encode_clips": "encode-v3",
+        "tasks.encode.encode_clips": "encode-v4",
         "tasks.cluster.embed_clips": "embed-v2",
         "tasks.cluster.cluster_clips": "cluster-v3",
         "tasks.sample.assemble_ddm_task": "assemble-v2",

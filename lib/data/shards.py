@@ -2,7 +2,10 @@
 
 Safetensors instead of pickles or .npy: it is safe to load from untrusted storage and memory-maps
 cleanly. One shard holds up to ``shard_size`` clips as a ``[N, T, H, W, C]`` uint8 tensor; the ClipIndex
-table says which shard and row hold each clip.
+table says which shard and row hold each clip, and the sha256 of that shard file (``shard_sha256``), computed when
+the file is written. Every read hashes each shard it opens once (streamed) and refuses one whose bytes changed
+(``lib.io.ChecksumError`` naming the file and both digests), so a flipped bit never reaches a model as a wrong
+pixel. An index written before checksums loads unchecked, with one warning per folder.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file, save_file
 
-from lib.io import atomic_write
+from data_schemas.ingest import ClipIndex
+from lib.io import atomic_write, file_sha256, verify_shard
 
 INDEX_FILE = "index.parquet"
+STAGE = "ingest"  # the stage that writes shards, named by the checksum errors
 
 
 def shard_name(number: int) -> str:
@@ -34,6 +39,7 @@ class ShardWriter:
         self.rows: list[dict[str, object]] = []
         self._buffer: list[np.ndarray] = []
         self._shard = 0
+        self._digests: dict[str, str] = {}  # shard file name -> sha256 of its bytes
 
     def add(self, clip_id: str, frames: np.ndarray, caption: str) -> None:
         if frames.dtype != np.uint8 or frames.ndim != 4:
@@ -56,8 +62,13 @@ class ShardWriter:
     def _flush(self) -> None:
         if not self._buffer:
             return
-        stacked = np.stack(self._buffer)
-        atomic_write(self.out_dir / shard_name(self._shard), lambda tmp: save_file({"frames": stacked}, str(tmp)))
+        stacked, name = np.stack(self._buffer), shard_name(self._shard)
+
+        def write(tmp: Path) -> None:
+            save_file({"frames": stacked}, str(tmp))
+            self._digests[name] = file_sha256(tmp)  # the bytes as written, before the rename publishes them
+
+        atomic_write(self.out_dir / name, write)
         self._buffer = []
         self._shard += 1
 
@@ -66,6 +77,7 @@ class ShardWriter:
         self._flush()
         index = pd.DataFrame(self.rows, columns=["clip_id", "shard", "index", "caption", "source"])
         index["index"] = index["index"].astype("int64")
+        index[ClipIndex.shard_sha256] = [self._digests[name] for name in index["shard"]]
         atomic_write(self.out_dir / INDEX_FILE, lambda tmp: index.to_parquet(tmp, index=False))
         return index
 
@@ -74,15 +86,21 @@ def read_index(shards_dir: str | Path) -> pd.DataFrame:
     return pd.read_parquet(Path(shards_dir) / INDEX_FILE)
 
 
-def load_shard(path: str | Path) -> np.ndarray:
-    """All clips of one shard, uint8 [N, T, H, W, C]."""
+def load_shard(path: str | Path, rows: pd.DataFrame) -> np.ndarray:
+    """All clips of one shard, uint8 [N, T, H, W, C], after checking the file against the sha256 ``rows`` (its
+    ClipIndex rows) record.
+
+    Raises:
+        lib.io.ChecksumError: the file's bytes differ from the recorded digest (the message names the file).
+    """
+    verify_shard(Path(path), rows, ClipIndex.shard_sha256, STAGE)
     return load_file(str(path))["frames"]
 
 
 def iter_shards(shards_dir: str | Path, index: pd.DataFrame) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
     """Yield (index rows, frames) one shard at a time, rows in the order of the frames tensor."""
     for shard, rows in index.groupby("shard", sort=True):
-        frames = load_shard(Path(shards_dir) / str(shard))
+        frames = load_shard(Path(shards_dir) / str(shard), rows)
         rows = rows.sort_values("index")
         yield rows, frames[rows["index"].to_numpy()]
 
@@ -92,7 +110,7 @@ def load_clips(shards_dir: str | Path, index: pd.DataFrame, clip_ids: Sequence[s
     rows = index.set_index("clip_id").loc[list(clip_ids)].assign(position=np.arange(len(clip_ids)))
     out = None
     for shard, sub in rows.groupby("shard", sort=True):
-        frames = load_shard(Path(shards_dir) / str(shard))
+        frames = load_shard(Path(shards_dir) / str(shard), sub)
         if out is None:
             out = np.empty((len(rows),) + frames.shape[1:], dtype=np.uint8)
         out[sub["position"].to_numpy()] = frames[sub["index"].to_numpy()]

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from data_schemas.ingest import ClipIndex
 from lib.config import CodecConfig
 from lib.data.shards import load_clips
 from lib.data.split import TRAIN, VALIDATION, rows_with_role
 from lib.encode.learned import CodecReport, train_codec
+from lib.io import file_sha256
 
 
 def codec_key(cfg: CodecConfig, seed: int, index: pd.DataFrame, shards: str | Path) -> str:
@@ -21,7 +23,12 @@ def codec_key(cfg: CodecConfig, seed: int, index: pd.DataFrame, shards: str | Pa
     enough: built-in clip i keeps its id when the data config (e.g. ``data.max_objects``) redraws its pixels."""
     train = rows_with_role(index, TRAIN)
     train_ids = sorted(train["clip_id"].astype(str))
-    shard_sha = {name: hashlib.sha256((Path(shards) / name).read_bytes()).hexdigest() for name in set(train["shard"])}
+    recorded = ClipIndex.shard_sha256 in train.columns and train[ClipIndex.shard_sha256].notna().all()
+    shard_sha = (  # the digests ingest recorded (load_clips checks them) or, for an older index, the files' own
+        dict(zip(train["shard"], train[ClipIndex.shard_sha256], strict=True))
+        if recorded
+        else {name: file_sha256(Path(shards) / name) for name in set(train["shard"])}
+    )
     src = [dataclasses.asdict(cfg), seed, train_ids, shard_sha]
     return hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest()[:16]
 

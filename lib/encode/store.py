@@ -4,14 +4,17 @@ Layout of an encoded folder::
 
     encoded-00000.safetensors   latents float16 [n, C, T, H, W], tokens float16 [n, L, D],
     encoded-00001.safetensors   mask uint8 [n, L], pooled float32 [n, P]
-    encoded_index.parquet       EncodedIndex: clip_id -> (shard, index)
+    encoded_index.parquet       EncodedIndex: clip_id -> (shard, index, shard_sha256)
     codec.json                  codec name, latent shape, scaling, text encoder — what sampling needs to decode —
                                 and how many captions were cut to encode.max_tokens (``captions``)
 
 Why float16 for latents and tokens: they are the bulk of the bytes and half precision is far below the noise the
 models add (the pixel codec still round-trips exactly: 1/127.5 steps survive float16). Pooled vectors stay float32
 because clustering compares them by small cosine differences. Every file is written atomically, the index and
-``codec.json`` last, so a folder with an index is complete.
+``codec.json`` last, so a folder with an index is complete. The index records each shard file's sha256, computed when
+it is written; ``load_encoded`` hashes each shard it opens once (streamed) and refuses one whose bytes changed
+(``lib.io.ChecksumError`` naming the file and both digests) instead of training on wrong latents. A folder encoded
+before checksums loads unchecked, with one warning.
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ from lib.data.shards import iter_shards
 from lib.encode.codec import codec_from_config, load_vae_codec
 from lib.encode.learned import REPORT_FILE, VAE_DIR
 from lib.encode.text import TextEncoder
-from lib.io import atomic_write
+from lib.io import atomic_write, file_sha256, verify_shard
 from lib.progress import progress
 
 log = logging.getLogger(__name__)
 
 ENCODED_INDEX = "encoded_index.parquet"
 CODEC_FILE = "codec.json"
+STAGE = "encode"  # the stage that writes encoded shards, named by the checksum errors
 # above this share of captions cut to encode.max_tokens the encode stage warns: the experts and the monolith then
 # learn from captions whose last words (in the built-in captions: the second object and the scene) are missing
 CUT_WARN_FRACTION = 0.01
@@ -156,14 +160,21 @@ def encode_dataset(
             "mask": emb.mask.to(torch.uint8).contiguous(),
             "pooled": emb.pooled.float().contiguous(),
         }
-        name = encoded_shard_name(number)
-        atomic_write(out_dir / name, lambda tmp, tensors=tensors: save_file(tensors, str(tmp)))
-        rows.extend({"clip_id": cid, "shard": name, "index": i} for i, cid in enumerate(clip_rows["clip_id"]))
+        name, digest = encoded_shard_name(number), {}
+
+        def write(tmp: Path, tensors=tensors, digest=digest) -> None:
+            save_file(tensors, str(tmp))
+            digest["sha256"] = file_sha256(tmp)  # the bytes as written, before the rename publishes them
+
+        atomic_write(out_dir / name, write)
+        rows.extend({"clip_id": cid, "shard": name, "index": i, EncodedIndex.shard_sha256: digest["sha256"]}
+                    for i, cid in enumerate(clip_rows["clip_id"]))  # fmt: skip
         latent_shape, video_shape = tuple(latents.shape[1:]), tuple(frames.shape[1:])
         pooled_dim = int(emb.pooled.shape[1])
 
     bar.close()
-    index = pd.DataFrame(rows, columns=["clip_id", "shard", "index"]).astype({"index": "int64"})
+    columns = ["clip_id", "shard", "index", EncodedIndex.shard_sha256]
+    index = pd.DataFrame(rows, columns=columns).astype({"index": "int64"})
     index = EncodedIndex.validate(index)
     info = {
         **codec.info(),
@@ -221,6 +232,9 @@ def load_encoded(encoded_dir: str | Path, clip_ids: list[str] | None = None) -> 
 
     Returns:
         EncodedData whose rows follow ``clip_ids``.
+
+    Raises:
+        lib.io.ChecksumError: a shard file's bytes differ from the sha256 the index records (names the file).
     """
     index = read_encoded_index(encoded_dir)
     if clip_ids is None:
@@ -236,7 +250,9 @@ def load_encoded(encoded_dir: str | Path, clip_ids: list[str] | None = None) -> 
 
     out: dict[str, torch.Tensor] = {}
     for shard, sub in rows.groupby("shard", sort=True):
-        tensors = load_file(str(Path(encoded_dir) / str(shard)))
+        path = Path(encoded_dir) / str(shard)
+        verify_shard(path, sub, EncodedIndex.shard_sha256, STAGE)  # before safetensors parses a byte of it
+        tensors = load_file(str(path))
         take = torch.tensor(sub["index"].tolist())
         where = torch.tensor(sub["position"].tolist())
         for key in ("latents", "tokens", "mask", "pooled"):

@@ -14,7 +14,6 @@ Protocol (StyleGAN-V's FVD, DESIGN §7), fixed here so every score is comparable
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from lib.evaluate.frechet import FeatureError, as_video_batch
+from lib.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,6 @@ I3D_FRAMES = 16
 I3D_NUM_FEATURES = 400
 FRAME_RULE = "first 16 frames; shorter clips padded by repeating the last frame"
 CALL = "model(x_float_BCTHW_0_255, rescale=True, resize=True, return_features=True)"
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fit_frames(videos: torch.Tensor, frames: int = I3D_FRAMES) -> torch.Tensor:
