@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg,
             data=replace(cfg.data, num_clips=90, frames=4, height=16, width=16),
             expert=replace(cfg.expert, steps=12, num_layers=1, warmup_steps=2),
+            codec=replace(cfg.codec, steps=6, warmup_steps=1),
         )
     out = Path(args.out)
     work = Path(cfg.output_dir) / ("probe-smoke" if args.smoke else "probe")  # a smoke run never wipes a real one
