@@ -3,7 +3,9 @@
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from lib.data.split import ROLES
+# The role of every clip (ClipIndex.role), assigned once at ingestion (lib.data.split says why and how)
+TRAIN, VALIDATION, REFERENCE, PROMPT = "train", "validation", "reference", "prompt"
+ROLES = (TRAIN, VALIDATION, REFERENCE, PROMPT)
 
 QUARANTINE_REASONS = (
     "missing_file",  # the path/URI does not exist or cannot be opened
