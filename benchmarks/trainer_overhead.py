@@ -33,13 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib.config import ExpertConfig  # noqa: E402
 from lib.data.procedural import iter_builtin_clips  # noqa: E402
 from lib.models.factory import build_expert, count_parameters, expert_forward  # noqa: E402
+from lib.models.schedule import ema_decay_at, lr_at  # noqa: E402
 from lib.seeding import torch_generator  # noqa: E402
 from lib.train.trainer import (  # noqa: E402
     BatchSampler,
     TrainData,
-    ema_decay_at,
     flow_matching_batch,
-    lr_at,
     sample_timesteps,
     train,
     update_ema,
