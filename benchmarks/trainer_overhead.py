@@ -30,13 +30,12 @@ import torch
 from lib.config import ExpertConfig
 from lib.data.procedural import iter_builtin_clips
 from lib.models.factory import build_expert, count_parameters, expert_forward
+from lib.models.schedule import ema_decay_at, lr_at
 from lib.seeding import torch_generator
 from lib.train.trainer import (
     BatchSampler,
     TrainData,
-    ema_decay_at,
     flow_matching_batch,
-    lr_at,
     sample_timesteps,
     train,
     update_ema,

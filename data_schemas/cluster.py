@@ -3,7 +3,7 @@
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from lib.data.split import ROLES
+from data_schemas.ingest import ROLES
 
 
 class ClusterAssignment(pa.DataFrameModel):

@@ -3,7 +3,7 @@
 import pandera.pandas as pa
 from pandera.typing import Series
 
-_STRATEGY = r"[a-z0-9_]+(:\d+)?"  # a routing strategy (lib.sample.ddm), e.g. topk, random_topk, expert:2
+_STRATEGY = r"[a-z0-9_]+(:\d+)?"  # a routing strategy (lib.strategy), e.g. topk, random_topk, expert:2
 METHOD_PATTERN = rf"^(ddm:{_STRATEGY}(>{_STRATEGY}@[0-9.]+)*|monolith|student|expert:\d+|real)$"  # student: distilled
 
 

@@ -3,7 +3,9 @@
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from lib.data.split import ROLES
+# The role of every clip (ClipIndex.role), assigned once at ingestion (lib.data.split says why and how)
+TRAIN, VALIDATION, REFERENCE, PROMPT = "train", "validation", "reference", "prompt"
+ROLES = (TRAIN, VALIDATION, REFERENCE, PROMPT)
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"  # a file's sha256 as lowercase hex
 

@@ -23,6 +23,7 @@ import yaml
 
 from lib.data.columns import MANIFEST_COLUMNS
 from lib.data.procedural import SCENES
+from lib.strategy import parse_schedule
 
 
 class ConfigError(ValueError):
@@ -311,8 +312,6 @@ class SampleConfig:
     eps_alpha_floor: float = 0.05  # eps experts: smallest 1 - t divided by when recovering x0_hat
 
     def __post_init__(self) -> None:
-        from lib.sample.ddm import parse_schedule  # here: lib.sample imports this module
-
         for where, strategy in [("sample.strategy", self.strategy)] + [
             ("sample.compare_strategies", s) for s in self.compare_strategies
         ]:

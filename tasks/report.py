@@ -8,7 +8,7 @@ from flytekit.types.directory import FlyteDirectory
 from pandera.typing import DataFrame
 
 from data_schemas.ingest import ClipAttributes, ClipIndex, FilteredClip, QuarantineRecord
-from lib.data.ingest import held_line
+from lib.data.quarantine import held_line
 from lib.io import write_parquet
 from tasks.common import uri_of
 from tasks.image import TASK_IMAGE

@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-from lib.evaluate.clip_score import CLIP_MEAN, ClipError, ClipSimilarity
 from lib.evaluate.motion import mean_abs_frame_diff, normal_flow_magnitude
+from lib.features.clip import CLIP_MEAN, ClipError, ClipSimilarity
 
 WORDS = ["a", "red", "blue", "ball", "box", "moving", "left", "on", "black", "background"]
 

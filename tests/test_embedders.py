@@ -7,17 +7,11 @@ import transformers
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_mutual_info_score
 
-from lib.cluster.embedders import (
-    VISUAL_GROUPS,
-    EmbedderError,
-    ImageTower,
-    compute_embeddings,
-    standardise_groups,
-    visual_stats_features,
-)
+from lib.cluster.embedders import ImageTower, compute_embeddings
 from lib.config import ClusterConfig, ConfigError, DataConfig
 from lib.data.ingest import ingest_builtin
 from lib.data.shards import load_clips
+from lib.features.visual_stats import VISUAL_GROUPS, EmbedderError, standardise_groups, visual_stats_features
 
 DIM = sum(VISUAL_GROUPS.values())
 

@@ -16,12 +16,12 @@ from data_schemas.evaluate import EvalReport
 from lib.config import ConfigError, EvalConfig
 from lib.data.procedural import iter_builtin_clips
 from lib.data.video import write_gif
-from lib.evaluate.aesthetic import AestheticScorer
 from lib.evaluate.compare import headline
 from lib.evaluate.featnet import train_attrnet
-from lib.evaluate.frechet import FeatureError
 from lib.evaluate.page import report_html
 from lib.evaluate.report import bootstrap_mean, evaluate_methods, fd_feature_spec
+from lib.features.aesthetic import AestheticScorer
+from lib.features.batch import FeatureError
 from lib.sample.methods import gallery_html
 from tests.test_clip_score import clip_dir  # noqa: F401  (the tiny CLIP folder fixture)
 

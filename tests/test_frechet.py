@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from lib.evaluate.frechet import (
-    FeatureError,
     FrechetVideoDistance,
     fd_from_stats,
     frechet_distance,
@@ -16,6 +15,7 @@ from lib.evaluate.frechet import (
     stats_from_features,
 )
 from lib.evaluate.i3d import I3D_FRAMES, I3DFeatures, fit_frames
+from lib.features.batch import FeatureError
 
 
 def _fd(x, y):

@@ -7,8 +7,10 @@ import pytest
 
 from data_schemas.ingest import QUARANTINE_REASONS, ClipAttributes, ClipIndex, QuarantineRecord
 from lib.config import DataConfig
-from lib.data.ingest import ManifestError, TooManyBadRows, ingest, read_manifest
+from lib.data.ingest import ingest
+from lib.data.manifest import read_manifest
 from lib.data.procedural import THEMES, iter_builtin_clips
+from lib.data.quarantine import ManifestError, TooManyBadRows
 from lib.data.shards import load_clips
 from lib.data.video import write_mp4
 
@@ -144,7 +146,7 @@ def test_a_source_slower_than_data_fps_is_counted_and_can_be_quarantined(video_d
 def test_a_manifest_without_ids_warns_once_and_quarantines_a_repeated_source(video_dir, caplog):
     manifest = video_dir / "no_ids.csv"
     manifest.write_text("path,caption,start\nv0.mp4,first,\nv1.mp4,other,\nv0.mp4,again,\nv0.mp4,later window,0.5\n")
-    with caplog.at_level(logging.WARNING, logger="lib.data.ingest"):
+    with caplog.at_level(logging.WARNING, logger="lib.data.manifest"):
         result = ingest(_cfg(manifest, max_bad_fraction=0.5), seed=0, out_dir=video_dir / "out")
     warnings = [r.getMessage() for r in caplog.records if "no clip id column" in r.getMessage()]
     assert len(warnings) == 1 and str(manifest) in warnings[0]

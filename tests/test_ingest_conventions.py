@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from lib.config import ConfigError, DataConfig, config_from_dict
-from lib.data.ingest import ManifestError, TooManyBadRows, ingest
+from lib.data.ingest import ingest
 from lib.data.procedural import iter_builtin_clips
+from lib.data.quarantine import ManifestError, TooManyBadRows
 from lib.data.shards import load_clips
 from lib.data.video import decode_clip, write_mp4
 

@@ -12,7 +12,7 @@ from lib.config import ClusterConfig, DataConfig
 from lib.data.filters import motion_score
 from lib.data.ingest import ingest
 from lib.data.video import write_mp4
-from lib.evaluate.aesthetic import AestheticError, AestheticScorer, load_aesthetic_head
+from lib.features.aesthetic import AestheticError, AestheticScorer, load_aesthetic_head
 from tests.test_clip_score import clip_dir  # noqa: F401  (the tiny CLIP folder fixture)
 
 

@@ -10,7 +10,8 @@ import pytest
 from data_schemas.ingest import QuarantineRecord
 from data_schemas.raw import SceneWindow
 from lib.config import ConfigError, DataConfig, RunConfig, replace_in
-from lib.data.ingest import ManifestError, TooManyBadRows, ingest
+from lib.data.ingest import ingest
+from lib.data.quarantine import ManifestError, TooManyBadRows
 from lib.data.raw import RawVideo, cut_video, list_raw_videos, sidecar_path
 from lib.data.scenes import ScenePlan, scene_windows
 from lib.data.shards import load_clips

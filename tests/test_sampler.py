@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lib.sample import ExpertHandle, SamplerStats, eps_to_velocity, mix_velocity, routing_weights, sample_ddm
-from lib.sample.ddm import parse_schedule, strategy_at
 from lib.sample.gaussian_mixture import GaussianMixture, check_strategy
+from lib.strategy import parse_schedule, strategy_at
 
 SHAPE = (1, 1, 2, 2)  # C, T, H, W
 MUS = torch.tensor([[2.0, 2.0, 2.0, 2.0], [-2.0, -2.0, -2.0, -2.0], [2.0, -2.0, 2.0, -2.0]], dtype=torch.float64)

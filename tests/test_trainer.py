@@ -13,15 +13,14 @@ from tiny_clips import TINY_EXPERT, tiny_train_data
 from data_schemas.train import TrainingLog
 from lib.config import ExpertConfig
 from lib.models.factory import TRAINING_INFO, ExpertLoadError, load_expert, weights_sha256
+from lib.models.schedule import ema_decay_at, lr_at
 from lib.train import checkpoint as ckpt
 from lib.train.trainer import (
     BatchSampler,
     NonFiniteLossError,
     TrainCallback,
     TrainData,
-    ema_decay_at,
     flow_matching_batch,
-    lr_at,
     sample_timesteps,
     train,
     update_ema,

@@ -10,7 +10,7 @@ Three steps, each bounded in memory by one video's decode:
    ``no_caption``, never given an invented caption. Scenes come from ``lib.data.scenes``; each gives clip windows.
    Any failure of one video (missing, corrupt, undecodable) is a refusal row naming the video, not an exception.
 3. ``ingest_raw``: the windows are written as a manifest (``path, caption, clip_id, start, end``) and decoded by
-   ``lib.data.ingest.ingest_manifest`` like any user manifest (quality filters included); refusals from cutting join
+   ``lib.data.manifest.ingest_manifest`` like any user manifest (quality filters included); refusals from cutting join
    its quarantine, and the bad fraction is checked over windows and refusals together.
 """
 
@@ -33,15 +33,8 @@ from data_schemas.ingest import ClipAttributes, QuarantineRecord
 from data_schemas.raw import SceneWindow
 from lib.config import DataConfig
 from lib.data.columns import ColumnError, source_column
-from lib.data.ingest import (
-    QUARANTINE_COLUMNS,
-    IngestResult,
-    ManifestError,
-    caption_problem,
-    check_bad_fraction,
-    ingest_manifest,
-    read_table,
-)
+from lib.data.manifest import ingest_manifest, read_table
+from lib.data.quarantine import QUARANTINE_COLUMNS, IngestResult, ManifestError, caption_problem, check_bad_fraction
 from lib.data.scenes import SceneOpenError, ScenePlan, detect_scenes, scene_windows
 from lib.data.shards import ShardWriter
 from lib.io import atomic_write

@@ -19,10 +19,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from data_schemas.ingest import PROMPT, REFERENCE, ROLES, TRAIN, VALIDATION
 from lib.seeding import derive_seed
 
-TRAIN, VALIDATION, REFERENCE, PROMPT = "train", "validation", "reference", "prompt"
-ROLES = (TRAIN, VALIDATION, REFERENCE, PROMPT)
 HELD_OUT = (VALIDATION, REFERENCE, PROMPT)
 
 

@@ -33,7 +33,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from data_schemas.ingest import ClipAttributes, QuarantineRecord
 from lib.config import DataConfig
 from lib.data.columns import ColumnError, source_column
-from lib.data.ingest import (
+from lib.data.quarantine import (
     QUARANTINE_COLUMNS,
     FilteringShardWriter,
     IngestResult,

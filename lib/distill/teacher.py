@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from lib.sample.ddm import ROUTED, SamplerStats, mix_velocity, routing_weights
+from lib.sample.ddm import SamplerStats, mix_velocity, routing_weights
 from lib.sample.pipeline import DDMPipeline
+from lib.strategy import ROUTED
 
 
 class MixtureTeacher:

@@ -29,9 +29,9 @@ from diffusers import AutoencoderKL
 
 from lib.config import CodecConfig
 from lib.encode.codec import ImageVAECodec, videos_to_model
+from lib.models.schedule import warmup_cosine_lr
 from lib.progress import progress
 from lib.seeding import derive_seed, torch_generator
-from lib.train.trainer import warmup_cosine_lr
 
 log = logging.getLogger(__name__)
 

@@ -66,7 +66,8 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from lib.evaluate.frechet import FeatureError, FeatureStats, _frechet_distance, stats_from_features
+from lib.evaluate.frechet import FeatureStats, _frechet_distance, stats_from_features
+from lib.features.batch import FeatureError
 from lib.io import atomic_write
 from lib.seeding import numpy_rng
 

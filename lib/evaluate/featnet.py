@@ -35,8 +35,8 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from lib.data.procedural import BACKGROUNDS, COLORS, MOTIONS, SCENES, SHAPES, SIZES
-from lib.evaluate.frechet import as_video_batch
 from lib.evaluate.negatives import NEGATIVE_KINDS, NOT_REAL, make_negatives
+from lib.features.batch import as_video_batch
 from lib.progress import progress
 from lib.seeding import derive_seed
 

@@ -34,13 +34,10 @@ from safetensors.numpy import load_file, save_file
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from lib.features.batch import FeatureError, as_video_batch
 from lib.io import atomic_write
 
 log = logging.getLogger(__name__)
-
-
-class FeatureError(ValueError):
-    """Features or statistics that cannot give a Fréchet distance (wrong shape, too few samples, mismatch)."""
 
 
 @dataclass(frozen=True)
@@ -144,14 +141,6 @@ class _Float64Features(nn.Module):
                 f"expected ({videos.shape[0]}, {self.num_features})"
             )
         return feats.double()
-
-
-def as_video_batch(videos: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Check and convert uint8 videos [N, T, H, W, 3] (numpy or torch) to a CPU torch tensor."""
-    t = torch.from_numpy(np.ascontiguousarray(videos)) if isinstance(videos, np.ndarray) else videos
-    if t.dtype != torch.uint8 or t.ndim != 5 or t.shape[-1] != 3:
-        raise FeatureError(f"videos: expected uint8 [N, T, H, W, 3], got {t.dtype} {tuple(t.shape)}")
-    return t
 
 
 class FrechetVideoDistance:

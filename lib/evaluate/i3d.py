@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lib.evaluate.frechet import FeatureError, as_video_batch
+from lib.features.batch import FeatureError, as_video_batch
 from lib.io import file_sha256
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lib.evaluate.frechet import as_video_batch
+from lib.features.batch import as_video_batch
 
 EDGE_THRESHOLD = 0.05  # min |∇I| (per pixel, [0, 1] grey levels) for a pixel to count as an edge
 

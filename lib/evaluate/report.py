@@ -26,15 +26,15 @@ from pandera.typing import DataFrame
 from torch import nn
 
 from data_schemas.evaluate import EvalReport
-from lib.cluster.embedders import standardise_groups, visual_stats_features
 from lib.config import EvalConfig
-from lib.evaluate.aesthetic import AestheticScorer
-from lib.evaluate.clip_score import ClipSimilarity
 from lib.evaluate.distances import score_sets
 from lib.evaluate.featnet import HEADLINE_ATTRIBUTES, AttrNet, AttrNetFeatures, attribute_hits, attrnet_id
-from lib.evaluate.frechet import FeatureError, as_video_batch
 from lib.evaluate.i3d import I3DFeatures
 from lib.evaluate.motion import mean_abs_frame_diff, normal_flow_magnitude
+from lib.features.aesthetic import AestheticScorer
+from lib.features.batch import FeatureError, as_video_batch
+from lib.features.clip import ClipSimilarity
+from lib.features.visual_stats import standardise_groups, visual_stats_features
 from lib.progress import progress
 from lib.seeding import derive_seed, numpy_rng
 
@@ -69,7 +69,7 @@ class FeatureSpec:
 
 class VisualStatsFeatures(nn.Module):
     """Offline Fréchet features for data without generating attributes (real videos, no I3D file), where no AttrNet
-    can be trained: the clustering's hand-made video statistics (``lib.cluster.embedders``: colour, histogram,
+    can be trained: the clustering's hand-made video statistics (``lib.features.visual_stats``: colour, histogram,
     layout, texture, motion energy), z-scored with the reference set's statistics so that no group's scale decides
     the distance. Weak — it sees palettes, layout and how much moves, not objects — and named for what it is
     (``fd_vstats``), never FVD."""

@@ -26,7 +26,6 @@ sample: its term in the mixture is zero anyway.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,10 +36,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from lib.config import SampleConfig
 from lib.sample.batch_tree import cat_trees, take_tree
+from lib.strategy import ROUTED, parse_schedule, parse_strategy, strategy_at
 
 OBJECTIVES = ("flow", "eps")
-STRATEGIES = ("top1", "topk", "full", "sample", "oracle", "expert:<id>")
-ROUTED = ("top1", "topk", "full", "sample")  # the strategies that read the router
 DEFAULT_X0_CLAMP = SampleConfig.eps_x0_clamp  # |x0_hat| bound for eps experts
 DEFAULT_ALPHA_FLOOR = SampleConfig.eps_alpha_floor  # smallest 1 - t divided by when recovering x0 (t = 1: 1 - t = 0)
 
@@ -133,59 +131,6 @@ def eps_to_velocity(
     t = _per_sample(t, x_t)
     x0_hat = ((x_t - t * eps_hat) / (1 - t).clamp(min=alpha_floor)).clamp(-clamp, clamp)
     return eps_hat - x0_hat
-
-
-def parse_strategy(strategy: str) -> tuple[str, int | None]:
-    """Split ``expert:<id>`` into ("expert", id); other strategies come back as (name, None).
-
-    Args:
-        strategy: one of top1, topk, full, sample, oracle, expert:<id> (one strategy, not a schedule).
-
-    Returns:
-        (name, fixed expert id or None).
-    """
-    if strategy.startswith("expert:"):
-        tail = strategy.split(":", 1)[1]
-        if not tail.isdigit():
-            raise ValueError(f"strategy {strategy!r}: expected expert:<non-negative int>")
-        return "expert", int(tail)
-    if strategy not in ROUTED + ("oracle",):
-        raise ValueError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
-    return strategy, None
-
-
-def parse_schedule(schedule: str) -> list[tuple[float, str]]:
-    """``first>second@T1>third@T2...`` -> [(inf, first), (T1, second), (T2, third)]: each strategy runs while
-    t <= its start time and t > the next one's. A plain strategy is a one-entry schedule.
-
-    Args:
-        schedule: a strategy, or strategies joined by ``>``, every one after the first with ``@<t>`` in (0, 1),
-            the times strictly decreasing (sampling runs from t = 1 down to 0).
-
-    Returns:
-        (start time, strategy) pairs, the first with start time inf.
-    """
-    parts = schedule.split(">")
-    parse_strategy(parts[0])
-    entries = [(math.inf, parts[0])]
-    for part in parts[1:]:
-        name, at, when = part.partition("@")
-        if not at:
-            raise ValueError(f"schedule {schedule!r}: {part!r} needs a switch time, e.g. {part}@0.5")
-        try:
-            start = float(when)
-        except ValueError:
-            raise ValueError(f"schedule {schedule!r}: switch time {when!r} is not a number") from None
-        if not 0.0 < start < min(entries[-1][0], 1.0):
-            raise ValueError(f"schedule {schedule!r}: switch times must lie in (0, 1) and decrease, got {start}")
-        parse_strategy(name)
-        entries.append((start, name))
-    return entries
-
-
-def strategy_at(schedule: list[tuple[float, str]], t: float) -> str:
-    """The strategy a parsed schedule runs at time t."""
-    return [name for start, name in schedule if t <= start][-1]
 
 
 def routing_weights(
@@ -348,7 +293,7 @@ def sample_ddm(
         cond: conditional batch tree (e.g. (token embeddings [B, L, D], mask [B, L])).
         uncond: unconditional batch tree for CFG, or None.
         pooled: pooled text the router receives (any value the router accepts).
-        strategy: top1 | topk | full | sample | oracle | expert:<id>, or a schedule of them (``parse_schedule``).
+        strategy: top1 | topk | full | sample | oracle | expert:<id>, or a schedule of them (``lib.strategy``).
         top_k: experts kept by topk.
         num_steps: Euler steps.
         guidance_scale: CFG scale w, applied per expert.

@@ -53,11 +53,10 @@ from lib.sample.ddm import (
     ExpertHandle,
     SampleResult,
     SamplerStats,
-    parse_schedule,
-    parse_strategy,
     sample_ddm,
 )
 from lib.seeding import derive_seed
+from lib.strategy import parse_schedule, parse_strategy
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPModel
 
-from lib.evaluate.frechet import as_video_batch
+from lib.features.batch import as_video_batch
 
 log = logging.getLogger(__name__)
 

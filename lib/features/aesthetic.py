@@ -1,7 +1,7 @@
 """The LAION aesthetic predictor: a head on CLIP ViT-L/14 image embeddings, as a data filter and as a metric.
 
 Weights are local files only (``data.aesthetic_path`` for filtering, ``eval.aesthetic_path`` for scoring generated
-videos), with CLIP from a local folder loaded and preprocessed as ``eval.clip_path`` (``lib.evaluate.clip_score``).
+videos), with CLIP from a local folder loaded and preprocessed as ``eval.clip_path`` (``lib.features.clip``).
 The score is named with the CLIP and head it came from, as ``clip_sim`` is: a tiny stand-in CLIP gives another number.
 """
 
@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from lib.evaluate.clip_score import ClipSimilarity
+from lib.features.clip import ClipSimilarity
 
 
 class AestheticError(ValueError):

@@ -1,0 +1,1 @@
+"""Video features from fixed extractors, shared by data filtering, clustering and evaluation."""
