@@ -44,7 +44,7 @@ ui: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/hadolint Dockerfile
-	FLYTE_LOCAL_CACHE_ENABLED=false $(PY) -m pytest
+	FLYTE_LOCAL_CACHE_ENABLED=false $(PY) -m pytest --durations=20
 
 lint: install
 	$(VENV)/bin/ruff check .

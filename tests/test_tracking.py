@@ -4,10 +4,10 @@ import shutil
 import time
 
 import pytest
-from test_train_workflow import _cfg
 
 from lib.config import RunConfig, config_to_dict, config_to_yaml, load_config, replace_in
 from lib.tracking import DB_FILE, EXECUTION_TAG, MAX_PARAM_CHARS, MODEL_TAG, Tracker, flatten, tracking_uri
+from tests.e2e.test_train_workflow import _cfg
 from workflows.train import train_wf
 
 

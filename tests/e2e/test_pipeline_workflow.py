@@ -19,8 +19,9 @@ import pytest
 
 from lib.config import RunConfig, config_to_dict, load_config, replace_in
 from lib.sample.pipeline import DDMPipeline
+from lib.tracking import Tracker
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PYFLYTE = str(Path(sys.executable).parent / "pyflyte")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -95,12 +96,13 @@ def _assert_tracked(db: Path) -> None:
     assert parent.info.status == "FINISHED" and "ddm_topk" in " ".join(parent.data.metrics)
     children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert {r.data.tags["ddm.model"] for r in children} == {"expert-00", "expert-01", "monolith", "router", "attrnet"}
-    files = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"eval_report.csv", "samples.png", "samples", "clusters"} <= files
-    assert any(a.path.endswith(".gif") for a in client.list_artifacts(parent.info.run_id, "samples"))
-    assert {"clusters/projection.png", "clusters/report.html"} <= {
-        a.path for a in client.list_artifacts(parent.info.run_id, "clusters")
-    }
+    # a local store's artifacts lie in <output_dir>/mlartifacts under a location relative to it (lib.tracking), which
+    # MLflow reads through a server (make ui); read here from the folder
+    folder = Tracker(f"sqlite:///{db}", "reader").artifact_dir(parent.info.run_id)
+    files = {str(p.relative_to(folder)) for p in folder.rglob("*")}
+    assert {"eval_report.csv", "samples.png", "config.yaml", "clusters/projection.png", "clusters/report.html"} <= files
+    assert any(f.startswith("samples/") and f.endswith(".gif") for f in files)
+    assert parent.info.run_name.startswith("pipeline ") and parent.data.params["expert.steps"] == "4"
 
 
 @pytest.mark.slow

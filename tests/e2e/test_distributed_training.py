@@ -8,14 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from ddp_train_worker import CFG, NAME, NUM_CLIPS, SEED, STOP_AT
 from safetensors.torch import load_file
-from tiny_clips import tiny_train_data
 
 from lib.train.distributed import Workers
 from lib.train.trainer import train
+from tests.e2e.ddp_train_worker import CFG, NAME, NUM_CLIPS, SEED, STOP_AT
+from tests.tiny_clips import tiny_train_data
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
@@ -23,7 +23,7 @@ def _torchrun(out: Path, nproc: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     done = subprocess.run(
-        [*cmd, str(ROOT / "tests" / "ddp_train_worker.py"), str(out)], env=env, capture_output=True, text=True
+        [*cmd, str(ROOT / "tests" / "e2e" / "ddp_train_worker.py"), str(out)], env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
 

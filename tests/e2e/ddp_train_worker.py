@@ -1,6 +1,6 @@
 """Run by ``torchrun`` from test_distributed_training.py: one expert trained by several processes (gloo, CPU).
 
-Usage: ``torchrun --standalone --nproc_per_node N tests/ddp_train_worker.py OUT``. Trains the same tiny run
+Usage: ``torchrun --standalone --nproc_per_node N tests/e2e/ddp_train_worker.py OUT``. Trains the same tiny run
 twice: to the end in ``OUT/full`` and interrupted after ``STOP_AT`` steps in ``OUT/half`` (left for a
 single-process resume).
 """
@@ -9,9 +9,9 @@ import sys
 from dataclasses import replace
 
 import torch
-from tiny_clips import TINY_EXPERT, tiny_train_data
 
 from lib.train.trainer import train
+from tests.tiny_clips import TINY_EXPERT, tiny_train_data
 
 # uneven shards across 2 processes (3 + 4 rows)
 CFG = replace(TINY_EXPERT, steps=6, batch_size=7, log_every=3)

@@ -29,7 +29,7 @@ from lib.storage import POINTER, StorageError, check_output_dir, download_publis
 from lib.train import checkpoint as ckpt
 from lib.train.trainer import train
 from tasks.train import _fetch, _MirrorCheckpoints
-from tests.test_pipeline_workflow import PNG_MAGIC, _cfg, _trained
+from tests.e2e.test_pipeline_workflow import PNG_MAGIC, _cfg, _trained
 from tests.tiny_clips import TINY_EXPERT, tiny_train_data
 
 MOTO = str(Path(sys.executable).parent / "moto_server")

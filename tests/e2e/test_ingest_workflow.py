@@ -13,7 +13,7 @@ from lib.data.video import write_mp4
 from tasks.ingest import ingest_clips
 from tasks.report import report_ingest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cfg(tmp_path):
