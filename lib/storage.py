@@ -1,4 +1,4 @@
-"""Stage folders on an object store (``output_dir: s3://bucket/prefix``, ``gs://``, any fsspec URI).
+"""Stage folders on an object store (``output_dir: s3://bucket/prefix``, ``gs://``, any fsspec URI), and locally.
 
 An object store has no atomic folder rename, so a folder is *published*: its files go under a fresh attempt
 prefix, ``<dest>/attempts/<attempt>/...``, and only then is ``<dest>/PUBLISHED.json`` (one object, so one atomic
@@ -17,7 +17,9 @@ to create a bucket from a typo).
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +32,7 @@ ATTEMPTS = "attempts"
 EMPTY = ".empty"  # the one object of an attempt that published an empty folder
 _ATTEMPT_PART = re.compile(rf"/{ATTEMPTS}/[0-9]{{8}}T[0-9]{{6}}-[0-9a-f]{{8}}(?=/|$)")
 _checked: set[str] = set()  # output dirs found usable by this process
+log = logging.getLogger(__name__)
 
 
 class StorageError(OSError):
@@ -168,3 +171,71 @@ def download_published(uri: str, local: str | Path) -> bool:
     """Copy the published folder ``uri`` (its pointed attempt) into ``local``; False when nothing is published."""
     target = resolve(uri)
     return target is not None and download_dir(target, local)
+
+
+# A local folder has what an object store lacks, an atomic rename, so a local stage is published by renaming: it is
+# assembled in ``<stage>/.attempts/<key>-<attempt>`` and renamed to ``<stage>/<key>``; just before the rename a mark
+# ``<stage>/.published/<key>`` is written (beside the folder, so the folder holds only the stage's files). Two runs
+# computing the same stage at once each fill an attempt of their own; the first rename wins and the other run reads
+# the winner (same key, same inputs, so the same outputs) and drops its attempt. A stage folder without its mark (left
+# by a version that wrote in place, possibly torn by a crash) is replaced. Attempts a crash left behind are pruned
+# once older than ``STALE_ATTEMPT_S``.
+LOCAL_ATTEMPTS = ".attempts"
+MARKS = ".published"
+STALE_ATTEMPT_S = 6 * 3600.0
+
+
+def local_attempt(final: Path) -> Path:
+    """A new, empty attempt folder for the local stage folder ``final`` (stale attempts of its stage pruned)."""
+    attempts = final.parent / LOCAL_ATTEMPTS
+    prune_attempts(attempts, STALE_ATTEMPT_S)
+    attempt = attempts / f"{final.name}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    attempt.mkdir(parents=True)
+    return attempt
+
+
+def attempt_root(path: Path) -> Path | None:
+    """The attempt folder ``path`` lies in (or is), if any."""
+    for folder in (path, *path.parents):
+        if folder.parent.name == LOCAL_ATTEMPTS:
+            return folder
+    return None
+
+
+def publish_local(attempt: Path) -> Path:
+    """Rename a finished ``local_attempt`` folder to its stage folder; returns the stage folder (the winner's)."""
+    final = attempt.parent.parent / attempt.name.rsplit("-", 2)[0]
+    mark = final.parent / MARKS / final.name
+    if final.exists() and not mark.is_file():  # written in place by an older version, maybe torn: replace it
+        aside = attempt.parent / f"{attempt.name}.replaced"
+        final.rename(aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    mark.parent.mkdir(exist_ok=True)
+    mark.write_text(json.dumps({"attempt": attempt.name, "published_at": time.time()}))
+    try:
+        attempt.rename(final)
+    except OSError:  # another run published the same stage first: its folder stands, this attempt goes
+        if not final.is_dir():
+            raise
+        shutil.rmtree(attempt, ignore_errors=True)
+    return final
+
+
+def prune_attempts(attempts: Path, older_than_s: float) -> int:
+    """Delete attempt folders not touched for ``older_than_s`` seconds (left by crashed runs); returns how many."""
+    if not attempts.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    stale = []
+    for folder in attempts.iterdir():
+        try:
+            if folder.stat().st_mtime < cutoff:
+                stale.append(folder)
+        except FileNotFoundError:  # published (renamed away) by another run while we looked
+            continue
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    if stale:
+        hours = older_than_s / 3600
+        log.warning("%s: pruned %d stale attempt folder(s) older than %.0f h", attempts, len(stale), hours)
+    return len(stale)

@@ -86,6 +86,7 @@ def cluster_clips(
         if report.ami:  # what the split follows (content or colour), comparable between executions
             tracker.log_metrics(run_id, [{"step": 0, **{f"cluster_ami.{a}": v for a, v in report.ami.items()}}])
     ami = ", ".join(f"{k} {v:.2f}" for k, v in report.ami.items())
-    print(f"cluster: sizes {report.sizes}, silhouette {report.silhouette:.3f}, AMI {ami} -> {out}", flush=True)
     centroids_uri = publish_stage(output_dir, centroids)  # with the report and plot beside it
+    where = centroids_uri.rsplit("/", 1)[0]
+    print(f"cluster: sizes {report.sizes}, silhouette {report.silhouette:.3f}, AMI {ami} -> {where}", flush=True)
     return assignment_frame(clip_ids, result, roles), report.summary_frame(), FlyteFile(centroids_uri)

@@ -2,10 +2,11 @@
 
 Flyte's local cache stores the path a task returned; when that path is a temporary folder that later vanishes,
 a cache hit hands back a missing path (a known flytekit behaviour). So when ``output_dir`` is a local folder, a
-task writes under ``<output_dir>/stages/<stage>/<key>``, a persistent folder keyed by the task's inputs, and a
-cache hit stays valid as long as the outputs are kept. When ``output_dir`` is a URI (``s3://bucket/prefix``, on a
-cluster or locally) a task assembles its outputs in a scratch folder of its working directory and publishes them to
-``<output_dir>/stages/<stage>/<key>`` (``lib.storage``), returning the bucket URI as its FlyteFile/FlyteDirectory.
+task's outputs go to ``<output_dir>/stages/<stage>/<key>``, a persistent folder keyed by the task's inputs, published
+whole by a rename (``lib.storage.publish_local``), and a cache hit stays valid as long as the outputs are kept.
+When ``output_dir`` is a URI (``s3://bucket/prefix``, on a cluster or locally) a task assembles its outputs in a
+scratch folder of its working directory and publishes them to ``<output_dir>/stages/<stage>/<key>``
+(``lib.storage``), returning the bucket URI as its FlyteFile/FlyteDirectory.
 """
 
 import dataclasses
@@ -19,7 +20,7 @@ from typing import Any
 
 from flytekit import current_context
 
-from lib.storage import check_output_dir, is_remote, publish_dir, stable_uri
+from lib.storage import attempt_root, check_output_dir, is_remote, local_attempt, publish_dir, publish_local, stable_uri
 from lib.tracking import Tracker, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -52,20 +53,25 @@ def _scratch() -> Path:
 
 
 def stage_dir(output_dir: str, stage: str, *key_parts: Any, fresh: bool = True) -> Path:
-    """A folder for one task's outputs; emptied first when ``fresh`` (a rerun must not mix in stale files).
+    """A folder for one task's outputs, keyed by its inputs; ``publish_stage`` makes it the stage's.
 
-    With a remote ``output_dir`` it is a local scratch folder laid out like ``<output_dir>/stages/<stage>/<key>``,
-    which ``publish_stage`` uploads; the output location is checked first (``lib.storage.check_output_dir``).
+    ``fresh`` (a stage that computes now): locally a new attempt folder that ``publish_stage`` renames into
+    ``<output_dir>/stages/<stage>/<key>`` (``lib.storage.publish_local``: concurrent runs never see a torn stage);
+    with a remote ``output_dir`` an emptied local scratch folder laid out like that, which ``publish_stage`` uploads
+    (the output location checked first, ``lib.storage.check_output_dir``). Not ``fresh`` (training, which resumes
+    from its own checkpoints and writes its model atomically): the stage folder itself.
     """
+    if fresh:  # a fresh folder means the stage computes now (training, which may reuse, says so itself)
+        mark_ran(stage)
     if is_local(output_dir):
         path = Path(output_dir.removeprefix("file://")).resolve() / "stages" / stage / input_key(*key_parts)
+        if fresh:
+            return local_attempt(path)
     else:
         check_output_dir(output_dir)
         path = _scratch() / "stages" / stage / input_key(*key_parts)
-    if fresh:  # a fresh folder means the stage computes now (training, which may reuse, says so itself)
-        mark_ran(stage)
-    if fresh and path.exists():
-        shutil.rmtree(path)
+        if fresh and path.exists():
+            shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -73,13 +79,15 @@ def stage_dir(output_dir: str, stage: str, *key_parts: Any, fresh: bool = True) 
 def publish_stage(output_dir: str, path: Path) -> str:
     """The path or URI a task returns for ``path``, a file or folder inside a ``stage_dir`` folder.
 
-    Locally that folder is already in place. With a remote ``output_dir`` the stage folder is published to
+    Locally the attempt folder ``path`` lies in is renamed into place (a path outside an attempt, a training
+    stage's, is returned as it is). With a remote ``output_dir`` the stage folder is published to
     ``<output_dir>/stages/<stage>/<key>`` (``lib.storage.publish_dir``: a fresh attempt, the pointer last) and the
     URI of ``path`` inside the published attempt is returned: downstream tasks read the bucket, and a Flyte cache
     hit hands back a URI that outlives this task's working directory.
     """
     if is_local(output_dir):
-        return str(path)
+        attempt = attempt_root(path)
+        return str(path if attempt is None else publish_local(attempt) / path.relative_to(attempt))
     rel = path.relative_to(_scratch())
     stage_root = Path(*rel.parts[:3])  # stages/<stage>/<key>
     attempt = publish_dir(_scratch() / stage_root, f"{output_dir.rstrip('/')}/{stage_root.as_posix()}")

@@ -43,9 +43,10 @@ def assemble_ddm_task(
     clustering = {**clustering_record(cluster_cfg), "state": {k: v for k, v in arrays.items() if k != "centroids"}}
     assemble_ddm(out, folders, router.download(), info, arrays["centroids"], encode_cfg, clustering)
     missing = [k for k, e in folders.items() if e is None]
-    print(f"ddm: {len(experts) - len(missing)}/{len(experts)} experts -> {out}"
+    published = publish_stage(output_dir, out)
+    print(f"ddm: {len(experts) - len(missing)}/{len(experts)} experts -> {published}"
           + (f"; missing (failed training): {missing}" if missing else ""), flush=True)  # fmt: skip
-    return FlyteDirectory(publish_stage(output_dir, out))
+    return FlyteDirectory(published)
 
 
 @task(container_image=TASK_IMAGE, cache=Cache(version="assemble-single-v1"), requests=Resources(cpu="1", mem="2Gi"))
@@ -55,8 +56,9 @@ def assemble_single_task(
     """The monolith or a student as a K = 1 DDM folder, which ``DDMPipeline.from_pretrained`` loads anywhere."""
     out = stage_dir(output_dir, "single", name, uri_of(model), uri_of(encoded)) / name
     assemble_single(out, model.download(), read_codec_info(encoded.download()), encode_cfg)
-    print(f"{name}: loadable alone -> {out}", flush=True)
-    return FlyteDirectory(publish_stage(output_dir, out))
+    published = publish_stage(output_dir, out)
+    print(f"{name}: loadable alone -> {published}", flush=True)
+    return FlyteDirectory(published)
 
 
 def load_for_sampling(folder: str, encoded_info: dict) -> DDMPipeline:
@@ -97,8 +99,10 @@ def sample_task(
     result = sample_methods(pipe, mono, prompts, cfg, seed, out)
     Deck("samples", gallery_html(out, list(result.videos), prompts["caption"].tolist()))
     rates = {m: round(len(prompts) / s, 2) for m, s in result.seconds.items()}
-    print(f"sample: videos/s per method {json.dumps(rates)}; skipped {result.skipped or 'none'} -> {out}", flush=True)
-    return FlyteDirectory(publish_stage(output_dir, out))
+    published = publish_stage(output_dir, out)
+    print(f"sample: videos/s per method {json.dumps(rates)}; skipped {result.skipped or 'none'} -> {published}",
+          flush=True)  # fmt: skip
+    return FlyteDirectory(published)
 
 
 @task(container_image=TASK_IMAGE, requests=Resources(cpu="2", mem="4Gi"), retries=1)
