@@ -232,6 +232,10 @@ class ExpertConfig:
     # the monolith's learning rate is lr x this (a fairness control: sqrt(K) ~ 1.73 asks whether a DDM gain comes from
     # an under-tuned monolith, whose K x larger batch would take a larger step); the experts' lr is untouched
     monolith_lr_scale: float = 1.0
+    # branch-train-merge: a seed model (the monolith's network and batch) trains on all train clips for this fraction
+    # of the monolith's budget, then every expert starts from it and trains apart with the rest, the total matched;
+    # 0 is the plain recipe (experts from scratch)
+    seed_fraction: float = 0.0
     micro_batch: int = 0  # 0: pick from free memory; >0 forces it
     lr: float = 5e-4
     warmup_steps: int = 20
@@ -258,6 +262,7 @@ class ExpertConfig:
         _one_of(self.monolith_scaling, ("steps", "batch"), "expert.monolith_scaling")
         _one_of(self.budget_split, ("equal", "by_size"), "expert.budget_split")
         _check(self.monolith_lr_scale > 0, "expert.monolith_lr_scale", f"must be > 0, got {self.monolith_lr_scale}")
+        _check(0.0 <= self.seed_fraction < 1.0, "expert.seed_fraction", f"must lie in [0, 1), got {self.seed_fraction}")
         _check(self.warmup_steps >= 0, "expert.warmup_steps", "must be >= 0")
         _check(self.weight_decay >= 0, "expert.weight_decay", "must be >= 0")
         _check(self.grad_clip > 0, "expert.grad_clip", "must be > 0")

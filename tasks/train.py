@@ -34,6 +34,7 @@ from data_schemas.cluster import ClusterAssignment
 from data_schemas.router import BUCKET, RouterReport
 from lib.config import ResourcesConfig, RouterConfig, RunConfig
 from lib.encode.store import load_encoded, read_codec_info
+from lib.models.factory import weights_digest, weights_sha256
 from lib.models.levers import limit_threads, use_compile_cache
 from lib.plan.placement import Placement, plan_experts, plan_table
 from lib.plan.pool import load_pool
@@ -44,7 +45,16 @@ from lib.train.checkpoint import complete_checkpoints, mirror_checkpoint
 from lib.train.curves import curves_html
 from lib.train.distributed import workers_from_env
 from lib.train.router import report_line, router_report_html, train_router
-from lib.train.specs import ExpertSpec, compute_table, expert_specs, monolith_spec, training_data, training_rows
+from lib.train.specs import (
+    SEED,
+    ExpertSpec,
+    compute_table,
+    expert_specs,
+    monolith_spec,
+    seed_spec,
+    training_data,
+    training_rows,
+)
 from lib.train.trainer import ProgressCallback, TrainResult, train
 from tasks.common import input_key, is_local, mark_ran, publish_stage, stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
@@ -57,15 +67,17 @@ def make_specs(
     cfg: RunConfig, assignments: DataFrame[ClusterAssignment], encoded: FlyteDirectory
 ) -> tuple[list[ExpertSpec], ExpertSpec]:
     """One spec per cluster and the monolith's, printing the compute accounting side by side."""
-    specs, monolith = expert_specs(cfg, assignments), monolith_spec(cfg, assignments)
+    specs, monolith, seed = expert_specs(cfg, assignments), monolith_spec(cfg, assignments), seed_spec(cfg, assignments)
     split = {"equal": "every expert the same steps", "by_size": "steps in proportion to each cluster's train clips"}
     steps = ", ".join(f"{s.name} {s.expert.steps}" for s in specs)
     print(f"expert budget ({cfg.expert.budget_split}: {split[cfg.expert.budget_split]}): {steps}", flush=True)
+    if seed is not None:
+        print(f"seed model (expert.seed_fraction {cfg.expert.seed_fraction:g}): {seed.expert.steps} steps at batch "
+              f"{seed.expert.batch_size} on all {seed.num_clips} train clips; every expert starts from it", flush=True)
     info = read_codec_info(encoded.download())
     c, t, h, w = info["latent_shape"]
-    table = compute_table(
-        specs, monolith, c, (t, h, w), info["text_encoder"]["max_tokens"], info["text_encoder"]["dim"], cfg.router
-    )
+    text = info["text_encoder"]
+    table = compute_table(specs, monolith, c, (t, h, w), text["max_tokens"], text["dim"], cfg.router, seed)
     rule = {"steps": "K x expert steps at the same batch", "batch": "expert steps at K x the batch"}
     print(f"compute matching (same network; monolith = {rule[cfg.expert.monolith_scaling]}; the router is charged "
           "to the DDM):", flush=True)  # fmt: skip
@@ -171,7 +183,9 @@ def _model_run(spec: ExpertSpec, run_hash: str, encoded: FlyteDirectory, output_
               "expert": dataclasses.asdict(spec.expert)}  # fmt: skip
     if spec.init_sha256:
         params["init_sha256"] = spec.init_sha256
-    kind = "monolith" if spec.cluster_id < 0 else "continued expert" if spec.init_sha256 else "expert"
+    kind = ("seed" if spec.cluster_id == SEED else "monolith" if spec.cluster_id < 0
+            else "branched expert" if spec.expert.seed_fraction > 0 else "continued expert" if spec.init_sha256
+            else "expert")  # fmt: skip
     tags = {"ddm.kind": kind}
     tokens_per_step = spec.expert.batch_size * (t // pt) * (h // ph) * (w // pw)
     return ModelRun(lambda: tracker_for(output_dir), spec.name, params, tags, tokens_per_step, spec.expert.log_every)
@@ -179,10 +193,27 @@ def _model_run(spec: ExpertSpec, run_hash: str, encoded: FlyteDirectory, output_
 
 @task(container_image=TASK_IMAGE, requests=Resources(cpu="2", mem="4Gi"), retries=2)
 def train_model(
-    spec: ExpertSpec, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment], output_dir: str
+    spec: ExpertSpec,
+    encoded: FlyteDirectory,
+    assignments: DataFrame[ClusterAssignment],
+    output_dir: str,
+    init: FlyteDirectory | None = None,
 ) -> FlyteDirectory:
-    """Train one expert (or the monolith) on its clips; the folder loads with diffusers ``from_pretrained``."""
-    return train_one(spec, [(encoded, assignments)], output_dir)
+    """Train one expert (or the monolith, or the seed model) on its clips, from ``init``'s weights when given (the
+    seed model an expert branches from); the folder loads with diffusers ``from_pretrained``."""
+    return train_one(spec, [(encoded, assignments)], output_dir, init_from=_start(spec, init))
+
+
+def _start(spec: ExpertSpec, init: FlyteDirectory | None) -> Path | None:
+    """The folder a spec starts from, checked to hold the weights its ``init_sha256`` names."""
+    if init is None:
+        return None
+    folder = Path(init.download())
+    found = weights_digest(weights_sha256(folder))
+    if found != spec.init_sha256:
+        raise ValueError(f"{spec.name}: start weights {folder} have digest {found[:12]}, the spec names "
+                         f"{spec.init_sha256[:12] or 'none'}")  # fmt: skip
+    return folder
 
 
 class ElasticTrainTask(PytorchElasticFunctionTask):
@@ -215,9 +246,10 @@ def train_model_elastic(
     output_dir: str,
     nnodes: int,
     nproc_per_node: int,
+    init: FlyteDirectory | None = None,
 ) -> FlyteDirectory:
     """``train_model`` on nnodes x nproc_per_node DDP processes (one GPU each)."""
-    return train_one(spec, [(encoded, assignments)], output_dir)
+    return train_one(spec, [(encoded, assignments)], output_dir, init_from=_start(spec, init))
 
 
 def elastic_train_task(fn: Callable[..., FlyteDirectory]) -> ElasticTrainTask:
@@ -313,14 +345,19 @@ def train_experts(
     encoded: FlyteDirectory,
     assignments: DataFrame[ClusterAssignment],
     placements: list[Placement],
+    seed: FlyteDirectory | None,
 ) -> list[FlyteDirectory | None]:
     """The K isolated experts as map tasks; resources come from the run config or the plan, hence the dynamic.
 
     Without a plan: one map task, every expert with ``resources.expert_*``. With one: one map task per (GPU type,
     GPU count) of the plan, each element requesting that accelerator and count, gathered back in cluster order.
+    With a ``seed`` model every expert starts from its weights, whose digest becomes part of the expert's identity.
     """
     res = cfg.resources
-    common = {"encoded": encoded, "assignments": assignments, "output_dir": cfg.output_dir}
+    common = {"encoded": encoded, "assignments": assignments, "output_dir": cfg.output_dir, "init": seed}
+    if seed is not None:
+        digest = weights_digest(weights_sha256(seed.download()))
+        specs = [dataclasses.replace(s, init_sha256=digest) for s in specs]
     if not placements:
         trainer, shape = training_task(res.expert_nnodes, res.expert_nproc_per_node)
         experts = map_task(functools.partial(trainer, **common, **shape), min_success_ratio=res.min_success_ratio)
@@ -341,6 +378,26 @@ def train_monolith(
     cfg: RunConfig, spec: ExpertSpec, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment]
 ) -> FlyteDirectory:
     """The baseline: the same trainer and network on all clusters with K x one expert's samples."""
+    trainer, shape = training_task(cfg.resources.expert_nnodes, cfg.resources.expert_nproc_per_node)
+    node = trainer(spec=spec, encoded=encoded, assignments=assignments, output_dir=cfg.output_dir, **shape)
+    return node.with_overrides(**resource_overrides(cfg.resources))
+
+
+@task(container_image=TASK_IMAGE, requests=Resources(cpu="1", mem="1Gi"))
+def no_seed() -> FlyteDirectory | None:
+    """The seed model of a run without one (``expert.seed_fraction`` 0): the experts start from scratch."""
+    return None
+
+
+@dynamic(container_image=TASK_IMAGE)
+def train_seed(
+    cfg: RunConfig, encoded: FlyteDirectory, assignments: DataFrame[ClusterAssignment]
+) -> FlyteDirectory | None:
+    """The seed model the experts branch from (``expert.seed_fraction`` > 0; None otherwise), on the monolith's
+    resources: it is the monolith's network trained on all clips for the first part of the budget."""
+    spec = seed_spec(cfg, assignments)
+    if spec is None:
+        return no_seed()  # a dynamic's outputs must come from a node
     trainer, shape = training_task(cfg.resources.expert_nnodes, cfg.resources.expert_nproc_per_node)
     node = trainer(spec=spec, encoded=encoded, assignments=assignments, output_dir=cfg.output_dir, **shape)
     return node.with_overrides(**resource_overrides(cfg.resources))

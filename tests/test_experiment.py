@@ -31,3 +31,25 @@ def test_prepare_reuses_a_finished_ingest_and_encode_and_leaves_no_temporary_fol
     assert not [p for p in tmp_path.rglob(".*") if p.is_dir()], "temporary stage folders left behind"
     other = prepare(replace_in(_cfg(), seed=1), tmp_path, "cpu", StageTimer())  # other data: its own stages
     assert other.shards != first.shards and other.encoded != first.encoded and other.data_key != first.data_key
+
+
+def test_the_driver_trains_the_seed_model_first_and_branches_every_expert_from_it(tmp_path):
+    import json
+
+    from lib.experiment.models import train_models
+    from lib.experiment.variants import semantic_variant
+    from lib.models.factory import weights_sha256
+
+    cfg = replace_in(_cfg(), expert={"steps": 4, "num_layers": 1, "num_heads": 2, "head_dim": 16, "ffn_dim": 64,
+                                     "batch_size": 4, "warmup_steps": 1, "seed_fraction": 0.5},
+                     router={"steps": 4, "batch_size": 8})  # fmt: skip
+    ctx = prepare(cfg, tmp_path, "cpu", StageTimer())
+    variant = semantic_variant(ctx, StageTimer())
+    ctx.semantic = variant.assignments
+    models = train_models(ctx, variant, 0, True, StageTimer())
+    assert [r["model"] for r in models.train_rows] == ["seed", "expert-00", "expert-01", "monolith"]
+    assert [r["steps"] for r in models.train_rows] == [4, 2, 2, 8]  # the seed: half the monolith's 8 steps; the experts share the rest
+    assert models.compute.set_index("model").loc["seed", "steps"] == 4
+    (seed,) = (tmp_path / "train" / ctx.data_key).glob("seed-*/model")
+    for expert in (tmp_path / "train" / ctx.data_key).glob("expert-*/model"):
+        assert json.loads((expert / "training.json").read_text())["init_weights_sha256"] == weights_sha256(seed)

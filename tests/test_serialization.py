@@ -128,6 +128,7 @@ def _compile_dynamic(dynamic_task, **inputs):
         "encoded": FlyteDirectory,
         "assignments": DataFrame[ClusterAssignment],
         "placements": list[Placement],
+        "seed": FlyteDirectory | None,
     }
     mode = ExecutionState.Mode.TASK_EXECUTION
     dynamic_task._wf = None  # flytekit compiles a dynamic once per process (a pod on a cluster); each test is a pod
@@ -174,6 +175,7 @@ def _compile_experts(cfg, placements=()):
         encoded=FlyteDirectory(tempfile.mkdtemp()),
         assignments=_assignments(),
         placements=list(placements),
+        seed=None,
     )
 
 
@@ -233,6 +235,7 @@ def test_planned_experts_request_their_gpu_type_and_count_and_come_back_in_clust
         encoded=FlyteDirectory(tempfile.mkdtemp()),
         assignments=assignments,
         placements=plan,
+        seed=None,
     )
     nodes = [n.to_flyte_idl() for n in job.nodes]
     arrays = [n.array_node for n in nodes if n.HasField("array_node")]

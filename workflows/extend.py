@@ -32,7 +32,9 @@ def extend_wf(cfg: RunConfig = RunConfig()) -> FlyteDirectory:
     new_assignments, all_centroids, specs, continued_specs, placement = place_new_data(
         cfg=cfg, parent=parent, parent_assignments=assignments, shards=shards, encoded=new_encoded, index=index
     )
-    experts = train_experts(cfg=cfg, specs=specs, encoded=new_encoded, assignments=new_assignments, placements=[])
+    experts = train_experts(
+        cfg=cfg, specs=specs, encoded=new_encoded, assignments=new_assignments, placements=[], seed=None
+    )
     continued = continue_experts(
         cfg=cfg,
         specs=continued_specs,

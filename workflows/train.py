@@ -19,6 +19,7 @@ from tasks.train import (
     train_experts,
     train_monolith,
     train_router_task,
+    train_seed,
     training_report,
 )
 from workflows.cluster import cluster_stage
@@ -30,7 +31,10 @@ def train_stage(
 ) -> tuple[list[FlyteDirectory | None], FlyteDirectory, FlyteDirectory, DataFrame[RouterReport]]:
     specs, monolith = make_specs(cfg=cfg, assignments=assignments, encoded=encoded)
     placements = place_experts(cfg=cfg, specs=specs, encoded=encoded)
-    experts = train_experts(cfg=cfg, specs=specs, encoded=encoded, assignments=assignments, placements=placements)
+    seed = train_seed(cfg=cfg, encoded=encoded, assignments=assignments)
+    experts = train_experts(
+        cfg=cfg, specs=specs, encoded=encoded, assignments=assignments, placements=placements, seed=seed
+    )
     mono = train_monolith(cfg=cfg, spec=monolith, encoded=encoded, assignments=assignments)
     training_report(experts=experts, monolith=mono)
     router, report = train_router_task(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -18,9 +18,18 @@ from lib.experiment.context import Shared
 from lib.experiment.timer import StageTimer, say
 from lib.experiment.variants import Variant
 from lib.io import atomic_write
+from lib.models.factory import weights_digest, weights_sha256
 from lib.sample.pipeline import assemble_ddm
 from lib.train.router import report_line, train_router
-from lib.train.specs import ExpertSpec, compute_table, expert_specs, monolith_spec, training_data, training_rows
+from lib.train.specs import (
+    ExpertSpec,
+    compute_table,
+    expert_specs,
+    monolith_spec,
+    seed_spec,
+    training_data,
+    training_rows,
+)
 from lib.train.trainer import TrainResult, train
 
 
@@ -38,18 +47,14 @@ class Models:
     key: str  # identity of the model set (spec hashes + router key): sampled videos are cached under it
 
 
-def train_spec(ctx: Shared, spec: ExpertSpec, assignments: pd.DataFrame) -> TrainResult:
-    """The pipeline's train step for one spec; a finished model with the same spec hash is reused as is."""
+def train_spec(
+    ctx: Shared, spec: ExpertSpec, assignments: pd.DataFrame, init_from: Path | None = None
+) -> TrainResult:
+    """The pipeline's train step for one spec (from ``init_from``'s weights when given: the seed model an expert
+    branches from); a finished model with the same spec hash is reused as is."""
     data = training_data(spec, [(ctx.encoded, assignments)])
     out = ctx.work / "train" / ctx.data_key / f"{spec.name}-{spec.spec_hash()}"
-    result = train(
-        data,
-        spec.expert,
-        out,
-        spec.seed,
-        spec.name,
-        spec_hash=spec.spec_hash(),
-    )
+    result = train(data, spec.expert, out, spec.seed, spec.name, spec_hash=spec.spec_hash(), init_from=init_from)
     state = "reused" if result.skipped else f"trained {result.steps} steps"
     loss = result.log["loss"].tail(20).mean() if len(result.log) else float("nan")
     say(f"{spec.name} (seed {spec.seed}): {state} on {spec.num_clips} clips, final loss {loss:.4f}")
@@ -100,13 +105,21 @@ def train_models(ctx: Shared, v: Variant, seed: int, with_monolith: bool, timer:
     cfg = replace_in(ctx.cfg, seed=seed)  # the training seed only: data, split and clusters stay the data seed's
     specs = expert_specs(cfg, v.assignments)
     mono = monolith_spec(cfg, ctx.semantic)
+    branch = seed_spec(cfg, ctx.semantic)  # the seed model the experts branch from, if any
     c, t, h, w = ctx.info["latent_shape"]
     text = ctx.info["text_encoder"]
-    table = compute_table(specs, mono, c, (t, h, w), text["max_tokens"], text["dim"], cfg.router)
-    rows, experts = [], {}
+    table = compute_table(specs, mono, c, (t, h, w), text["max_tokens"], text["dim"], cfg.router, branch)
+    rows, experts, start = [], {}, None
+    if branch is not None:
+        with timer(f"train seed model s{seed}"):
+            seed_result = train_spec(ctx, branch, ctx.semantic)
+            rows.append(train_row(v.name, seed, branch, seed_result))
+        start = seed_result.model_dir
+        digest = weights_digest(weights_sha256(start))
+        specs = [replace(s, init_sha256=digest) for s in specs]
     with timer(f"train {v.name} experts s{seed}"):
         for spec in specs:
-            result = train_spec(ctx, spec, v.assignments)
+            result = train_spec(ctx, spec, v.assignments, init_from=start)
             experts[spec.cluster_id] = result.model_dir
             rows.append(train_row(v.name, seed, spec, result))
     mono_dir = None

@@ -40,6 +40,7 @@ from lib.train.trainer import TrainData
 log = logging.getLogger(__name__)
 
 MONOLITH = -1  # cluster_id of the monolith: trains on every cluster
+SEED = -2  # cluster_id of the seed model the experts branch from (``expert.seed_fraction`` > 0)
 ROUTER = "router"  # its row in compute_table, charged to the DDM
 
 
@@ -65,7 +66,9 @@ class ExpertSpec:
         ``init_sha256`` counts only when set (another start is another model); an empty one is left out, so every
         spec from before start weights existed keeps its hash and its trained model. ``expert.budget_split`` counts
         the same way, only when not ``equal`` (it decides the steps, so it is not run-only), and
-        ``expert.monolith_lr_scale`` only when not 1 (the monolith's spec carries the scaled lr and a scale of 1).
+        ``expert.monolith_lr_scale`` only when not 1 (the monolith's spec carries the scaled lr and a scale of 1), and
+        ``expert.seed_fraction`` only when not 0 (an expert branched from a seed also names the seed's weights in
+        ``init_sha256``).
         """
         values = asdict(self)
         if not self.init_sha256:
@@ -74,6 +77,8 @@ class ExpertSpec:
             del values["expert"]["budget_split"]
         if self.expert.monolith_lr_scale == 1.0:
             del values["expert"]["monolith_lr_scale"]
+        if self.expert.seed_fraction == 0.0:
+            del values["expert"]["seed_fraction"]
         values["expert"] = {k: v for k, v in values["expert"].items() if k not in RUN_ONLY_FIELDS}
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -86,7 +91,7 @@ def training_rows(assignments: pd.DataFrame) -> pd.DataFrame:
 def clip_ids_for(spec: ExpertSpec, assignments: pd.DataFrame) -> list[str]:
     """The training clips of a spec, in a stable order."""
     rows = training_rows(assignments)
-    rows = rows if spec.cluster_id == MONOLITH else rows[rows["cluster_id"] == spec.cluster_id]
+    rows = rows if spec.cluster_id in (MONOLITH, SEED) else rows[rows["cluster_id"] == spec.cluster_id]
     return sorted(rows["clip_id"].astype(str))
 
 
@@ -137,7 +142,8 @@ def split_steps(total: int, sizes: Sequence[int]) -> list[int]:
 
 def expert_specs(cfg: RunConfig, assignments: pd.DataFrame, cluster_ids: list[int] | None = None) -> list[ExpertSpec]:
     """One spec per cluster 0..K-1 (or per ``cluster_ids``: a grown DDM's new clusters); an empty cluster is an
-    error (its expert could never be trained). Each spec's ``expert.steps`` follows ``expert.budget_split``."""
+    error (its expert could never be trained). Each spec's ``expert.steps`` follows ``expert.budget_split``; with
+    ``expert.seed_fraction`` > 0 the experts share what the seed model left of the K x steps."""
     k = cfg.cluster.num_clusters
     assignments = training_rows(assignments)
     clusters = list(range(k) if cluster_ids is None else cluster_ids)
@@ -146,9 +152,12 @@ def expert_specs(cfg: RunConfig, assignments: pd.DataFrame, cluster_ids: list[in
         ids.append(sorted(assignments.loc[assignments["cluster_id"] == cluster_id, "clip_id"].astype(str)))
         if not ids[-1]:
             raise ValueError(f"cluster {cluster_id} has no training clips: cannot train expert-{cluster_id:02d}")
+    total = len(clusters) * cfg.expert.steps - seed_expert_steps(cfg)
     steps = [cfg.expert.steps] * len(clusters)
     if cfg.expert.budget_split == "by_size":
-        steps = split_steps(len(clusters) * cfg.expert.steps, [len(i) for i in ids])
+        steps = split_steps(total, [len(i) for i in ids])
+    elif cfg.expert.seed_fraction > 0:
+        steps = split_steps(total, [1] * len(clusters))
     expert = replace(cfg.expert, monolith_lr_scale=1.0)  # the monolith's knob: not part of an expert's identity
     return [
         _spec(cfg, f"expert-{cluster_id:02d}", cluster_id, replace(expert, steps=n), clip_ids)
@@ -208,14 +217,36 @@ def training_data(spec: ExpertSpec, sources: Sequence[tuple[str | Path, pd.DataF
 def monolith_config(expert: ExpertConfig, k: int) -> ExpertConfig:
     """The monolith's training config: K x one expert's samples, spent as ``expert.monolith_scaling`` says.
 
-    Its ``budget_split`` is ``equal`` whatever the experts': one model has nothing to split, and the same monolith
-    (same spec hash) then serves both splits of the experts' budget instead of being trained twice. Its learning rate
+    Its ``budget_split`` is ``equal`` and its ``seed_fraction`` 0 whatever the experts': one model has nothing to
+    split or branch, and the same monolith (same spec hash) then serves every split of the experts' budget instead
+    of being trained again. Its learning rate
     is ``lr x monolith_lr_scale`` (the scale then reads 1: the spec names the lr it trains with).
     """
-    expert = replace(expert, budget_split="equal", lr=expert.lr * expert.monolith_lr_scale, monolith_lr_scale=1.0)
+    expert = replace(expert, budget_split="equal", lr=expert.lr * expert.monolith_lr_scale, monolith_lr_scale=1.0,
+                     seed_fraction=0.0)  # fmt: skip
     if expert.monolith_scaling == "batch":
         return replace(expert, batch_size=k * expert.batch_size)
     return replace(expert, steps=k * expert.steps)
+
+
+def seed_spec(cfg: RunConfig, assignments: pd.DataFrame) -> ExpertSpec | None:
+    """The seed model the experts branch from (branch-train-merge), or None at ``expert.seed_fraction`` 0: the
+    monolith's network and batch on every train clip for that fraction of the monolith's steps."""
+    if cfg.expert.seed_fraction == 0:
+        return None
+    mono = monolith_config(cfg.expert, cfg.cluster.num_clusters)
+    steps = max(1, round(cfg.expert.seed_fraction * mono.steps))
+    ids = sorted(training_rows(assignments)["clip_id"].astype(str))
+    return _spec(cfg, "seed", SEED, replace(mono, steps=steps), ids)
+
+
+def seed_expert_steps(cfg: RunConfig) -> int:
+    """The seed model's samples in expert steps (at ``expert.batch_size``): what the experts' K x steps give up."""
+    if cfg.expert.seed_fraction == 0:
+        return 0
+    mono = monolith_config(cfg.expert, cfg.cluster.num_clusters)
+    steps = max(1, round(cfg.expert.seed_fraction * mono.steps))
+    return steps * mono.batch_size // cfg.expert.batch_size
 
 
 def monolith_spec(cfg: RunConfig, assignments: pd.DataFrame) -> ExpertSpec:
@@ -231,14 +262,15 @@ def compute_table(
     text_len: int,
     text_dim: int,
     router: RouterConfig,
+    seed: ExpertSpec | None = None,
 ) -> pd.DataFrame:
-    """Training compute of every model and of the two totals, side by side.
+    """Training compute of every model and of the two totals, side by side (a seed model counts to the DDM).
 
     The router is trained only for the DDM, so its row counts toward the DDM total (``router_flops_per_step``): the
     DDM spends the monolith's FLOPs plus the router's, as the papers charge it.
     """
     rows = []
-    for spec in [*specs, monolith]:
+    for spec in [*([seed] if seed is not None else []), *specs, monolith]:
         per_step = flops_per_step(spec.expert, in_channels, sample_shape, text_len, text_dim)
         rows.append(
             {

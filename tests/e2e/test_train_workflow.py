@@ -1,15 +1,16 @@
 """The training stage through Flyte: specs, the expert map task, the monolith and the router."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
 import torch
 
 from lib.config import RunConfig, replace_in
-from lib.models.factory import load_expert
+from lib.models.factory import load_expert, weights_sha256
 from lib.train.compute import router_flops_per_step
-from lib.train.specs import MONOLITH, ROUTER, compute_table, expert_specs, monolith_spec
+from lib.train.specs import MONOLITH, ROUTER, SEED, compute_table, expert_specs, monolith_spec, seed_spec
 from workflows.train import train_wf
 
 
@@ -73,6 +74,37 @@ def test_monolith_can_spend_the_budget_as_a_larger_batch_at_the_same_flops():
         .set_index("model")
         .loc["monolith", "total_flops"]
     )
+
+
+@pytest.mark.parametrize("split", ["equal", "by_size"])
+@pytest.mark.parametrize("scaling", ["steps", "batch"])
+def test_a_seed_model_takes_its_share_of_the_experts_budget_and_the_total_stays_matched(split, scaling):
+    cfg = replace_in(RunConfig(), cluster={"num_clusters": 3, "fine_clusters": 6},
+                     expert={"steps": 100, "seed_fraction": 0.25, "budget_split": split, "monolith_scaling": scaling})
+    rows = _assignments(n=12, k=3).assign(cluster_id=[0] * 6 + [1] * 4 + [2] * 2)
+    specs, mono, seed = expert_specs(cfg, rows), monolith_spec(cfg, rows), seed_spec(cfg, rows)
+    assert seed.cluster_id == SEED and seed.num_clips == 12 and seed.expert.batch_size == mono.expert.batch_size
+    assert seed.expert.steps == round(0.25 * mono.expert.steps)
+    table = compute_table(specs, mono, 3, (8, 32, 32), 16, 384, cfg.router, seed).set_index("model")
+    router = table.loc[ROUTER, "total_flops"]
+    # seed + experts + router = monolith + router: the seed's samples come out of the experts' K x steps
+    assert table.loc["DDM total", "total_flops"] == pytest.approx(table.loc["monolith total", "total_flops"] + router)
+    assert sum(s.expert.steps for s in specs) == 3 * 100 - 75
+    plain = replace_in(cfg, expert={"seed_fraction": 0.0})
+    assert seed_spec(plain, rows) is None and mono.spec_hash() == monolith_spec(plain, rows).spec_hash()
+    assert expert_specs(plain, rows)[0].spec_hash() != specs[0].spec_hash()  # another budget, another model
+
+
+def test_experts_branch_from_the_seed_model_through_flyte(tmp_path, capfd):
+    cfg = replace_in(_cfg(tmp_path), expert={"seed_fraction": 0.5})
+    experts, mono, _ = train_wf(cfg=cfg)
+    out = capfd.readouterr().out
+    assert "seed model (expert.seed_fraction 0.5): 4 steps at batch 4 on all 40 train clips" in out
+    seed = re.search(r"^seed: trained 4 steps on 40 clips, final loss \S+ -> (\S+)$", out, flags=re.M).group(1)
+    for expert in experts:  # each starts from the seed's weights, and says so in its record
+        info = json.loads((tmp_path / expert.path / "training.json").read_text())
+        assert info["init_weights_sha256"] == weights_sha256(seed) and info["steps"] == 2
+    assert json.loads((tmp_path / mono.path / "training.json").read_text())["steps"] == 8  # the monolith as before
 
 
 def test_train_workflow_end_to_end_and_rerun_skips(tmp_path, capfd):
