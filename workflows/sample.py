@@ -1,5 +1,5 @@
 """Videos for your prompts from a trained model folder: ``pyflyte run workflows/sample.py sample_wf --ddm_uri
-outputs/tiny/results/ddm --prompts '["a red ball moving left on a plain blue background"]'``.
+outputs/tiny/results/ddm --prompts '["a huge pink wedge getting smaller on a black checkerboard"]'``.
 
 The folder is a DDM, a monolith or a distilled student (local or a bucket URI); the files land in ``out``. The same
 without Flyte: ``ddm-sample outputs/tiny/results/ddm --prompt "..."``.
