@@ -48,7 +48,8 @@ def test_the_driver_trains_the_seed_model_first_and_branches_every_expert_from_i
     ctx.semantic = variant.assignments
     models = train_models(ctx, variant, 0, True, StageTimer())
     assert [r["model"] for r in models.train_rows] == ["seed", "expert-00", "expert-01", "monolith"]
-    assert [r["steps"] for r in models.train_rows] == [4, 2, 2, 8]  # the seed: half the monolith's 8 steps; the experts share the rest
+    # the seed takes half the monolith's 8 steps; the experts share the other half
+    assert [r["steps"] for r in models.train_rows] == [4, 2, 2, 8]
     assert models.compute.set_index("model").loc["seed", "steps"] == 4
     (seed,) = (tmp_path / "train" / ctx.data_key).glob("seed-*/model")
     for expert in (tmp_path / "train" / ctx.data_key).glob("expert-*/model"):
