@@ -158,11 +158,11 @@ def test_continue_specs_name_the_start_weights_and_cover_the_parent_and_joined_c
 
 def test_start_weights_join_the_spec_hash_only_when_set():
     spec = ExpertSpec("expert-00", 0, seed=1, num_clips=10, data_hash="d", expert=ExpertConfig())
-    # the hash every spec had before start weights (and expert.budget_split, expert.monolith_lr_scale) existed:
+    # the hash every spec had before start weights (and budget_split, monolith_lr_scale, seed_fraction) existed:
     # existing models are reused
     legacy = asdict(spec)
     del legacy["init_sha256"]
-    later = (*RUN_ONLY_FIELDS, "budget_split", "monolith_lr_scale")
+    later = (*RUN_ONLY_FIELDS, "budget_split", "monolith_lr_scale", "seed_fraction")
     legacy["expert"] = {k: v for k, v in legacy["expert"].items() if k not in later}
     assert spec.spec_hash() == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
     assert expert_specs(RunConfig(), _assignments([("a", 0, "train")]), cluster_ids=[0])[0].init_sha256 == ""
