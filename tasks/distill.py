@@ -8,10 +8,11 @@ from data_schemas.cluster import ClusterAssignment
 from lib.config import RunConfig
 from lib.distill.student import STUDENT, distill_student
 from lib.encode.store import load_encoded
+from lib.train.remote import published_model, remote_run
 from lib.train.specs import training_rows
 from tasks.common import input_key, mark_ran, stage_dir, uri_of
 from tasks.image import TASK_IMAGE
-from tasks.train import published_model, remote_run, resource_overrides
+from tasks.train import resource_overrides
 
 
 @task(container_image=TASK_IMAGE, requests=Resources(cpu="2", mem="4Gi"), retries=2)

@@ -39,11 +39,10 @@ from lib.models.levers import limit_threads, use_compile_cache
 from lib.plan.placement import Placement, plan_experts, plan_table
 from lib.plan.pool import load_pool
 from lib.plan.work import training_work
-from lib.storage import download_dir, download_published, publish_dir, resolve
 from lib.tracking import ModelRun
-from lib.train.checkpoint import complete_checkpoints, mirror_checkpoint
 from lib.train.curves import curves_html
 from lib.train.distributed import workers_from_env
+from lib.train.remote import published_model, remote_run
 from lib.train.router import report_line, router_report_html, train_router
 from lib.train.specs import (
     SEED,
@@ -55,8 +54,8 @@ from lib.train.specs import (
     training_data,
     training_rows,
 )
-from lib.train.trainer import ProgressCallback, TrainResult, train
-from tasks.common import input_key, is_local, mark_ran, publish_stage, stage_dir, tracker_for, uri_of
+from lib.train.trainer import train
+from tasks.common import input_key, mark_ran, publish_stage, stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
 
 log = logging.getLogger(__name__)
@@ -83,51 +82,6 @@ def make_specs(
           "to the DDM):", flush=True)  # fmt: skip
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3e}"), flush=True)
     return specs, monolith
-
-
-class _MirrorCheckpoints(ProgressCallback):
-    """Copies each new checkpoint to the persistent URI (manifest last, so a partial copy is never loaded) and keeps
-    there only the checkpoints kept locally."""
-
-    def __init__(self, log_every: int, name: str, remote: str):
-        super().__init__(log_every, name)
-        self.remote = remote
-
-    def on_checkpoint(self, step: int, folder: Path) -> None:
-        keep = [f.name for _, f in complete_checkpoints(folder.parent)]
-        mirror_checkpoint(folder, f"{self.remote}/checkpoints", keep)
-
-
-def _fetch(remote: str, local: Path) -> None:
-    """What the bucket holds of this run: its checkpoints (complete or not: the trainer reads only complete ones)
-    and its published model."""
-    download_dir(f"{remote}/checkpoints", local / "checkpoints")
-    download_published(f"{remote}/model", local / "model")
-
-
-def remote_run(
-    output_dir: str, stage: str, key: str, out: Path, log_every: int, name: str
-) -> tuple[ProgressCallback, str | None]:
-    """A training run's progress callback and, with a remote ``output_dir``, its folder there: what the bucket holds
-    of the run is fetched into ``out`` first (so a retry on another node resumes, a rerun reuses a finished model)
-    and every checkpoint is mirrored back. Locally ``out`` itself persists: (ProgressCallback, None)."""
-    if is_local(output_dir):
-        return ProgressCallback(log_every, name), None
-    remote = f"{output_dir.rstrip('/')}/stages/{stage}/{key}"
-    workers = workers_from_env()
-    if workers.local_rank == 0:  # one download per node; the node's other processes read it
-        _fetch(remote, out)
-    workers.barrier()
-    return _MirrorCheckpoints(log_every, name, remote), remote
-
-
-def published_model(result: TrainResult, remote: str | None) -> str:
-    """Where a training task's model is returned from: its local folder, or (remote run) the published model in the
-    bucket; a reused model is the one it was fetched from, a new one is published now."""
-    if remote is None:
-        return str(result.model_dir)
-    published = resolve(f"{remote}/model") if result.skipped else None
-    return published or publish_dir(result.model_dir, f"{remote}/model")
 
 
 def train_one(

@@ -27,8 +27,8 @@ from lib.config import DataConfig, replace_in
 from lib.sample.pipeline import DDMPipeline
 from lib.storage import POINTER, StorageError, check_output_dir, download_published, publish_dir, resolve, stable_uri
 from lib.train import checkpoint as ckpt
+from lib.train.remote import MirrorCheckpoints, fetch_run
 from lib.train.trainer import train
-from tasks.train import _fetch, _MirrorCheckpoints
 from tests.e2e.test_pipeline_workflow import PNG_MAGIC, _cfg, _trained
 from tests.tiny_clips import TINY_EXPERT, tiny_train_data
 
@@ -93,7 +93,7 @@ def test_pipeline_on_s3_kill_resume_skip_and_reevaluate(s3, bucket, monkeypatch,
     out = f"s3://{bucket}/runs/tiny"
     cfg = replace_in(_cfg(tmp_path / "unused"), output_dir=out)
     steps: dict[str, list[int]] = {}
-    mirror, on_step = _MirrorCheckpoints.on_checkpoint, _MirrorCheckpoints.on_step
+    mirror, on_step = MirrorCheckpoints.on_checkpoint, MirrorCheckpoints.on_step
 
     def record(self, row):
         steps.setdefault(self.name, []).append(int(row["step"]))
@@ -105,15 +105,15 @@ def test_pipeline_on_s3_kill_resume_skip_and_reevaluate(s3, bucket, monkeypatch,
             shutil.rmtree(folder.parents[4])  # every task's local scratch goes with it: only the bucket remembers
             raise RuntimeError("expert-01 killed after its step-2 checkpoint")
 
-    monkeypatch.setattr(_MirrorCheckpoints, "on_step", record)
-    monkeypatch.setattr(_MirrorCheckpoints, "on_checkpoint", killed_after_first_checkpoint)
+    monkeypatch.setattr(MirrorCheckpoints, "on_step", record)
+    monkeypatch.setattr(MirrorCheckpoints, "on_checkpoint", killed_after_first_checkpoint)
     with pytest.raises(Exception, match="expert-01 killed"):
         pipeline(cfg=cfg)
     (expert01,) = s3.glob(f"{bucket}/runs/tiny/stages/train/expert-01-*")
     assert [p.rsplit("/", 1)[-1] for p in s3.ls(f"{expert01}/checkpoints")] == ["step-0000002"]
     assert not s3.exists(f"{expert01}/model/{POINTER}")
 
-    monkeypatch.setattr(_MirrorCheckpoints, "on_checkpoint", mirror)
+    monkeypatch.setattr(MirrorCheckpoints, "on_checkpoint", mirror)
     steps.clear()
     capsys.readouterr()
     dest = pipeline(cfg=cfg)
@@ -174,16 +174,16 @@ def test_failed_checkpoint_upload_names_the_path_and_keeps_the_previous_checkpoi
     monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", faulty_put)
     s3fs.S3FileSystem.clear_instance_cache()  # instances bind their sync methods when created
     with pytest.raises(StorageError, match=rf"^s3://{failing}: upload failed: .*injected"):
-        train(data, cfg, tmp_path / "pod-1", 0, "expert-00", callbacks=[_MirrorCheckpoints(4, "expert-00", remote)])
+        train(data, cfg, tmp_path / "pod-1", 0, "expert-00", callbacks=[MirrorCheckpoints(4, "expert-00", remote)])
     monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", put)
     s3fs.S3FileSystem.clear_instance_cache()
 
-    _fetch(remote, tmp_path / "pod-2")  # a retry on another node sees only the bucket
+    fetch_run(remote, tmp_path / "pod-2")  # a retry on another node sees only the bucket
     found = ckpt.complete_checkpoints(tmp_path / "pod-2" / "checkpoints")
     assert [s for s, _ in found] == [3], "the half-written step 6 has no manifest and is ignored"
     groups, manifest = ckpt.load_checkpoint(found[-1][1])
     assert manifest["step"] == 3 and "model" in groups
-    mirror = _MirrorCheckpoints(4, "expert-00", remote)
+    mirror = MirrorCheckpoints(4, "expert-00", remote)
     result = train(data, cfg, tmp_path / "pod-2", 0, "expert-00", callbacks=[mirror])
     assert result.resumed_from == 3 and result.steps == 12
     assert sorted(p.rsplit("/", 1)[-1] for p in s3.ls(f"{remote}/checkpoints")) == ["step-0000009", "step-0000012"]
