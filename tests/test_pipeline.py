@@ -386,3 +386,18 @@ def test_sample_command_and_workflow_write_videos_sheet_and_prompts(ddm_dir, pip
                     seed=3)  # fmt: skip
     assert out == str(tmp_path / "wf") and (tmp_path / "wf" / "samples.png").is_file()
     assert (tmp_path / "wf" / "sample-0001.gif").read_bytes() == written[1].read_bytes()  # same frames, same file
+
+
+def test_the_sample_command_loads_a_model_from_a_bucket_uri(ddm_dir, pipe, prompts):
+    """``ddm-sample s3://…/results/ddm`` works like a local folder (here fsspec's in-memory store stands in)."""
+    import fsspec
+
+    from lib.sample.command import load_model
+
+    fs = fsspec.filesystem("memory")
+    fs.put(str(ddm_dir), "/bucket/results/ddm", recursive=True)
+    remote = load_model("memory://bucket/results/ddm")
+    np.testing.assert_array_equal(remote(prompts[:2], num_inference_steps=2, seed=1).frames,
+                                  pipe(prompts[:2], num_inference_steps=2, seed=1).frames)  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="memory://bucket/nothing: no model folder there"):
+        load_model("memory://bucket/nothing")

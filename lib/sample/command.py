@@ -31,10 +31,10 @@ def load_model(model: str, device: str = "cpu") -> DDMPipeline:
     """A DDM, monolith or student folder, local or at an fsspec URI (a published folder resolves to its attempt)."""
     if not is_remote(model):
         return DDMPipeline.from_pretrained(model, device)
-    local = Path(tempfile.mkdtemp(prefix="ddm-model-"))
-    if not (download_published(model, local) or download_dir(model, local)):
-        raise FileNotFoundError(f"{model}: no model folder there (neither published nor a plain folder)")
-    return DDMPipeline.from_pretrained(local, device)
+    with tempfile.TemporaryDirectory(prefix="ddm-model-") as local:  # loading reads every weight into memory
+        if not (download_published(model, local) or download_dir(model, local)):
+            raise FileNotFoundError(f"{model}: no model folder there (neither published nor a plain folder)")
+        return DDMPipeline.from_pretrained(local, device)
 
 
 def read_prompts(prompts: Sequence[str], prompts_file: str | None) -> list[str]:
