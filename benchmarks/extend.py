@@ -43,7 +43,8 @@ from lib.experiment.variants import Variant
 from lib.extend.assign import place_new_clips
 from lib.extend.grow import grow_ddm, read_parent
 from lib.io import atomic_write
-from lib.sample.pipeline import DDMPipeline, assemble_ddm, clustering_record
+from lib.sample.folder import assemble_ddm, clustering_record
+from lib.sample.pipeline import DDMPipeline
 from lib.sample.prompts import stratified_prompts
 from lib.train.compute import flops_per_step
 from lib.train.specs import expert_specs, training_rows

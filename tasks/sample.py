@@ -17,8 +17,9 @@ from lib.config import ClusterConfig, EncodeConfig, SampleConfig
 from lib.encode.store import read_codec_info
 from lib.io import persist
 from lib.sample.command import load_model, sample_to_folder
+from lib.sample.folder import MANIFEST, assemble_ddm, assemble_single, clustering_record
 from lib.sample.methods import gallery_html, sample_methods
-from lib.sample.pipeline import MANIFEST, DDMPipeline, assemble_ddm, assemble_single, clustering_record
+from lib.sample.pipeline import DDMPipeline
 from lib.sample.prompts import stratified_prompts
 from tasks.common import publish_stage, stage_dir, uri_of
 from tasks.image import TASK_IMAGE

@@ -20,7 +20,8 @@ from lib.encode.store import EncodedData
 from lib.encode.text import TextEncoder
 from lib.models.factory import load_expert
 from lib.sample.ddm import sample_ddm
-from lib.sample.pipeline import DDMPipeline, assemble_ddm
+from lib.sample.folder import assemble_ddm
+from lib.sample.pipeline import DDMPipeline
 from lib.train.router import train_router
 from lib.train.trainer import TrainCallback, TrainData, train
 

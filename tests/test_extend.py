@@ -17,7 +17,8 @@ from lib.encode.store import read_codec_info
 from lib.extend.assign import place_new_clips
 from lib.extend.grow import grow_ddm, read_parent
 from lib.models.factory import TRAINING_INFO, weights_digest, weights_sha256
-from lib.sample.pipeline import DDMLoadError, DDMPipeline
+from lib.sample.folder import DDMLoadError
+from lib.sample.pipeline import DDMPipeline
 from lib.train.specs import ExpertSpec, continue_specs, expert_specs, training_data
 
 

@@ -119,7 +119,8 @@ def test_learned_codec_travels_with_the_encoded_folder_and_the_ddm(trained, tmp_
     from lib.data.ingest import ingest
     from lib.encode.learned import VAE_DIR
     from lib.encode.store import encode_dataset, load_encoded, read_codec_info
-    from lib.sample.pipeline import DDMPipeline, assemble_ddm
+    from lib.sample.folder import assemble_ddm
+    from lib.sample.pipeline import DDMPipeline
     from lib.train.trainer import TrainData, train
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

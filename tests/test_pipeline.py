@@ -24,7 +24,8 @@ from lib.config import EncodeConfig, ExpertConfig, RouterConfig
 from lib.data.procedural import iter_builtin_clips
 from lib.encode.codec import PixelCodec
 from lib.encode.text import TextEncoder
-from lib.sample.pipeline import MANIFEST, DDMLoadError, DDMPipeline, assemble_ddm, assemble_single, save_videos
+from lib.sample.folder import MANIFEST, DDMLoadError, assemble_ddm, assemble_single
+from lib.sample.pipeline import DDMPipeline, save_videos
 from lib.sample.prompts import proportional_counts, stratified_prompts
 from lib.train.router import train_router
 from lib.train.trainer import TrainCallback, TrainData, train

@@ -19,7 +19,8 @@ import torch
 from lib.config import RUN_ONLY_FIELDS, ExpertConfig, RunConfig
 from lib.distill.teacher import MixtureTeacher
 from lib.encode.store import EncodedData
-from lib.sample.pipeline import MANIFEST, DDMPipeline
+from lib.sample.folder import MANIFEST
+from lib.sample.pipeline import DDMPipeline
 from lib.seeding import derive_seed
 from lib.train.specs import monolith_config
 from lib.train.trainer import TrainCallback, TrainData, TrainResult, train

@@ -19,7 +19,7 @@ from lib.experiment.timer import StageTimer, say
 from lib.experiment.variants import Variant
 from lib.io import atomic_write
 from lib.models.factory import weights_digest, weights_sha256
-from lib.sample.pipeline import assemble_ddm
+from lib.sample.folder import assemble_ddm
 from lib.train.router import report_line, train_router
 from lib.train.specs import (
     ExpertSpec,

@@ -27,7 +27,7 @@ from safetensors.numpy import load_file
 from lib.config import EncodeConfig
 from lib.encode.learned import VAE_DIR
 from lib.models.factory import TRAINING_INFO, weights_digest, weights_sha256
-from lib.sample.pipeline import MANIFEST, DDMLoadError, assemble_ddm, codec_and_text
+from lib.sample.folder import MANIFEST, DDMLoadError, assemble_ddm, codec_and_text
 
 log = logging.getLogger(__name__)
 
