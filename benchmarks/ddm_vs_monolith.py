@@ -68,22 +68,6 @@ RESULTS = REPO / "benchmarks" / "results"  # headline.json / quality.json here a
 DISTANCES = ("fd_inf", "kid", "fd")
 BUSY_LOAD = 1.5  # 1-minute load average above which torch's multi-threading on a 2-core machine collapses
 
-# --smoke: every stage on tiny sizes (same network, same code paths) to check the script end to end.
-SMOKE = {
-    "output_dir": "outputs/bench-smoke",
-    "data": {"num_clips": 400},
-    "cluster": {"fine_clusters": 8, "silhouette_sample": 200},
-    "codec": {"steps": 6, "warmup_steps": 1},
-    "expert": {"steps": 4, "warmup_steps": 1, "checkpoint_every": 100, "log_every": 2},
-    "router": {"steps": 5},
-    "sample": {"num_steps": 2, "num_prompts": 64},
-    "eval": {"num_real": 64, "featnet_steps": 30, "bootstrap": 20},
-}
-
-
-
-
-
 
 # ------------------------------------------------------------------------------------------ protocol guard
 
