@@ -47,6 +47,7 @@ from lib.train.router import report_line, router_report_html, train_router
 from lib.train.specs import (
     SEED,
     ExpertSpec,
+    branched,
     compute_table,
     expert_specs,
     monolith_spec,
@@ -310,8 +311,7 @@ def train_experts(
     res = cfg.resources
     common = {"encoded": encoded, "assignments": assignments, "output_dir": cfg.output_dir, "init": seed}
     if seed is not None:
-        digest = weights_digest(weights_sha256(seed.download()))
-        specs = [dataclasses.replace(s, init_sha256=digest) for s in specs]
+        specs = branched(specs, seed.download())
     if not placements:
         trainer, shape = training_task(res.expert_nnodes, res.expert_nproc_per_node)
         experts = map_task(functools.partial(trainer, **common, **shape), min_success_ratio=res.min_success_ratio)

@@ -105,8 +105,7 @@ def prepare(cfg: RunConfig, work: Path, device: str, timer: StageTimer) -> Share
     if learned is not None:  # models trained on another codec's latents are never reused: its config and its
         # weights (a codec refitted on another CPU computes other weights from the same config)
         parts += [dataclasses.asdict(cfg.codec), weights_digest(weights_sha256(learned))]
-    key = json.dumps(parts, sort_keys=True)
-    data_key = hashlib.sha256(key.encode()).hexdigest()[:12]
+    data_key = _key(*parts)
     with timer("encode"):
         encoded = work / "encoded" / data_key
         if not (encoded / "codec.json").is_file():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -18,11 +18,11 @@ from lib.experiment.context import Shared
 from lib.experiment.timer import StageTimer, say
 from lib.experiment.variants import Variant
 from lib.io import atomic_write
-from lib.models.factory import weights_digest, weights_sha256
 from lib.sample.folder import assemble_ddm
 from lib.train.router import report_line, train_router
 from lib.train.specs import (
     ExpertSpec,
+    branched,
     compute_table,
     expert_specs,
     monolith_spec,
@@ -115,8 +115,7 @@ def train_models(ctx: Shared, v: Variant, seed: int, with_monolith: bool, timer:
             seed_result = train_spec(ctx, branch, ctx.semantic)
             rows.append(train_row(v.name, seed, branch, seed_result))
         start = seed_result.model_dir
-        digest = weights_digest(weights_sha256(start))
-        specs = [replace(s, init_sha256=digest) for s in specs]
+        specs = branched(specs, start)
     with timer(f"train {v.name} experts s{seed}"):
         for spec in specs:
             result = train_spec(ctx, spec, v.assignments, init_from=start)

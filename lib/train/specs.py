@@ -33,6 +33,7 @@ import torch
 from lib.config import RUN_ONLY_FIELDS, ExpertConfig, RouterConfig, RunConfig
 from lib.data.split import TRAIN, rows_with_role
 from lib.encode.store import load_encoded
+from lib.models.factory import weights_digest, weights_sha256
 from lib.seeding import derive_seed
 from lib.train.compute import flops_per_step, router_flops_per_step
 from lib.train.trainer import TrainData
@@ -229,24 +230,36 @@ def monolith_config(expert: ExpertConfig, k: int) -> ExpertConfig:
     return replace(expert, steps=k * expert.steps)
 
 
-def seed_spec(cfg: RunConfig, assignments: pd.DataFrame) -> ExpertSpec | None:
-    """The seed model the experts branch from (branch-train-merge), or None at ``expert.seed_fraction`` 0: the
-    monolith's network and batch on every train clip for that fraction of the monolith's steps."""
+def _seed_config(cfg: RunConfig) -> ExpertConfig | None:
+    """The seed model's training config: the monolith's network and batch for ``expert.seed_fraction`` of its
+    steps (at least one); None at fraction 0."""
     if cfg.expert.seed_fraction == 0:
         return None
     mono = monolith_config(cfg.expert, cfg.cluster.num_clusters)
-    steps = max(1, round(cfg.expert.seed_fraction * mono.steps))
+    return replace(mono, steps=max(1, round(cfg.expert.seed_fraction * mono.steps)))
+
+
+def seed_spec(cfg: RunConfig, assignments: pd.DataFrame) -> ExpertSpec | None:
+    """The seed model the experts branch from (branch-train-merge), or None at ``expert.seed_fraction`` 0: the
+    monolith's network and batch on every train clip for that fraction of the monolith's steps."""
+    seed = _seed_config(cfg)
+    if seed is None:
+        return None
     ids = sorted(training_rows(assignments)["clip_id"].astype(str))
-    return _spec(cfg, "seed", SEED, replace(mono, steps=steps), ids)
+    return _spec(cfg, "seed", SEED, seed, ids)
 
 
 def seed_expert_steps(cfg: RunConfig) -> int:
     """The seed model's samples in expert steps (at ``expert.batch_size``): what the experts' K x steps give up."""
-    if cfg.expert.seed_fraction == 0:
-        return 0
-    mono = monolith_config(cfg.expert, cfg.cluster.num_clusters)
-    steps = max(1, round(cfg.expert.seed_fraction * mono.steps))
-    return steps * mono.batch_size // cfg.expert.batch_size
+    seed = _seed_config(cfg)
+    return 0 if seed is None else seed.steps * seed.batch_size // cfg.expert.batch_size
+
+
+def branched(specs: list[ExpertSpec], seed_model: str | Path) -> list[ExpertSpec]:
+    """The expert specs starting from the trained seed model in ``seed_model``: its weights' digest joins each
+    spec's identity (``init_sha256``)."""
+    digest = weights_digest(weights_sha256(seed_model))
+    return [replace(spec, init_sha256=digest) for spec in specs]
 
 
 def monolith_spec(cfg: RunConfig, assignments: pd.DataFrame) -> ExpertSpec:
