@@ -39,3 +39,20 @@ class EvalReport(pa.DataFrameModel):
     def interval_is_ordered(cls, df):
         """An interval, where there is one, has ci_low <= ci_high."""
         return (df[cls.ci_low].isna() & df[cls.ci_high].isna()) | (df[cls.ci_low] <= df[cls.ci_high])
+
+
+class HeldoutLoss(pa.DataFrameModel):
+    """Flow-matching loss on held-out clips (``lib.evaluate.heldout_loss``): one row per (method, t, cluster).
+
+    The DDM is scored as it samples (its router and strategy mix the experts' velocities at that t), the monolith as
+    itself; the noise is the same for every method, so differences at one t are paired. ``cluster`` -1: all clips.
+    """
+
+    method: Series[str] = pa.Field(str_matches=METHOD_PATTERN)
+    t: Series[float] = pa.Field(gt=0.0, le=1.0)
+    cluster: Series[int] = pa.Field(ge=-1)
+    loss: Series[float] = pa.Field(ge=0.0)
+    clips: Series[int] = pa.Field(gt=0)
+
+    class Config:
+        strict = True

@@ -3,25 +3,31 @@
 import time
 from pathlib import Path
 
+import pandas as pd
 from flytekit import Cache, Deck, Resources, task
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
 from pandera.typing import DataFrame
 
 from data_schemas.cluster import ClusterAssignment
-from data_schemas.evaluate import EvalReport
+from data_schemas.evaluate import EvalReport, HeldoutLoss
 from data_schemas.ingest import ClipAttributes, ClipIndex
-from lib.config import EvalConfig
+from data_schemas.sample import PromptSet
+from lib.config import EvalConfig, SampleConfig
 from lib.data.shards import load_clips
 from lib.data.split import TRAIN, VALIDATION, rows_with_role
+from lib.encode.store import load_encoded, read_codec_info
 from lib.evaluate.compare import compare_methods
 from lib.evaluate.featnet import AttrNet, featnet_note, fit_attrnet
+from lib.evaluate.heldout_loss import heldout_loss, loss_line
 from lib.evaluate.page import report_html
 from lib.evaluate.sheet import REAL_ROW, contact_sheet, sheet_html
 from lib.io import atomic_write
 from lib.sample.methods import gallery_html, load_sampled
+from lib.sample.pipeline import DDMPipeline
 from tasks.common import publish_stage, stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
+from tasks.sample import load_for_sampling
 
 
 @task(container_image=TASK_IMAGE, cache=Cache(version="featnet-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
@@ -95,3 +101,29 @@ def evaluate_task(
     sheet_uri = publish_stage(output_dir, sheet)  # the whole stage folder, report.html beside the sheet
     Deck("evaluation", html)
     return report, FlyteFile(sheet_uri)
+
+
+@task(container_image=TASK_IMAGE, cache=Cache(version="heldout-loss-v1"), requests=Resources(cpu="2", mem="4Gi"),
+      retries=1)  # fmt: skip
+def heldout_loss_task(
+    cfg: SampleConfig,
+    seed: int,
+    ddm: FlyteDirectory,
+    monolith: FlyteDirectory,
+    encoded: FlyteDirectory,
+    prompts: DataFrame[PromptSet],
+) -> DataFrame[HeldoutLoss]:
+    """The flow-matching loss per t of the DDM as it samples (its strategy, and oracle routing) and of the monolith,
+    on the prompt clips with the same noise: the cheap paired measure beside the sampled metrics."""
+    folder = encoded.download()
+    data = load_encoded(folder, prompts["clip_id"].tolist())
+    clusters = prompts["cluster_id"].tolist()
+    pipe = DDMPipeline.from_pretrained(ddm.download())
+    mono = load_for_sampling(monolith.download(), read_codec_info(folder))
+    table = pd.concat(
+        [heldout_loss(pipe, "ddm", data, [cfg.strategy, "oracle"], seed, clusters, top_k=cfg.top_k),
+         heldout_loss(mono, "monolith", data, [], seed, clusters)],
+        ignore_index=True,
+    )  # fmt: skip
+    print(loss_line(table, f"ddm:{cfg.strategy}"), flush=True)
+    return table

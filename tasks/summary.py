@@ -13,10 +13,11 @@ from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
 from pandera.typing import DataFrame
 
-from data_schemas.evaluate import EvalReport
+from data_schemas.evaluate import EvalReport, HeldoutLoss
 from data_schemas.router import RouterReport
 from lib.config import RunConfig, config_to_dict, config_to_yaml
 from lib.evaluate.compare import headline
+from lib.evaluate.heldout_loss import loss_line
 from lib.evaluate.page import report_html
 from lib.evaluate.sheet import sheet_html
 from lib.io import persist
@@ -56,6 +57,7 @@ def summarize(
     samples: FlyteDirectory,
     sheet: FlyteFile,
     router_report: DataFrame[RouterReport] | None = None,
+    heldout: DataFrame[HeldoutLoss] | None = None,
 ) -> str:
     """Copies the DDM folder, monolith, samples, contact sheet (``samples.png``, from ``evaluate_task``), reports,
     the printed summary (``summary.md``) and the resolved config (``config.yaml``) to
@@ -66,7 +68,7 @@ def summarize(
     the others resolve through ``<dest>/PUBLISHED.json``, and two runs finishing at once never mix their files."""
     output_dir = cfg.output_dir
     dest = f"{output_dir.rstrip('/')}/{results_name}"
-    text = summary_text(dest, report, featnet_note, Path(ddm.download()), router_report)
+    text = summary_text(dest, report, featnet_note, Path(ddm.download()), router_report, heldout)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp)
         for name, folder in (("ddm", ddm), ("monolith", monolith), ("samples", samples)):
@@ -75,6 +77,8 @@ def summarize(
         report.to_parquet(staged / "eval_report.parquet", index=False)
         if router_report is not None:  # re-evaluation trains no router
             router_report.to_parquet(staged / "router_report.parquet", index=False)
+        if heldout is not None:
+            heldout.to_parquet(staged / "heldout_loss.parquet", index=False)
         (staged / SUMMARY).write_text(f"```\n{text}\n```\n")
         (staged / PAGE).write_text(results_page(report, featnet_note, staged / "samples", staged / "samples.png",
                                                 router_report))  # fmt: skip
@@ -106,11 +110,17 @@ def summarize(
 
 
 def summary_text(
-    dest: str, report: pd.DataFrame, featnet_note: str, ddm: Path, router_report: pd.DataFrame | None
+    dest: str,
+    report: pd.DataFrame,
+    featnet_note: str,
+    ddm: Path,
+    router_report: pd.DataFrame | None,
+    heldout: pd.DataFrame | None = None,
 ) -> str:
     """What a person reads first: printed at the end of a run and kept as ``summary.md`` beside the results."""
     missing = json.loads((ddm / "ddm.json").read_text()).get("missing_experts", [])
-    reports = f"{dest}/eval_report.parquet" + (" and router_report.parquet" if router_report is not None else "")
+    extra = [name for name, table in (("router_report", router_report), ("heldout_loss", heldout)) if table is not None]
+    reports = f"{dest}/eval_report.parquet" + "".join(f", {name}.parquet" for name in extra)
     lines = [
         "=" * 100,
         "ddm-flyte run summary: held-out prompts, 95 % paired bootstrap intervals; metric names carry their feature "
@@ -119,6 +129,7 @@ def summary_text(
         featnet_note,
         f"experts missing (failed training, excluded from routing): {missing}" if missing else "all experts trained",
         "router accuracy by t: " + (report_line(router_report) if router_report is not None else "not retrained"),
+        *([_heldout_line(heldout)] if heldout is not None else []),
         f"DDM: {dest}/ddm   monolith: {dest}/monolith   (each loads with DDMPipeline.from_pretrained)",
         f"samples (GIFs per method): {dest}/samples/gifs",
         f"contact sheet (real prompt clips above every method, same prompts): {dest}/samples.png",
@@ -127,6 +138,12 @@ def summary_text(
         "=" * 100,
     ]
     return "\n".join(lines)
+
+
+def _heldout_line(heldout: pd.DataFrame) -> str:
+    """The DDM's scored strategy (the one that is not oracle) against the monolith."""
+    ddm = sorted(m for m in set(heldout["method"]) if m.startswith("ddm:") and m != "ddm:oracle")
+    return loss_line(heldout, ddm[0]) if ddm else "held-out loss: no DDM rows"
 
 
 def results_page(

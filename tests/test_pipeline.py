@@ -19,11 +19,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from data_schemas.evaluate import HeldoutLoss
 from data_schemas.sample import PromptSet
 from lib.config import EncodeConfig, ExpertConfig, RouterConfig
 from lib.data.procedural import iter_builtin_clips
 from lib.encode.codec import PixelCodec
+from lib.encode.store import EncodedData
 from lib.encode.text import TextEncoder
+from lib.evaluate.heldout_loss import clip_noise, heldout_loss, loss_by_t
 from lib.sample.folder import MANIFEST, DDMLoadError, assemble_ddm, assemble_single
 from lib.sample.pipeline import DDMPipeline, save_videos
 from lib.sample.prompts import proportional_counts, stratified_prompts
@@ -73,8 +76,9 @@ def trained(tmp_path_factory):
     info = {**PixelCodec().info(), "latent_shape": [3, 4, 16, 16], "video_shape": [4, 16, 16, 3],
             "text_encoder": {"name": "minilm", "max_tokens": 40, "dim": 384, "pooled_dim": 384}}  # fmt: skip
     captions = pd.DataFrame({"clip_id": ids, "caption": [c.caption for c in clips]})
+    encoded = EncodedData(ids, latents, emb.tokens, emb.mask, emb.pooled)
     return {"root": root, "experts": experts, "monolith": monolith, "router": router, "info": info,
-            "captions": captions, "labels": labels}  # fmt: skip
+            "captions": captions, "labels": labels, "encoded": encoded}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -402,3 +406,46 @@ def test_the_sample_command_loads_a_model_from_a_bucket_uri(ddm_dir, pipe, promp
                                   pipe(prompts[:2], num_inference_steps=2, seed=1).frames)  # fmt: skip
     with pytest.raises(FileNotFoundError, match="memory://bucket/nothing: no model folder there"):
         load_model("memory://bucket/nothing")
+
+
+def test_heldout_loss_scores_the_mixture_as_it_samples(pipe, trained, tmp_path):
+    """Rows per (method, t, cluster) that the schema accepts; oracle routing on cluster c is expert c there; the
+    numbers are the plain flow-matching MSE with the clip's own noise, and do not depend on the batch size."""
+    data, labels = trained["encoded"], trained["labels"].tolist()
+    grid = (0.5, 1.0)
+    table = heldout_loss(pipe, "ddm", data, ["topk", "oracle", "expert:0", "expert:1"], seed=3, clusters=labels,
+                         t_grid=grid, batch_size=5)  # fmt: skip
+    HeldoutLoss.validate(table)
+    assert len(table) == 4 * len(grid) * (1 + K)
+    assert set(table["method"]) == {"ddm:topk", "ddm:oracle", "ddm:expert:0", "ddm:expert:1"}
+    for c in range(K):
+        oracle = table[(table["method"] == "ddm:oracle") & (table["cluster"] == c)]["loss"].to_numpy()
+        fixed = table[(table["method"] == f"ddm:expert:{c}") & (table["cluster"] == c)]["loss"].to_numpy()
+        np.testing.assert_allclose(oracle, fixed, rtol=1e-6)
+    # expert 0 at t = 1 by hand: x_t is the noise, the target noise minus the clip's latents
+    eps = clip_noise(data.clip_ids, data.latents.shape[1:], 1, seed=3)
+    t = torch.ones(len(eps))
+    with torch.no_grad():
+        pred = pipe.handle(0).predict(eps, t, (data.tokens, data.mask))
+    by_hand = float((pred - (eps - data.latents)).pow(2).flatten(1).mean(1).mean())
+    assert loss_by_t(table, "ddm:expert:0")[1.0] == pytest.approx(by_hand, rel=1e-5)
+    again = heldout_loss(pipe, "ddm", data, ["topk"], seed=3, clusters=labels, t_grid=grid, batch_size=64)
+    np.testing.assert_allclose(again["loss"], table[table["method"] == "ddm:topk"]["loss"], rtol=1e-5)
+    other_seed = heldout_loss(pipe, "ddm", data, ["topk"], seed=4, t_grid=grid)
+    assert not np.allclose(other_seed["loss"], again[again["cluster"] == -1]["loss"])
+
+
+def test_heldout_loss_of_a_single_model_and_bad_requests(trained):
+    data = trained["encoded"]
+    mono = DDMPipeline.from_pretrained(assemble_single(trained["root"] / "mono-heldout", trained["monolith"],
+                                                       trained["info"], EncodeConfig()))  # fmt: skip
+    table = heldout_loss(mono, "monolith", data, ["topk"], seed=0, t_grid=(0.25, 1.0))
+    assert set(table["method"]) == {"monolith"} and set(table["cluster"]) == {-1}
+    assert sorted(loss_by_t(table, "monolith")) == [0.25, 1.0]
+    pipe = DDMPipeline.from_pretrained(trained["root"] / "ddm")
+    with pytest.raises(ValueError, match="oracle.*needs the true cluster"):
+        heldout_loss(pipe, "ddm", data, ["oracle"], seed=0)
+    with pytest.raises(ValueError, match=r"every t must lie in \(0, 1\]"):
+        heldout_loss(pipe, "ddm", data, ["topk"], seed=0, t_grid=(0.0, 0.5))
+    with pytest.raises(ValueError, match="no held-out loss rows for method 'ddm:top1'"):
+        loss_by_t(table, "ddm:top1")

@@ -6,10 +6,10 @@ from flytekit.types.file import FlyteFile
 from pandera.typing import DataFrame
 
 from data_schemas.cluster import ClusterAssignment
-from data_schemas.evaluate import EvalReport
+from data_schemas.evaluate import EvalReport, HeldoutLoss
 from data_schemas.ingest import ClipAttributes, ClipIndex
 from lib.config import RunConfig
-from tasks.evaluate import evaluate_task
+from tasks.evaluate import evaluate_task, heldout_loss_task
 from tasks.sample import make_prompts, sample_task
 
 
@@ -25,8 +25,9 @@ def evaluate_stage(
     featnet_note: str,
     ddm: FlyteDirectory,
     monolith: FlyteDirectory,
-) -> tuple[DataFrame[EvalReport], FlyteDirectory, FlyteFile]:
-    """The EvalReport, the folder of sampled videos and the contact sheet (real prompt clips above every method)."""
+) -> tuple[DataFrame[EvalReport], FlyteDirectory, FlyteFile, DataFrame[HeldoutLoss]]:
+    """The EvalReport, the folder of sampled videos, the contact sheet (real prompt clips above every method) and
+    the held-out loss per t of the DDM and the monolith on the same prompt clips."""
     prompts = make_prompts(cfg=cfg.sample, seed=cfg.seed, assignments=assignments, index=index)
     samples = sample_task(
         cfg=cfg.sample,
@@ -49,4 +50,7 @@ def evaluate_stage(
         assignments=assignments,
         output_dir=cfg.output_dir,
     )
-    return report, samples, sheet
+    heldout = heldout_loss_task(
+        cfg=cfg.sample, seed=cfg.seed, ddm=ddm, monolith=monolith, encoded=encoded, prompts=prompts
+    )
+    return report, samples, sheet, heldout

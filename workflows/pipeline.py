@@ -39,7 +39,7 @@ def pipeline(cfg: RunConfig = RunConfig()) -> str:
         attributes=attributes,
         output_dir=cfg.output_dir,
     )
-    report, samples, sheet = evaluate_stage(
+    report, samples, sheet, heldout = evaluate_stage(
         cfg=cfg,
         shards=shards,
         index=index,
@@ -61,6 +61,7 @@ def pipeline(cfg: RunConfig = RunConfig()) -> str:
         monolith=monolith,
         samples=samples,
         sheet=sheet,
+        heldout=heldout,
     )
 
 

@@ -25,7 +25,7 @@ def reevaluate(cfg: RunConfig, ddm_uri: str, monolith_uri: str) -> str:
     featnet, featnet_note = train_featnet(
         cfg=cfg["eval"], seed=cfg.seed, shards=shards, index=index, attributes=attributes, output_dir=cfg.output_dir
     )
-    report, samples, sheet = evaluate_stage(
+    report, samples, sheet, heldout = evaluate_stage(
         cfg=cfg,
         shards=shards,
         index=index,
@@ -46,6 +46,7 @@ def reevaluate(cfg: RunConfig, ddm_uri: str, monolith_uri: str) -> str:
         monolith=monolith,
         samples=samples,
         sheet=sheet,
+        heldout=heldout,
     )
 
 

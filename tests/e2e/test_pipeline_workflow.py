@@ -119,6 +119,9 @@ def test_pipeline_cold_cached_and_downstream_reruns(tmp_path):
     results = out / "results"
     report = pd.read_parquet(results / "eval_report.parquet")
     assert {"real", "monolith", "ddm:topk"} <= set(report["method"]) and "fd_inf_attrnet" not in set(report["metric"])
+    heldout = pd.read_parquet(results / "heldout_loss.parquet")  # the cheap paired measure beside the samples
+    assert set(heldout["method"]) == {"ddm:topk", "ddm:oracle", "monolith"} and 1.0 in set(heldout["t"])
+    assert re.search(r"held-out flow-matching loss ddm:topk / monolith .*mean \S+ / \S+;.* t=1 \S+/\S+", cold)
     ddm = DDMPipeline.from_pretrained(results / "ddm")
     assert ddm.num_experts == 2 and not ddm.missing_experts
     assert (results / "eval_report.parquet").is_file() and list((results / "samples" / "gifs").glob("*.gif"))
