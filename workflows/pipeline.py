@@ -6,7 +6,9 @@ The offline feature network trains on the real clips beside the models, and the 
 """
 
 from flytekit import LaunchPlan, workflow
+from pandera.typing import DataFrame
 
+from data_schemas.evaluate import EvalReport, HeldoutLoss
 from lib.config import RunConfig
 from tasks.evaluate import train_featnet
 from tasks.summary import summarize
@@ -16,19 +18,11 @@ from workflows.train import ddm_stage
 
 
 @workflow
-def pipeline(cfg: RunConfig = RunConfig()) -> str:
-    """The whole pipeline: data to a DDM and its monolith, sampled and evaluated; returns where the results
-    (DDM folder, monolith, samples, contact sheet, reports, summary.md, config.yaml) were persisted.
-
-    Args:
-        cfg: a YAML run config file, e.g. configs/tiny.yaml (CPU, minutes), configs/bench.yaml (the benchmark) or
-            configs/paper.yaml (GPU cluster), or the same as inline JSON. Every key is optional; unknown keys and bad
-            values are refused by name. Sections: seed and output_dir (top level), data (built-in clips or your
-            videos), encode (text encoder, latent codec), codec (the learned VAE), cluster (embedders, K), expert
-            (network, steps, lr, levers), router, sample (routing strategy, steps, CFG), eval (feature networks,
-            bootstrap), resources (CPU/GPU per task, GPU pool), distill, extend. Every field: README "Configuration
-            reference".
-    """
+def run_and_score(
+    cfg: RunConfig, results_name: str
+) -> tuple[str, DataFrame[EvalReport], DataFrame[HeldoutLoss]]:
+    """The pipeline's body, also one cell of ``workflows/compare.py``: where the results were persisted
+    (``<output_dir>/<results_name>``), the evaluation report and the held-out loss per t."""
     shards, index, attributes, encoded, assignments, _, centroids = cluster_stage(cfg=cfg)
     ddm, monolith, router_report = ddm_stage(cfg=cfg, encoded=encoded, assignments=assignments, centroids=centroids)
     featnet, featnet_note = train_featnet(
@@ -51,9 +45,9 @@ def pipeline(cfg: RunConfig = RunConfig()) -> str:
         ddm=ddm,
         monolith=monolith,
     )
-    return summarize(
+    dest = summarize(
         cfg=cfg,
-        results_name="results",
+        results_name=results_name,
         report=report,
         router_report=router_report,
         featnet_note=featnet_note,
@@ -63,6 +57,25 @@ def pipeline(cfg: RunConfig = RunConfig()) -> str:
         sheet=sheet,
         heldout=heldout,
     )
+    return dest, report, heldout
+
+
+@workflow
+def pipeline(cfg: RunConfig = RunConfig()) -> str:
+    """The whole pipeline: data to a DDM and its monolith, sampled and evaluated; returns where the results
+    (DDM folder, monolith, samples, contact sheet, reports, summary.md, config.yaml) were persisted.
+
+    Args:
+        cfg: a YAML run config file, e.g. configs/tiny.yaml (CPU, minutes), configs/bench.yaml (the benchmark) or
+            configs/paper.yaml (GPU cluster), or the same as inline JSON. Every key is optional; unknown keys and bad
+            values are refused by name. Sections: seed and output_dir (top level), data (built-in clips or your
+            videos), encode (text encoder, latent codec), codec (the learned VAE), cluster (embedders, K), expert
+            (network, steps, lr, levers), router, sample (routing strategy, steps, CFG), eval (feature networks,
+            bootstrap), resources (CPU/GPU per task, GPU pool), distill, extend. Every field: README "Configuration
+            reference".
+    """
+    dest, _, _ = run_and_score(cfg=cfg, results_name="results")
+    return dest
 
 
 default_lp = LaunchPlan.get_or_create(pipeline, name="ddm_pipeline_default")
