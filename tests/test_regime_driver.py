@@ -1,0 +1,26 @@
+"""The regime driver's bookkeeping: its grid file, and results that resume only under the same protocol."""
+
+import json
+
+import pytest
+
+from benchmarks.regime import RegimeError, read_grid, recorded
+
+
+def test_grid_file_and_refusals(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("base: configs/tiny.yaml\ncells: ['', 'cluster.num_clusters=4']\n")
+    base, cells = read_grid(grid)
+    assert str(base) == "configs/tiny.yaml" and cells == ["", "cluster.num_clusters=4"]
+    grid.write_text("base: configs/tiny.yaml\ncell: ['']\n")
+    with pytest.raises(RegimeError, match="expected the keys 'base'"):
+        read_grid(grid)
+
+
+def test_results_resume_only_under_their_protocol(tmp_path):
+    results = tmp_path / "cells.jsonl"
+    assert recorded(results, "a" * 64) == {}
+    results.write_text(json.dumps({"cell": "base", "protocol_sha256": "a" * 64, "wall_s": 3.0}) + "\n")
+    assert recorded(results, "a" * 64)["base"]["wall_s"] == 3.0
+    with pytest.raises(RegimeError, match=r"cells.jsonl:1: cell 'base' was run under protocol aaaaaaaaaaaa, not bbbb"):
+        recorded(results, "b" * 64)
