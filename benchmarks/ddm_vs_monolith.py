@@ -145,7 +145,7 @@ def evaluate_all(
     """Evaluation network, prompts, sampling, scores per training seed, aggregation, and every results file."""
     cfg = ctx.cfg
     featnet, checks = featnet_for(ctx, timer)
-    say(featnet_note(checks))
+    say(featnet_note(checks, featnet.vocab))
     prompts = stratified_prompts(semantic.assignments, ctx.index, cfg.sample.num_prompts, cfg.seed)
     reference = reference_clip_ids(ctx.index, cfg.eval.num_real, cfg.seed)
     assert_disjoint(ctx.index, prompts, reference, semantic.assignments)

@@ -37,7 +37,7 @@ import torch
 from lib.cluster.embedders import compute_embeddings
 from lib.cluster.kmeans import cluster_fit_on
 from lib.cluster.report import assignment_frame
-from lib.config import RunConfig, load_config, with_overrides
+from lib.config import RunConfig, key_values, load_config, with_overrides
 from lib.data.ingest import ingest
 from lib.data.shards import load_clips
 from lib.data.split import TRAIN, VALIDATION, rows_with_role
@@ -67,7 +67,7 @@ def _key(*parts: object) -> str:
 
 def ingest_stage(cfg: RunConfig, work: Path) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """Ingest, cached by the data config and seed."""
-    shards = work / f"shards-{_key(cfg.seed, dataclasses.asdict(cfg.data))}"
+    shards = work / f"shards-{_key(cfg.seed, key_values(cfg.data))}"
     if not (shards / "attributes.parquet").is_file():
         result = ingest(cfg.data, cfg.seed, shards)
         atomic_write(shards / "clip_index.parquet", lambda tmp: result.index.to_parquet(tmp))

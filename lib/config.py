@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from lib.data.columns import MANIFEST_COLUMNS
-from lib.data.procedural import SCENES
+from lib.data.procedural import DEFAULT_FAMILIES, FAMILIES, SCENES
 from lib.strategy import parse_schedule
 
 
@@ -37,6 +37,35 @@ def _check(ok: bool, where: str, msg: str) -> None:
 
 def _one_of(value: str, allowed: tuple[str, ...], where: str) -> None:
     _check(value in allowed, where, f"{value!r} is not one of {', '.join(allowed)}")
+
+
+ADDED_LATER = "added_later"  # field metadata key, set by ``added_later``
+
+
+def added_later(default: Any) -> Any:
+    """A config field added after results were cached under keys of its section (a dataset, a trained model).
+
+    ``key_values`` leaves it out while it holds ``default``, so every key computed before the field existed keeps its
+    value and nothing cached is rebuilt; set to anything else, it joins the key like any field.
+    """
+    return field(default=default, metadata={ADDED_LATER: True})
+
+
+def key_values(obj: Any) -> dict[str, Any]:
+    """``dataclasses.asdict(obj)`` without the ``added_later`` fields (of ``obj`` and of the dataclasses inside it)
+    that hold their default: what a cache key hashes."""
+    values = dataclasses.asdict(obj)
+    _drop_later_defaults(obj, values)
+    return values
+
+
+def _drop_later_defaults(obj: Any, values: dict[str, Any]) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get(ADDED_LATER) and value == f.default:
+            del values[f.name]
+        elif dataclasses.is_dataclass(value):
+            _drop_later_defaults(value, values[f.name])
 
 
 @dataclass(frozen=True)
@@ -61,7 +90,13 @@ class DataConfig:
     quarantine_held_frames: bool = False
     max_objects: int = 2  # built-in clips hold 1..max_objects objects
     themed_scenes: bool = False  # built-in: each scene family has its own shapes and motions (lib.data.procedural)
-    scenes: list[str] = field(default_factory=lambda: list(SCENES))  # built-in: the scene families drawn from
+    # built-in: the scene families drawn from, of the first num_families of lib.data.procedural.FAMILIES; []: all
+    scenes: list[str] = field(default_factory=lambda: list(SCENES))
+    # built-in: the world's scene families, the first 4..8 of FAMILIES; what they own is the vocabulary
+    num_families: int = added_later(DEFAULT_FAMILIES)
+    # built-in: share of shape, motion and background draws from the pool the families share; the rest come from what
+    # the clip's family owns alone (0: families with disjoint shapes, motions and backgrounds; 1: as before the knob)
+    family_overlap: float = added_later(1.0)
     shard_size: int = 256  # clips per shard file
     max_bad_fraction: float = 0.1  # ingest fails when more than this fraction of manifest rows is quarantined
     max_source_pixels: int = 4096 * 4096  # frames larger than this are quarantined (decode bomb guard)
@@ -99,9 +134,17 @@ class DataConfig:
             _check(getattr(self, name) > 0, f"data.{name}", f"must be > 0, got {getattr(self, name)}")
         _check(self.fps > 0, "data.fps", f"must be > 0, got {self.fps}")
         _check(1 <= self.max_objects <= 2, "data.max_objects", f"must be 1 or 2, got {self.max_objects}")
+        lo, hi, n = DEFAULT_FAMILIES, len(FAMILIES), self.num_families
+        _check(lo <= n <= hi, "data.num_families", f"must lie in [{lo}, {hi}], got {n} (fewer families: data.scenes)")
+        overlap = self.family_overlap
+        _check(0.0 <= overlap <= 1.0, "data.family_overlap", f"must lie in [0, 1], got {overlap}")
+        world = tuple(FAMILIES)[:n]
         for scene in self.scenes:
-            _one_of(scene, SCENES, "data.scenes")
-        _check(len(set(self.scenes)) == len(self.scenes) > 0, "data.scenes", f"distinct families of {SCENES}")
+            _one_of(scene, world, "data.scenes")
+        _check(len(set(self.scenes)) == len(self.scenes), "data.scenes", f"distinct families of {world}")
+        _check(self.num_families == DEFAULT_FAMILIES or self.scenes != list(SCENES), "data.scenes",
+               f"still the {DEFAULT_FAMILIES} default families while data.num_families={self.num_families}: "
+               "list the families to draw from, or [] for all of them")  # fmt: skip
         _check(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must lie in [0, 1]")
         for name in ("validation_fraction", "reference_fraction", "prompt_fraction"):
             _check(0.0 < getattr(self, name) < 1.0, f"data.{name}", f"must lie in (0, 1), got {getattr(self, name)}")
@@ -423,7 +466,8 @@ class ExtendConfig:
         _check(self.source != "manifest" or bool(self.manifest), "extend.manifest", "required when source=manifest")
         _check(self.num_clips > 0, "extend.num_clips", f"must be > 0, got {self.num_clips}")
         for scene in self.scenes:
-            _one_of(scene, SCENES, "extend.scenes")
+            _one_of(scene, tuple(FAMILIES), "extend.scenes")
+        _check(len(self.scenes) > 0, "extend.scenes", "needs at least one family")
         _check(0.0 <= self.join_distance <= 2.0, "extend.join_distance", "a cosine distance: must lie in [0, 2]")
         _check(self.new_clusters >= 1, "extend.new_clusters", f"must be >= 1, got {self.new_clusters}")
         _check(self.continue_steps >= 0, "extend.continue_steps", f"must be >= 0 (0: off), got {self.continue_steps}")
@@ -470,6 +514,9 @@ class RunConfig:
             f"{self.expert.batch_size} is smaller than the {world} processes per expert (resources.expert_nnodes x "
             "expert_nproc_per_node): each needs at least one sample per step",
         )
+        families = tuple(FAMILIES)[: self.data.num_families]  # the new data lives in the run's world
+        outside = [scene for scene in self.extend.scenes if scene not in families]
+        _check(not outside, "extend.scenes", f"{outside} are not among the {len(families)} of data.num_families")
         if self.data.source == "builtin":
             _check(
                 self.cluster.num_clusters <= self.data.num_clips,

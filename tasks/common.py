@@ -20,6 +20,7 @@ from typing import Any
 
 from flytekit import current_context
 
+from lib.config import key_values
 from lib.storage import attempt_root, check_output_dir, is_remote, local_attempt, publish_dir, publish_local, stable_uri
 from lib.tracking import Tracker, tracking_uri
 
@@ -33,12 +34,13 @@ _RAN: list[str] = []
 
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
+        return key_values(value)
     return str(value)
 
 
 def input_key(*parts: Any) -> str:
-    """A short stable hash of a task's inputs (dataclasses by value, everything else by str)."""
+    """A short stable hash of a task's inputs (dataclasses by value, without the ``added_later`` fields that hold their
+    default; everything else by str)."""
     text = json.dumps(parts, sort_keys=True, default=_jsonable)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -61,7 +61,7 @@ def train_featnet(
         params = {"featnet_steps": cfg.featnet_steps, "seed": seed, "train_clips": len(by_role[TRAIN])}
         rows = [{"step": 0, **{k.replace(".", "_"): v for k, v in checks.items()}}]
         tracker.record_model("attrnet", "featnet", params, rows, started)
-    note = featnet_note(checks)
+    note = featnet_note(checks, model.vocab)
     print(note, flush=True)
     return FlyteDirectory(publish_stage(output_dir, out)), note
 

@@ -1,3 +1,4 @@
+import json
 import logging
 
 import faiss
@@ -245,3 +246,17 @@ def test_empty_cluster_is_an_error_not_a_silent_expert_without_data(monkeypatch)
         cluster_embeddings(x, ClusterConfig(num_clusters=3, fine_clusters=12), seed=0)
     balanced = cluster_embeddings(x, ClusterConfig(num_clusters=3, fine_clusters=12, method="balanced"), seed=0)
     assert balanced.sizes().tolist() == [30, 30, 30]
+
+
+def test_cluster_ami_measures_one_run_per_varied_value(tmp_path, benchmark_script):
+    out = tmp_path / "distinctness.json"
+    benchmark_script("cluster_ami").main([
+        "--config", "configs/tiny.yaml", "--num-clips", "120", "--ks", "8", "--seeds", "0",
+        "--set", "data.num_families=8", "data.scenes=[]", "--vary", "data.family_overlap=1,0", "--out", str(out),
+    ])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["vary"] == "data.family_overlap" and result["set"] == ["data.num_families=8", "data.scenes=[]"]
+    shared, disjoint = result["runs"]
+    assert (shared["family_overlap"], disjoint["family_overlap"], disjoint["num_families"]) == (1.0, 0.0, 8)
+    assert disjoint["family_ami"]["shape"] == pytest.approx(1.0) and shared["family_ami"]["shape"] < 0.2
+    assert {r["k"] for r in disjoint["rows"]} == {8} and len(disjoint["mean_over_seeds"]) == 3

@@ -10,13 +10,20 @@ import pytest
 
 from lib.config import (
     ConfigError,
+    DataConfig,
+    ExpertConfig,
     RunConfig,
+    added_later,
     config_from_dict,
     config_to_dict,
+    key_values,
     load_config,
     replace_in,
     with_overrides,
 )
+from lib.experiment.context import _ingested, _key
+from lib.train.specs import ExpertSpec
+from tasks.common import input_key
 
 CONFIGS = sorted(Path("configs").glob("*.yaml"))
 
@@ -65,6 +72,18 @@ def test_unknown_section():
         ({"sample": {"strategy": "top3"}}, "sample.strategy"),
         ({"resources": {"min_success_ratio": 0}}, "resources.min_success_ratio"),
         ({"data": [1, 2]}, "data: expected a mapping"),
+        ({"data": {"num_families": 9}}, r"data.num_families: must lie in \[4, 8\], got 9"),
+        ({"data": {"num_families": 2}}, r"data.num_families: .*got 2 \(fewer families: data.scenes\)"),
+        ({"data": {"family_overlap": 1.5}}, r"data.family_overlap: must lie in \[0, 1\], got 1.5"),
+        ({"data": {"family_overlap": "half"}}, "data.family_overlap: expected float, got str"),
+        ({"data": {"scenes": ["spots"]}}, "data.scenes: 'spots' is not one of plain, gradient, stripes, checker"),
+        ({"data": {"num_families": 8}}, "data.scenes: still the 4 default families while data.num_families=8"),
+        (
+            {"data": {"num_families": 5, "scenes": []}, "extend": {"scenes": ["grid"]}},
+            r"extend.scenes: \['grid'\] are not among the 5 of data.num_families",
+        ),
+        ({"extend": {"scenes": []}}, "extend.scenes: needs at least one family"),
+        ({"data": {"family_overlp": 0.5}}, r"data.family_overlp \(did you mean data.family_overlap\?\)"),
     ],
 )
 def test_bad_values_name_the_field(values, message):
@@ -184,3 +203,52 @@ def test_pyflyte_reports_a_bad_config_file_in_one_line_and_its_help_says_what_cf
     assert "a YAML run config file, e.g. configs/tiny.yaml" in help_text
     for section in [f.name for f in dataclasses.fields(RunConfig)]:
         assert section in help_text.split("Options")[0], section
+
+
+def test_larger_worlds_and_the_overlap_are_one_override_each():
+    cfg = with_overrides(RunConfig(), ["data.num_families=8", "data.scenes=[]", "data.family_overlap=0"])
+    assert (cfg.data.num_families, cfg.data.scenes, cfg.data.family_overlap) == (8, [], 0.0)
+    grown = with_overrides(cfg, ["extend.scenes=[grid]"])
+    assert grown.extend.data_config(grown.data).scenes == ["grid"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    a: int = 1
+    b: str = added_later("x")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outer:
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+    c: float = added_later(0.0)
+
+
+def test_key_values_leave_out_later_fields_only_at_their_default():
+    assert key_values(_Outer()) == {"inner": {"a": 1}}
+    assert key_values(_Outer(_Inner(b="y"), c=0.5)) == dataclasses.asdict(_Outer(_Inner(b="y"), c=0.5))
+    assert key_values(_Outer(_Inner(a=2))) == {"inner": {"a": 2}}
+    data = key_values(replace_in(RunConfig(), data={"family_overlap": 0.5}).data)
+    assert data["family_overlap"] == 0.5 and "num_families" not in data
+
+
+def test_keys_at_the_defaults_are_the_keys_from_before_the_later_fields(tmp_path):
+    """Computed on the code before data.num_families and data.family_overlap (commit bfa694c): the data folder and data
+    key of lib.experiment.context, the pipeline's stage keys and an expert spec's hash, which name cached datasets and
+    trained models."""
+    for path, folder, data_key in [
+        ("configs/tiny.yaml", "7cac1e06b3f0", "5b8ffc2c9241"),
+        ("configs/bench.yaml", "7dbf200bbbaf", "65ec9379b9ef"),
+    ]:
+        cfg = load_config(path)
+        assert _key(cfg.seed, key_values(cfg.data)) == folder
+        assert _key(cfg.seed, key_values(cfg.data), dataclasses.asdict(cfg.encode)) == data_key
+    assert _key(0, key_values(DataConfig()), dataclasses.asdict(RunConfig().encode)) == "08f11ec82da8"
+    tiny = replace_in(RunConfig(), data={"num_clips": 12, "frames": 4, "height": 16, "width": 16})
+    folder, _, _ = _ingested(tiny, tmp_path)  # the experiment driver's own data folder
+    assert folder.name == "391864fa95fa"
+    # the pipeline's stage folders (the ingest stage takes the data config, sampling the whole run config)
+    assert input_key(DataConfig(), 0) == "e51973fdcf3a1992" and input_key(RunConfig(), 0) == "f44050a2b9c50407"
+    assert ExpertSpec("expert-00", 0, 3, 10, "abc", ExpertConfig()).spec_hash() == "d7765cfb40d03c82"
+    changed = ExpertConfig(budget_split="by_size", monolith_lr_scale=2.0, seed_fraction=0.25, micro_batch=4)
+    assert ExpertSpec("expert-00", 0, 3, 10, "abc", changed, init_sha256="ff").spec_hash() == "bfbefd1a89a364ea"

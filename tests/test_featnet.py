@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lib.data.procedural import COLORS, SHAPES, iter_builtin_clips
+from lib.data.procedural import COLORS, FAMILIES, SHAPES, World, iter_builtin_clips
 from lib.evaluate.featnet import (
     ABSENT,
     ATTRIBUTE_VOCAB,
@@ -20,6 +20,7 @@ from lib.evaluate.featnet import (
     fit_attrnet,
     predict_attributes,
     train_attrnet,
+    vocab_for,
 )
 from lib.evaluate.negatives import NEGATIVE_KINDS, make_negatives
 
@@ -136,3 +137,14 @@ def test_bad_attribute_tables_are_refused():
         fit_attrnet(videos, attrs, videos[:0], attrs.iloc[:0], steps=1, seed=0)
     with pytest.raises(ValueError, match="negative_fraction"):
         train_attrnet(videos, attrs, steps=1, negative_fraction=1.0)
+
+
+def test_a_larger_world_gets_heads_for_all_families_and_the_default_world_keeps_its_own():
+    _, attrs = _data(16)
+    assert vocab_for(attrs) == ATTRIBUTE_VOCAB  # the default world's heads, and so its numbers, are unchanged
+    clips = list(iter_builtin_clips(0, 48, 4, 16, 16, 1, world=World(8, 0.0)))
+    videos, attrs8 = np.stack([c.frames for c in clips]), pd.DataFrame([c.attributes for c in clips])
+    assert vocab_for(attrs8)["scene"] == list(FAMILIES)
+    model = train_attrnet(videos, attrs8, steps=20, batch_size=8, seed=0)
+    assert model.vocab["scene"] == list(FAMILIES) and set(attrs8["shape"]) < set(model.vocab["shape"])
+    assert chance_accuracy(model.vocab)["scene"] == 1 / len(FAMILIES)

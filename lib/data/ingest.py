@@ -16,7 +16,7 @@ import pandas as pd
 from data_schemas.ingest import ClipAttributes, ClipIndex, QuarantineRecord
 from lib.config import DataConfig
 from lib.data.manifest import ingest_manifest
-from lib.data.procedural import iter_builtin_clips
+from lib.data.procedural import World, iter_builtin_clips
 from lib.data.quarantine import QUARANTINE_COLUMNS, IngestResult
 from lib.data.raw import ingest_raw
 from lib.data.shards import ShardWriter
@@ -31,8 +31,8 @@ def ingest_builtin(cfg: DataConfig, seed: int, out_dir: str | Path) -> IngestRes
     attributes = []
     clips = iter_builtin_clips(
         seed, cfg.num_clips, cfg.frames, cfg.height, cfg.width, cfg.max_objects, themed=cfg.themed_scenes,
-        scenes=tuple(cfg.scenes),
-    )
+        scenes=tuple(cfg.scenes), world=World(cfg.num_families, cfg.family_overlap),
+    )  # fmt: skip
     for clip in clips:
         writer.add(clip.clip_id, clip.frames, clip.caption)
         attributes.append(clip.attributes)

@@ -6,9 +6,11 @@ the same whatever the dataset size, clips can be produced in any order, and memo
 count. The generating attributes travel with the clip as metadata.
 
 Semantic structure (what clustering and the experts can latch on to):
-- scene family: plain, gradient, stripes, checker — each with its own background palette;
+- scene family: plain, gradient, stripes, checker (and, in larger worlds, spots, rings, waves, grid) — each a
+  backdrop texture with its own background palette;
 - 1–2 objects, each with shape, colour, size and one motion: moving left/right/up/down (slow or fast),
-  bouncing, spinning, growing or shrinking;
+  bouncing, spinning, growing or shrinking (larger worlds add stars, hexagons, crescents and crosses that pulse,
+  orbit, sway or zigzag);
 - captions from templates with synonyms, so the same attributes are worded several ways.
 
 Two content regimes (``data.themed_scenes``): shared (every scene shows every shape and motion, so scenes differ
@@ -16,6 +18,16 @@ only in their backdrop) and themed (each scene family has its own shapes and mot
 themed — what moves, and how, depends on the setting — and that is the regime in which experts trained on
 semantic clusters have something of their own to learn; in the shared regime nearly everything a model learns on
 one cluster transfers to the others, which favours one model trained on all of them.
+
+How distinct the families are is a knob, ``data.family_overlap`` (``World.overlap``), and how many there are is
+another, ``data.num_families`` (``World.num_families``: the first n of ``FAMILIES``, 4 by default, up to 8 so that
+K = 8 experts can each find a family). Every family owns shapes, motions and background colours no other family
+owns (``Family``), and a world's vocabulary is the union of what its families own. Each clip decides, for its
+background and for each object's shape and motion, whether that draw comes from the pool the families share (the
+family's palette; every shape and motion of the world, or its theme when themed) or from what its family owns:
+shared with probability ``overlap``. At 1 every draw is shared (the dataset as it was before the knob, clip for
+clip); at 0 the families have disjoint shapes, motions and backgrounds. The coins come from a stream of their own,
+one per draw whatever the overlap, so a clip's shared draws at a lower overlap stay shared at a higher one.
 """
 
 from __future__ import annotations
@@ -25,13 +37,44 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCENES = ("plain", "gradient", "stripes", "checker")
-BACKGROUNDS = {  # scene family -> background colour names it draws from
-    "plain": ("black", "gray", "navy"),
-    "gradient": ("sunset", "ocean", "forest"),
-    "stripes": ("gray", "navy", "olive"),
-    "checker": ("black", "teal", "brown"),
-}
+
+@dataclass(frozen=True)
+class Family:
+    """A scene family: a backdrop texture (its name) on a background palette, and the vocabulary it owns.
+
+    What a family owns (``backgrounds``, ``shapes``, ``motions``) no other family owns: at ``family_overlap`` 0 its
+    clips show only those, so families differ in everything a clip shows.
+    """
+
+    palette: tuple[str, ...]  # background colours of shared draws; a few are in other families' palettes too
+    backgrounds: tuple[str, ...]  # of its palette, the colours it owns
+    shapes: tuple[str, ...]  # the shapes it owns
+    motions: tuple[str, ...]  # the motions it owns: always one besides spin, which a disc cannot show
+    theme: tuple[tuple[str, ...], tuple[str, ...]]  # (shapes, motions) of shared draws when scenes are themed
+
+
+_LATERAL = ("left_slow", "left_fast", "right_slow", "right_fast")
+FAMILIES = {  # the first four are the default world (data.num_families = 4); the rest join in order
+    "plain": Family(("black", "gray", "navy"), ("black", "gray"), ("square",), _LATERAL,
+                    (("circle", "square"), _LATERAL)),
+    "gradient": Family(("sunset", "ocean", "forest"), ("sunset", "ocean", "forest"), ("triangle",), ("up", "down"),
+                       (("triangle", "diamond"), ("up", "down", "bounce"))),
+    "stripes": Family(("gray", "navy", "olive"), ("navy", "olive"), ("diamond",), ("spin", "grow", "shrink"),
+                      (("square", "diamond"), ("spin", "grow", "shrink"))),
+    "checker": Family(("black", "teal", "brown"), ("teal", "brown"), ("circle",), ("bounce",),
+                      (("circle", "triangle"), ("bounce", "grow", "shrink", "left_fast", "right_fast"))),
+    "spots": Family(("maroon", "plum", "gray"), ("maroon", "plum"), ("star",), ("pulse",),
+                    (("star", "circle"), ("pulse", "bounce", "grow"))),
+    "rings": Family(("slate", "sand", "navy"), ("slate", "sand"), ("hexagon",), ("orbit",),
+                    (("hexagon", "square"), ("orbit", "spin"))),
+    "waves": Family(("indigo", "steel", "ocean"), ("indigo", "steel"), ("crescent",), ("sway",),
+                    (("crescent", "triangle"), ("sway", "up", "down"))),
+    "grid": Family(("mint", "lilac", "black"), ("mint", "lilac"), ("cross",), ("zigzag",),
+                   (("cross", "diamond"), ("zigzag", "left_slow", "right_slow"))),
+}  # fmt: skip
+DEFAULT_FAMILIES = 4
+SCENES = tuple(FAMILIES)[:DEFAULT_FAMILIES]  # the default world's families
+BACKGROUNDS = {scene: FAMILIES[scene].palette for scene in SCENES}  # the default world's palettes
 BG_RGB = {
     "black": (10, 10, 14),
     "gray": (96, 96, 100),
@@ -42,8 +85,16 @@ BG_RGB = {
     "olive": (90, 90, 30),
     "teal": (20, 100, 100),
     "brown": (90, 55, 30),
+    "maroon": (105, 20, 45),
+    "plum": (85, 40, 95),
+    "slate": (60, 70, 85),
+    "sand": (150, 130, 85),
+    "indigo": (45, 30, 120),
+    "steel": (80, 105, 130),
+    "mint": (50, 140, 110),
+    "lilac": (140, 120, 170),
 }
-SHAPES = ("circle", "square", "triangle", "diamond")
+SHAPES = ("circle", "square", "triangle", "diamond")  # the default world's, in drawing order
 COLORS = {
     "red": (230, 40, 40),
     "green": (60, 220, 70),
@@ -53,31 +104,68 @@ COLORS = {
     "magenta": (235, 60, 220),
 }
 SIZES = {"small": 0.13, "large": 0.24}  # object radius as a fraction of the frame's shorter side
-MOTIONS = (
-    "left_slow",
-    "left_fast",
-    "right_slow",
-    "right_fast",
-    "up",
-    "down",
-    "bounce",
-    "spin",
-    "grow",
-    "shrink",
-)
+MOTIONS = (*_LATERAL, "up", "down", "bounce", "spin", "grow", "shrink")  # the default world's, in drawing order
+THEMES = {name: family.theme for name, family in FAMILIES.items()}  # together: every shape and motion of FAMILIES
+ORBIT_RADIUS = 0.18  # of the frame, for the orbit motion
+_OVERLAP_STREAM = 1  # third seed word of the generator of a clip's shared-or-own coins
+_DRAWS = ("background", "shape", "motion", "shape2", "motion2")  # one coin each, in this order
 
-THEMES = {  # scene family -> (shapes, motions) its objects draw from when scenes are themed; together: all of them
-    "plain": (("circle", "square"), ("left_slow", "left_fast", "right_slow", "right_fast")),
-    "gradient": (("triangle", "diamond"), ("up", "down", "bounce")),
-    "stripes": (("square", "diamond"), ("spin", "grow", "shrink")),
-    "checker": (("circle", "triangle"), ("bounce", "grow", "shrink", "left_fast", "right_fast")),
-}
+
+@dataclass(frozen=True)
+class World:
+    """The scene families a built-in dataset has (``data.num_families``) and how much they share
+    (``data.family_overlap``); the defaults are the dataset as it was before either existed."""
+
+    num_families: int = DEFAULT_FAMILIES
+    overlap: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not DEFAULT_FAMILIES <= self.num_families <= len(FAMILIES):
+            raise ValueError(f"num_families must lie in [{DEFAULT_FAMILIES}, {len(FAMILIES)}], got {self.num_families}")
+        if not 0.0 <= self.overlap <= 1.0:
+            raise ValueError(f"overlap must lie in [0, 1], got {self.overlap}")
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return tuple(FAMILIES)[: self.num_families]
+
+    @property
+    def shapes(self) -> tuple[str, ...]:
+        """Every shape of the world in drawing order: the default world's, then those the added families own."""
+        return SHAPES + tuple(s for f in self.families[DEFAULT_FAMILIES:] for s in FAMILIES[f].shapes)
+
+    @property
+    def motions(self) -> tuple[str, ...]:
+        return MOTIONS + tuple(m for f in self.families[DEFAULT_FAMILIES:] for m in FAMILIES[f].motions)
+
+    @property
+    def backgrounds(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(b for f in self.families for b in FAMILIES[f].palette))
+
+    @property
+    def tag(self) -> str:
+        """What clip ids carry when the world is not the default: two worlds never share an id for other pixels."""
+        parts = [f"f{self.num_families}"] if self.num_families != DEFAULT_FAMILIES else []
+        return "-".join(parts + ([f"o{self.overlap:g}"] if self.overlap != 1.0 else []))
+
+    def shared_draws(self, seed: int, index: int) -> dict[str, bool]:
+        """For each draw of clip ``index`` (``_DRAWS``), whether it comes from the shared pool (else: the family's
+        own). At overlap 1 no coin is drawn at all."""
+        if self.overlap >= 1.0:
+            return dict.fromkeys(_DRAWS, True)
+        coins = np.random.default_rng([seed, index, _OVERLAP_STREAM]).random(len(_DRAWS))
+        return {name: bool(coin < self.overlap) for name, coin in zip(_DRAWS, coins, strict=True)}
+
 
 _SHAPE_WORDS = {
     "circle": ("circle", "ball", "disc"),
     "square": ("square", "box", "block"),
     "triangle": ("triangle", "wedge"),
     "diamond": ("diamond", "rhombus"),
+    "star": ("star", "starburst"),
+    "hexagon": ("hexagon", "hex"),
+    "crescent": ("crescent", "moon"),
+    "cross": ("cross", "plus sign"),
 }
 _COLOR_WORDS = {
     "red": ("red", "crimson"),
@@ -99,12 +187,20 @@ _MOTION_WORDS = {
     "spin": ("spinning", "rotating", "turning in place"),
     "grow": ("growing", "getting bigger", "expanding"),
     "shrink": ("shrinking", "getting smaller", "contracting"),
+    "pulse": ("pulsing", "throbbing"),
+    "orbit": ("circling", "moving in a circle"),
+    "sway": ("swaying", "rocking side to side"),
+    "zigzag": ("zigzagging right", "moving right in a zigzag"),
 }
 _SCENE_WORDS = {
     "plain": ("on a plain {bg} background", "against a solid {bg} backdrop"),
     "gradient": ("in front of a {bg} gradient", "over a {bg}-toned gradient"),
     "stripes": ("on a {bg} striped background", "over {bg} stripes"),
     "checker": ("on a {bg} checkerboard", "over a {bg} checkered floor"),
+    "spots": ("on a {bg} polka-dot background", "over {bg} spots"),
+    "rings": ("on a {bg} background of rings", "over {bg} concentric rings"),
+    "waves": ("on a {bg} wavy background", "over {bg} waves"),
+    "grid": ("on a {bg} grid", "over a {bg} grid of lines"),
 }
 _SUPERSAMPLE = 2  # render at 2x and box-filter down, for anti-aliased edges
 
@@ -176,31 +272,46 @@ def _start_position(rng: np.random.Generator, motion: str) -> tuple[float, float
         y = rng.uniform(0.2, 0.35)
     elif motion == "bounce":
         y = 0.7
+    elif motion == "zigzag":
+        x = rng.uniform(0.2, 0.35)
+    elif motion == "orbit":  # the circle's centre lies ORBIT_RADIUS left of the start
+        x = rng.uniform(0.45, 0.7)
     return float(x), float(y)
 
 
 def clip_spec(
-    seed: int, index: int, max_objects: int = 2, themed: bool = False, scenes: tuple[str, ...] = SCENES
+    seed: int,
+    index: int,
+    max_objects: int = 2,
+    themed: bool = False,
+    scenes: tuple[str, ...] = (),
+    world: World = World(),
 ) -> ClipSpec:
     """Draw clip ``index`` of the dataset with ``seed``; independent of every other clip.
 
-    ``scenes`` restricts the scene families (a corpus without one family, and later that family as new data for a
-    grown DDM). All four draw exactly the clips of the default; a subset names itself in the clip ids, so two
-    corpora of the same seed never share an id for different pixels.
+    ``scenes`` restricts the scene families to some of the world's (a corpus without one family, and later that
+    family as new data for a grown DDM); empty: all of them, which draws exactly the clips of the default. A subset
+    and a world other than the default name themselves in the clip ids, so two corpora of the same seed never share
+    an id for different pixels.
     """
-    unknown = sorted(set(scenes) - set(SCENES))
-    if unknown or not scenes:
-        raise ValueError(f"scenes must be a non-empty subset of {SCENES}, got {list(scenes)}")
-    subset = "" if tuple(scenes) == SCENES else "+".join(scenes)
+    scenes = tuple(scenes) or world.families
+    unknown = sorted(set(scenes) - set(world.families))
+    if unknown:
+        raise ValueError(f"scenes must be families of {world.families}, got {list(scenes)}")
+    subset = "" if scenes == world.families else "+".join(scenes)
     rng = np.random.default_rng([seed, index])
+    shared = world.shared_draws(seed, index)
     scene = str(_pick(rng, scenes))
-    background = str(_pick(rng, BACKGROUNDS[scene]))
+    family = FAMILIES[scene]
+    background = str(_pick(rng, family.palette if shared["background"] else family.backgrounds))
     n_obj = 1 if max_objects == 1 or rng.random() < 0.65 else 2
-    shapes, scene_motions = THEMES[scene] if themed else (SHAPES, MOTIONS)
+    shapes, scene_motions = family.theme if themed else (world.shapes, world.motions)
     objects = []
-    for _ in range(n_obj):
-        shape = str(_pick(rng, shapes))
-        motions = [m for m in scene_motions if not (shape == "circle" and m == "spin")]  # spinning discs are invisible
+    for k in range(n_obj):
+        suffix = "2" if k else ""
+        shape = str(_pick(rng, shapes if shared[f"shape{suffix}"] else family.shapes))
+        pool = scene_motions if shared[f"motion{suffix}"] else family.motions
+        motions = [m for m in pool if not (shape == "circle" and m == "spin")]  # spinning discs are invisible
         motion = str(_pick(rng, motions))
         x0, y0 = _start_position(rng, motion)
         if n_obj == 2:  # keep the two objects apart: one in each horizontal half
@@ -217,8 +328,9 @@ def clip_spec(
             )
         )
     caption = _caption(rng, scene, background, objects)
+    name = "-".join(part for part in ("builtin", str(seed), world.tag, subset, f"{index:07d}") if part)
     return ClipSpec(
-        clip_id=f"builtin-{seed}-{index:07d}" if subset == "" else f"builtin-{seed}-{subset}-{index:07d}",
+        clip_id=name,
         scene=scene,
         background=background,
         objects=tuple(objects),
@@ -247,8 +359,18 @@ def _background(scene: str, background: str, phase: float, yy: np.ndarray, xx: n
         pattern = 0.9 * (yy - 0.5)  # lighter at the bottom, darker at the top
     elif scene == "stripes":
         pattern = 0.25 * np.sign(np.sin(2 * np.pi * (4 * xx + phase)))
-    else:  # checker
+    elif scene == "checker":
         pattern = 0.25 * np.sign(np.sin(2 * np.pi * (3 * xx + phase)) * np.sin(2 * np.pi * (3 * yy + phase)))
+    elif scene == "spots":  # a 4 x 4 lattice of dots
+        dx, dy = (4 * xx + phase) % 1.0 - 0.5, (4 * yy + phase) % 1.0 - 0.5
+        pattern = np.where(dx**2 + dy**2 < 0.3**2, 0.25, -0.25)
+    elif scene == "rings":  # concentric about the centre
+        pattern = 0.25 * np.sign(np.sin(2 * np.pi * (5 * np.hypot(xx - 0.5, yy - 0.5) + phase)))
+    elif scene == "waves":  # horizontal bands that undulate
+        pattern = 0.25 * np.sign(np.sin(2 * np.pi * (3 * yy + 0.15 * np.sin(2 * np.pi * (2 * xx + phase)) + phase)))
+    else:  # grid: thin lines
+        line = ((4 * xx + phase) % 1.0 < 0.15) | ((4 * yy + phase) % 1.0 < 0.15)
+        pattern = np.where(line, 0.25, -0.25)
     return np.clip(base[None, None, :] * (1.0 + pattern[..., None]) + 0.08 * pattern[..., None], 0.0, 1.0)
 
 
@@ -272,6 +394,16 @@ def _object_state(obj: ObjectSpec, s: float) -> tuple[float, float, float, float
         scale = 0.55 + 0.9 * s
     elif obj.motion == "shrink":
         scale = 1.45 - 0.9 * s
+    elif obj.motion == "pulse":  # two beats per clip
+        scale = 1.0 + 0.45 * np.sin(4 * np.pi * s)
+    elif obj.motion == "orbit":  # one turn per clip, starting at the circle's right-hand point
+        x = obj.x0 - ORBIT_RADIUS + ORBIT_RADIUS * np.cos(2 * np.pi * s)
+        y = obj.y0 - ORBIT_RADIUS * np.sin(2 * np.pi * s)
+    elif obj.motion == "sway":  # one swing each way
+        x = obj.x0 + 0.2 * np.sin(2 * np.pi * s)
+    elif obj.motion == "zigzag":  # rightward, two zigs
+        x += 0.45 * s
+        y = obj.y0 + 0.12 * (2 / np.pi) * np.arcsin(np.sin(4 * np.pi * s))
     return x, y, scale, angle
 
 
@@ -284,6 +416,16 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float, angle: flo
         return np.maximum(np.abs(u), np.abs(v)) <= 0.85 * r
     if shape == "diamond":
         return np.abs(u) + np.abs(v) <= 1.15 * r
+    if shape == "star":  # five rounded points
+        return np.hypot(u, v) <= r * (0.72 + 0.35 * np.cos(5 * np.arctan2(u, v)))
+    if shape == "hexagon":
+        apothem = r * np.sqrt(3) / 2
+        return (np.abs(v) <= apothem) & (np.sqrt(3) / 2 * np.abs(u) + np.abs(v) / 2 <= apothem)
+    if shape == "crescent":  # a disc with an offset bite taken out
+        return (u**2 + v**2 <= r**2) & ((u - 0.45 * r) ** 2 + v**2 > (0.8 * r) ** 2)
+    if shape == "cross":
+        arm = 0.38 * r
+        return ((np.abs(u) <= arm) & (np.abs(v) <= r)) | ((np.abs(v) <= arm) & (np.abs(u) <= r))
     # triangle: equilateral, pointing along v
     return (v >= -0.5 * r) & (np.sqrt(3) * u + v <= r) & (-np.sqrt(3) * u + v <= r)
 
@@ -319,9 +461,10 @@ def iter_builtin_clips(
     max_objects: int = 2,
     start: int = 0,
     themed: bool = False,
-    scenes: tuple[str, ...] = SCENES,
+    scenes: tuple[str, ...] = (),
+    world: World = World(),
 ) -> Iterator[Clip]:
     """Stream clips ``start .. num_clips-1``; one clip in memory at a time."""
     for index in range(start, num_clips):
-        spec = clip_spec(seed, index, max_objects, themed, scenes)
+        spec = clip_spec(seed, index, max_objects, themed, scenes, world)
         yield Clip(spec.clip_id, render(spec, frames, height, width), spec.caption, spec.attributes())

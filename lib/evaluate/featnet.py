@@ -34,7 +34,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from lib.data.procedural import BACKGROUNDS, COLORS, MOTIONS, SCENES, SHAPES, SIZES
+from lib.data.procedural import COLORS, FAMILIES, SIZES, World
 from lib.evaluate.negatives import NEGATIVE_KINDS, NOT_REAL, make_negatives
 from lib.features.batch import as_video_batch
 from lib.progress import progress
@@ -55,14 +55,20 @@ IGNORE_INDEX = -100  # target of a head that must not learn from a sample (scene
 NEGATIVE_FRACTION = 0.3
 SELFTEST_PER_KIND = 64  # negatives per kind in the abstention self-test: a rate of 0.05 is 3 videos
 
-ATTRIBUTE_VOCAB: dict[str, list[str]] = {
-    "scene": list(SCENES),
-    "background": sorted({b for names in BACKGROUNDS.values() for b in names}),
-    "shape": [*SHAPES, ABSENT],
-    "color": [*COLORS, ABSENT],
-    "size": [*SIZES, ABSENT],
-    "motion": [*MOTIONS, ABSENT],
-}
+
+def attribute_vocab(world: World) -> dict[str, list[str]]:
+    """Class names of every head for a world of the built-in dataset (``data.num_families``)."""
+    return {
+        "scene": list(world.families),
+        "background": sorted(world.backgrounds),
+        "shape": [*world.shapes, ABSENT],
+        "color": [*COLORS, ABSENT],
+        "size": [*SIZES, ABSENT],
+        "motion": [*world.motions, ABSENT],
+    }
+
+
+ATTRIBUTE_VOCAB = attribute_vocab(World())  # the default world's
 
 
 class AttributeTableError(ValueError):
@@ -159,6 +165,15 @@ def attrnet_id(model: AttrNet) -> str:
     return f"attrnet-{h.hexdigest()[:12]}"
 
 
+def vocab_for(attrs: pd.DataFrame) -> dict[str, list[str]]:
+    """``ATTRIBUTE_VOCAB`` when it names every value of the table, else the vocabulary of every family: a larger world
+    (``data.num_families``) brings scenes, shapes, motions and backgrounds the default heads lack, and the default
+    world keeps the heads (and so the numbers) it always had."""
+    if all(set(attrs[k]) <= set(classes) for k, classes in ATTRIBUTE_VOCAB.items() if k in attrs.columns):
+        return ATTRIBUTE_VOCAB
+    return attribute_vocab(World(len(FAMILIES)))
+
+
 def encode_attributes(attrs: pd.DataFrame, vocab: dict[str, list[str]]) -> dict[str, torch.Tensor]:
     """Attribute table (ClipAttributes columns) -> class indices per attribute [N] (long).
 
@@ -229,7 +244,8 @@ def train_attrnet(
         negative_fraction: share of each batch that is negatives, in [0, 1); 0 trains on real clips only.
     """
     clips = as_video_batch(videos)
-    targets = encode_attributes(attrs, ATTRIBUTE_VOCAB)
+    vocab = vocab_for(attrs)
+    targets = encode_attributes(attrs, vocab)
     if len(attrs) != clips.shape[0]:
         raise AttributeTableError(f"attributes: {len(attrs)} rows for {clips.shape[0]} videos")
     if not 0.0 <= negative_fraction < 1.0:
@@ -239,7 +255,7 @@ def train_attrnet(
     real_np, real_attrs = clips.numpy(), attrs.reset_index(drop=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "attrnet-init"))
-        model = AttrNet(vocab=ATTRIBUTE_VOCAB, channels=tuple(channels), feature_dim=feature_dim)
+        model = AttrNet(vocab=vocab, channels=tuple(channels), feature_dim=feature_dim)
     gen = torch.Generator().manual_seed(derive_seed(seed, "attrnet-batches"))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -251,7 +267,7 @@ def train_attrnet(
         if n_neg:
             seed_step = derive_seed(seed, "attrnet-negatives", step)
             neg, labels = make_negatives(seed_step, n_neg, tuple(clips.shape[1:4]), real_np, real_attrs)
-            neg_y = encode_negatives(labels, ATTRIBUTE_VOCAB)
+            neg_y = encode_negatives(labels, vocab)
             x = torch.cat([x, torch.from_numpy(neg)])  # [B + n_neg, T, H, W, 3]
             y = {k: torch.cat([y[k], neg_y[k]]) for k in y}
         logits = model(x)
@@ -435,9 +451,10 @@ def fit_attrnet(
     return model, stats
 
 
-def featnet_note(stats: dict[str, float]) -> str:
-    """One line for logs and reports: held-out accuracy against chance, then the abstention self-test."""
-    chance = chance_accuracy()
+def featnet_note(stats: dict[str, float], vocab: dict[str, list[str]] | None = None) -> str:
+    """One line for logs and reports: held-out accuracy against chance (among ``vocab``'s classes, the net's own:
+    ``AttrNet.vocab``), then the abstention self-test."""
+    chance = chance_accuracy(vocab)
     accuracy = ", ".join(f"{k} {v:.2f} ({chance[k]:.2f})" for k, v in stats.items() if k in chance)
     claims = ", ".join(f"{k.split('.', 1)[1]} {v:.2f}" for k, v in stats.items() if k.startswith("claims."))
     return (

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lib.cluster.embedders import compute_embeddings
-from lib.config import RunConfig, load_config, replace_in, with_overrides
+from lib.config import RunConfig, key_values, load_config, replace_in, with_overrides
 from lib.data.ingest import ingest
 from lib.encode.prepare import codec_key, fit_codec
 from lib.encode.store import encode_dataset, load_encoded, read_codec_info
@@ -75,7 +75,7 @@ def _publish(tmp: Path, final: Path) -> None:
 
 def _ingested(cfg: RunConfig, work: Path) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """Shards, ClipIndex and ClipAttributes of the config's data, ingested once per data config and seed."""
-    folder = work / "data" / _key(cfg.seed, dataclasses.asdict(cfg.data))
+    folder = work / "data" / _key(cfg.seed, key_values(cfg.data))
     if not (folder / ATTRIBUTES).is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -101,7 +101,7 @@ def prepare(cfg: RunConfig, work: Path, device: str, timer: StageTimer) -> Share
             folder = work / "codecs" / codec_key(cfg.codec, cfg.seed, index, shards)
             learned, report = fit_codec(cfg.codec, cfg.seed, shards, index, folder)
             say(report.summary())
-    parts = [cfg.seed, dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.encode)]
+    parts = [cfg.seed, key_values(cfg.data), dataclasses.asdict(cfg.encode)]
     if learned is not None:  # models trained on another codec's latents are never reused: its config and its
         # weights (a codec refitted on another CPU computes other weights from the same config)
         parts += [dataclasses.asdict(cfg.codec), weights_digest(weights_sha256(learned))]
