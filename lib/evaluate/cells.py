@@ -22,19 +22,39 @@ from lib.evaluate.heldout_loss import loss_by_t
 from lib.io import atomic_write
 
 BASE = "base"  # the cell of the empty setting: the base config as it is
+# Expert (and monolith) sizes for grids over capacity: ``size=<name>`` in a setting stands for these assignments.
+# Parameters at the benchmark's 4x8x8x8 latents, patch 2x2x2 and MiniLM text: xs 48k, s 213k, m 1.28M (the
+# benchmark's network), l 4.0M. xs and s are small enough to run out of capacity on the built-in data within minutes
+# of CPU training, which is the regime where a monolith cannot hold everything and experts might pay.
+SIZES = {
+    "xs": {"num_layers": 1, "num_heads": 2, "head_dim": 16, "ffn_dim": 128},
+    "s": {"num_layers": 2, "num_heads": 2, "head_dim": 32, "ffn_dim": 256},
+    "m": {"num_layers": 4, "num_heads": 4, "head_dim": 32, "ffn_dim": 512},
+    "l": {"num_layers": 6, "num_heads": 6, "head_dim": 32, "ffn_dim": 768},
+}
 CELLS = "cells.jsonl"
 TABLE = "cells.md"
 
 
 def setting_items(setting: str) -> list[str]:
-    """``"cluster.num_clusters=4 expert.steps=200"`` -> its assignments (whitespace-separated)."""
-    return setting.split()
+    """``"cluster.num_clusters=4 size=s"`` -> its assignments (whitespace-separated; ``size=<name>`` expanded to the
+    expert fields of ``SIZES``)."""
+    items = []
+    for item in setting.split():
+        key, _, value = item.partition("=")
+        if key == "size":
+            if value not in SIZES:
+                raise ConfigError(f"{item}: size must be one of {', '.join(SIZES)}")
+            items += [f"expert.{field}={v}" for field, v in SIZES[value].items()]
+        else:
+            items.append(item)
+    return items
 
 
 def cell_name(setting: str) -> str:
     """A folder name that says the setting: ``cluster.num_clusters=4`` -> ``cluster.num_clusters-4``; the empty one
     is ``base``."""
-    items = setting_items(setting)
+    items = setting.split()  # as written: size=s names the cell size-s
     if not items:
         return BASE
     parts = [re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{key}-{value}").strip("-")

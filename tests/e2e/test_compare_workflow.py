@@ -8,6 +8,7 @@ import pytest
 
 from lib.config import ConfigError, RunConfig
 from lib.evaluate.cells import cell_configs, cell_name
+from lib.models.factory import build_expert, count_parameters
 from tests.e2e.test_pipeline_workflow import _cfg, _run, _trained
 
 
@@ -23,6 +24,13 @@ def test_cell_names_and_refusals():
         cell_configs(RunConfig(), ["output_dir=x"])
     with pytest.raises(ConfigError, match="at least one setting"):
         cell_configs(RunConfig(), [])
+    (name, small), (_, big) = cell_configs(RunConfig(), ["size=xs expert.steps=10", "size=l"])
+    assert name == "size-xs_expert.steps-10"
+    assert (small.expert.num_layers, small.expert.ffn_dim, small.expert.steps) == (1, 128, 10)
+    params = [count_parameters(build_expert(c.expert, 4, 384, (8, 8, 8))) for c in (small, big)]
+    assert params[0] < 60_000 < 3_000_000 < params[1]
+    with pytest.raises(ConfigError, match="size=xxl: size must be one of xs, s, m, l"):
+        cell_configs(RunConfig(), ["size=xxl"])
 
 
 def test_two_cells_then_a_third_reuses_both(tmp_path):
