@@ -195,6 +195,7 @@ def evaluate_all(
         "decision_text": summary["text"],
         "featnet": checks,
         **router_at_t1(models),
+        "cluster_ami": {a: round(v, 3) for a, v in semantic.ami.items()},
         "wall_minutes": round(total / 60, 1),
         "command": command,
         "machine": machine,

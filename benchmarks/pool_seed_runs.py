@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,27 @@ def pool_quality(runs: list[dict]) -> dict:
     }
 
 
+AMI_LINE = re.compile(r"AMI with attributes: (.*)$", re.M)
+
+
+def cluster_ami(run: dict) -> dict[str, float] | None:
+    """The run's clusters' AMI per attribute: from its headline.json, or, for runs written before the headline
+    carried it, from the cluster line the driver printed to the run's log (``run-s<seed>.log`` in its folder)."""
+    if "cluster_ami" in run["headline"]:
+        return run["headline"]["cluster_ami"]
+    log = Path(run["folder"]) / f"run-s{run['seed']}.log"
+    found = AMI_LINE.search(log.read_text()) if log.is_file() else None
+    if found is None:
+        return None
+    pairs = (item.rsplit(" ", 1) for item in found.group(1).split(", "))
+    return {name: float(value) for name, value in pairs}
+
+
+def per_seed(runs: list[dict], key: str) -> dict[str, float | None]:
+    """A per-seed value the runs' headlines keep as {seed: value} (router accuracy at t = 1, the caption ceiling)."""
+    return {str(r["seed"]): r["headline"].get(key, {}).get(str(r["seed"])) for r in runs}
+
+
 def pool(runs: list[dict]) -> dict:
     shas = {r["headline"]["protocol_sha256"] for r in runs}
     if len(shas) != 1:
@@ -152,6 +174,9 @@ def pool(runs: list[dict]) -> dict:
         "ratio_fd_inf": pool_ratio(runs, "fd_inf"),
         "ratio_kid": pool_ratio(runs, "kid"),
         "distances": distances,
+        "router_accuracy_t1": per_seed(runs, "router_accuracy_t1"),
+        "caption_ceiling_t1": per_seed(runs, "caption_ceiling_t1"),
+        "cluster_ami": cluster_ami(runs[0]),  # the data seed's clusters: the same under every training seed
         "quality": pool_quality(runs),
     }
 
@@ -177,6 +202,12 @@ def markdown(result: dict) -> str:
             f"| {names[key]} | " + " | ".join(cells) + f" | {r['mean']:.3f} ± {r['sd_seeds']:.3f} | "
             f"{interval} | gain {r['decision']} |"
         )
+    router, ceiling = result["router_accuracy_t1"], result["caption_ceiling_t1"]
+    lines += ["", "Router accuracy at t = 1 per seed (caption-only ceiling): "
+              + ", ".join(f"seed {s} {router[s]} ({ceiling[s]})" for s in router) + "."]  # fmt: skip
+    if result["cluster_ami"]:
+        lines += ["Clusters' AMI with each attribute: "
+                  + ", ".join(f"{a} {v:.2f}" for a, v in result["cluster_ami"].items()) + "."]  # fmt: skip
     lines += ["", "| method | seed | mean4 | colour / shape / bg / motion | object found | issue-15 bar |",
               "|---|---|---|---|---|---|"]  # fmt: skip
     for method, q in result["quality"]["methods"].items():

@@ -115,3 +115,24 @@ def test_runs_that_saved_their_replicates_pool_exactly(pool_script, tmp_path):
     assert "(exact)" in pool_script.markdown(pool_script.pool(runs))
     (tmp_path / "s2" / "replicates-s2.npz").unlink()  # one run without replicates: back to the bounds
     assert "pooled_interval" not in pool_script.pool(runs)["ratio_fd_inf"]
+
+
+def test_router_at_t1_and_the_clusters_ami_are_carried(pool_script, tmp_path):
+    """Per seed: the router's accuracy at t = 1 and the caption-only ceiling; the clusters' AMI (the same clusters
+    under every training seed) from the headline, or from the driver's log for runs written before it kept it."""
+    runs = []
+    for seed in (0, 1):
+        folder = _run(tmp_path / f"s{seed}", seed, [1.0, 0.9, 1.1])
+        headline = json.loads((folder / "headline.json").read_text())
+        headline |= {"router_accuracy_t1": {str(seed): [0.9, 0.95][seed]}, "caption_ceiling_t1": {str(seed): 0.97}}
+        if seed == 1:
+            headline["cluster_ami"] = {"scene": 0.5}
+        (folder / "headline.json").write_text(json.dumps(headline))
+        runs.append(folder)
+    (runs[0] / "run-s0.log").write_text("...\nsemantic clusters K=4: AMI with attributes: scene 0.65, motion -0.00\n")
+    pooled = pool_script.pool([pool_script.load_run(f) for f in runs])
+    assert pooled["router_accuracy_t1"] == {"0": 0.9, "1": 0.95} and pooled["caption_ceiling_t1"]["1"] == 0.97
+    assert pooled["cluster_ami"] == {"scene": 0.65, "motion": -0.0}
+    assert "seed 1 0.95 (0.97)" in pool_script.markdown(pooled)
+    (runs[0] / "run-s0.log").unlink()
+    assert pool_script.pool([pool_script.load_run(f) for f in runs])["cluster_ami"] is None

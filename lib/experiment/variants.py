@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ class Variant:
     assignments: pd.DataFrame
     centroids: np.ndarray
     note: str
+    ami: dict[str, float] = field(default_factory=dict)  # the clusters' AMI with each attribute (semantic only)
 
 
 def semantic_variant(ctx: Shared, timer: StageTimer) -> Variant:
@@ -48,7 +49,7 @@ def semantic_variant(ctx: Shared, timer: StageTimer) -> Variant:
         f"clips {report.sizes}, silhouette {report.silhouette:.3f}, AMI with attributes: {ami}"
     )
     say(note)
-    return Variant(SEMANTIC, frame, result.centroids, note)
+    return Variant(SEMANTIC, frame, result.centroids, note, dict(report.ami))
 
 
 def random_variant(semantic: Variant, seed: int, k: int) -> Variant:
