@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 
 from lib.data.split import TRAIN
-from lib.evaluate.featnet import HEADLINE_ATTRIBUTES, attribute_hits
+from lib.evaluate.attrnet import HEADLINE_ATTRIBUTES
+from lib.evaluate.attrnet_scoring import attribute_hits
 from lib.experiment.context import bench_config, prepare
 from lib.experiment.models import train_models
 from lib.experiment.scoring import featnet_for, sample_cached, sample_seed

@@ -49,9 +49,10 @@ import torch
 from data_schemas.router import CAPTION_ONLY, EXACT, RouterReport
 from lib.config import RunConfig
 from lib.data.shards import load_clips
+from lib.evaluate.attrnet import HEADLINE_ATTRIBUTES
+from lib.evaluate.attrnet_training import featnet_note
 from lib.evaluate.compare import compare_methods, reference_clip_ids
 from lib.evaluate.distances import Interval, save_replicates
-from lib.evaluate.featnet import HEADLINE_ATTRIBUTES, featnet_note
 from lib.evaluate.report import BASELINE
 from lib.experiment.context import Shared, bench_config, prepare
 from lib.experiment.models import Models, train_models

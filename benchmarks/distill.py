@@ -27,8 +27,8 @@ from lib.data.shards import load_clips
 from lib.data.split import TRAIN, rows_with_role
 from lib.distill.student import distill_student, student_config
 from lib.encode.store import load_encoded
+from lib.evaluate.attrnet import HEADLINE_ATTRIBUTES
 from lib.evaluate.compare import compare_methods, reference_clip_ids
-from lib.evaluate.featnet import HEADLINE_ATTRIBUTES
 from lib.experiment.context import Shared, bench_config, prepare
 from lib.experiment.scoring import assert_disjoint, distance_replicates, featnet_for, plot_samples, sample_cached
 from lib.experiment.tables import markdown

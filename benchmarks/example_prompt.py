@@ -25,7 +25,8 @@ import pandas as pd
 from lib.config import load_config
 from lib.data.ingest import ingest
 from lib.data.split import PROMPT
-from lib.evaluate.featnet import HEADLINE_ATTRIBUTES, AttrNet, attribute_hits
+from lib.evaluate.attrnet import HEADLINE_ATTRIBUTES, AttrNet
+from lib.evaluate.attrnet_scoring import attribute_hits
 from lib.io import atomic_write
 from lib.sample.pipeline import DDMPipeline
 

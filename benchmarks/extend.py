@@ -32,8 +32,8 @@ from lib.data.ingest import ingest
 from lib.data.shards import load_clips
 from lib.data.split import TRAIN
 from lib.encode.store import read_codec_info
+from lib.evaluate.attrnet import HEADLINE_ATTRIBUTES, AttrNet
 from lib.evaluate.compare import compare_methods, reference_clip_ids
-from lib.evaluate.featnet import HEADLINE_ATTRIBUTES, AttrNet
 from lib.experiment.context import Shared, bench_config
 from lib.experiment.models import router_for, train_row, train_spec
 from lib.experiment.scoring import distance_replicates, plot_samples, sample_cached

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.evaluate.attrnet import HEADLINE_ATTRIBUTES as ATTRS
 from lib.evaluate.distances import load_replicates
-from lib.evaluate.featnet import HEADLINE_ATTRIBUTES as ATTRS
 from lib.evaluate.report import BASELINE
 from lib.io import atomic_write
 

@@ -43,7 +43,9 @@ from lib.data.shards import load_clips
 from lib.data.split import TRAIN, VALIDATION, rows_with_role
 from lib.encode.prepare import codec_key, fit_codec
 from lib.encode.store import encode_dataset, load_encoded, read_codec_info
-from lib.evaluate.featnet import AttrNet, attribute_accuracy, fit_attrnet
+from lib.evaluate.attrnet import AttrNet
+from lib.evaluate.attrnet_scoring import attribute_accuracy
+from lib.evaluate.attrnet_training import fit_attrnet
 from lib.evaluate.sheet import REAL_ROW, contact_sheet
 from lib.io import atomic_write
 from lib.models.factory import load_expert

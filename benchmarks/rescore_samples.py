@@ -27,7 +27,8 @@ from benchmarks.quality_sweep import featnet, ingest_stage
 from lib.config import load_config, with_overrides
 from lib.data.shards import load_clips
 from lib.data.split import TRAIN, rows_with_role
-from lib.evaluate.featnet import HEADLINE_ATTRIBUTES, attribute_hits
+from lib.evaluate.attrnet import HEADLINE_ATTRIBUTES
+from lib.evaluate.attrnet_scoring import attribute_hits
 from lib.evaluate.report import bootstrap_mean
 from lib.io import atomic_write
 from lib.sample.methods import VIDEOS_FILE, load_sampled

@@ -17,8 +17,9 @@ from lib.config import EvalConfig, SampleConfig
 from lib.data.shards import load_clips
 from lib.data.split import TRAIN, VALIDATION, rows_with_role
 from lib.encode.store import load_encoded, read_codec_info
+from lib.evaluate.attrnet import AttrNet
+from lib.evaluate.attrnet_training import featnet_note, fit_attrnet
 from lib.evaluate.compare import compare_methods
-from lib.evaluate.featnet import AttrNet, featnet_note, fit_attrnet
 from lib.evaluate.heldout_loss import heldout_loss, loss_line
 from lib.evaluate.page import report_html
 from lib.evaluate.sheet import REAL_ROW, contact_sheet, sheet_html

@@ -16,8 +16,8 @@ from data_schemas.evaluate import EvalReport
 from lib.config import ConfigError, EvalConfig
 from lib.data.procedural import iter_builtin_clips
 from lib.data.video import write_gif
+from lib.evaluate.attrnet_training import train_attrnet
 from lib.evaluate.compare import headline
-from lib.evaluate.featnet import train_attrnet
 from lib.evaluate.page import report_html
 from lib.evaluate.report import bootstrap_mean, evaluate_methods, fd_feature_spec
 from lib.features.aesthetic import AestheticScorer

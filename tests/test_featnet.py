@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lib.data.procedural import COLORS, FAMILIES, SHAPES, World, iter_builtin_clips
-from lib.evaluate.featnet import (
+from lib.evaluate.attrnet import (
     ABSENT,
     ATTRIBUTE_VOCAB,
     HEADLINE_ATTRIBUTES,
@@ -12,16 +12,11 @@ from lib.evaluate.featnet import (
     AttributeTableError,
     AttrNet,
     AttrNetFeatures,
-    attribute_accuracy,
     attrnet_id,
-    chance_accuracy,
-    claims_object,
-    featnet_note,
-    fit_attrnet,
-    predict_attributes,
-    train_attrnet,
     vocab_for,
 )
+from lib.evaluate.attrnet_scoring import attribute_accuracy, chance_accuracy, claims_object, predict_attributes
+from lib.evaluate.attrnet_training import featnet_note, fit_attrnet, train_attrnet
 from lib.evaluate.negatives import NEGATIVE_KINDS, make_negatives
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from lib.config import EvalConfig
 from lib.data.shards import load_clips
 from lib.data.split import PROMPT, REFERENCE, SplitError, rows_with_role
-from lib.evaluate.featnet import AttrNet
+from lib.evaluate.attrnet import AttrNet
 from lib.evaluate.report import evaluate_methods
 from lib.seeding import numpy_rng
 

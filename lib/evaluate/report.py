@@ -27,8 +27,9 @@ from torch import nn
 
 from data_schemas.evaluate import EvalReport
 from lib.config import EvalConfig
+from lib.evaluate.attrnet import HEADLINE_ATTRIBUTES, AttrNet, AttrNetFeatures, attrnet_id
+from lib.evaluate.attrnet_scoring import attribute_hits
 from lib.evaluate.distances import score_sets
-from lib.evaluate.featnet import HEADLINE_ATTRIBUTES, AttrNet, AttrNetFeatures, attribute_hits, attrnet_id
 from lib.evaluate.i3d import I3DFeatures
 from lib.evaluate.motion import mean_abs_frame_diff, normal_flow_magnitude
 from lib.features.aesthetic import AestheticScorer

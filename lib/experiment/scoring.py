@@ -17,8 +17,9 @@ from safetensors.numpy import load_file, save_file
 from lib.config import RunConfig
 from lib.data.shards import load_clips
 from lib.data.split import TRAIN, VALIDATION, rows_with_role
+from lib.evaluate.attrnet import AttrNet, AttrNetFeatures
+from lib.evaluate.attrnet_training import fit_attrnet
 from lib.evaluate.distances import score_sets
-from lib.evaluate.featnet import AttrNet, AttrNetFeatures, fit_attrnet
 from lib.evaluate.report import BASELINE, video_features
 from lib.evaluate.sheet import REAL_ROW, contact_sheet
 from lib.experiment.context import Shared
