@@ -46,12 +46,12 @@ from lib.encode.store import encode_dataset, load_encoded, read_codec_info
 from lib.evaluate.attrnet import AttrNet
 from lib.evaluate.attrnet_scoring import attribute_accuracy
 from lib.evaluate.attrnet_training import fit_attrnet
-from lib.evaluate.sheet import REAL_ROW, contact_sheet
 from lib.io import atomic_write
 from lib.models.factory import load_expert
 from lib.sample.methods import sample_prompts
 from lib.sample.pipeline import DDMPipeline
 from lib.sample.prompts import stratified_prompts
+from lib.sample.sheet import REAL_ROW, contact_sheet
 from lib.train.heldout import heldout_loss
 from lib.train.specs import expert_specs, monolith_spec, training_data
 from lib.train.trainer import train

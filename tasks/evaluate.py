@@ -22,10 +22,10 @@ from lib.evaluate.attrnet_training import featnet_note, fit_attrnet
 from lib.evaluate.compare import compare_methods
 from lib.evaluate.heldout_loss import heldout_loss, loss_line
 from lib.evaluate.page import report_html
-from lib.evaluate.sheet import REAL_ROW, contact_sheet, sheet_html
 from lib.io import atomic_write
 from lib.sample.methods import gallery_html, load_sampled
 from lib.sample.pipeline import DDMPipeline
+from lib.sample.sheet import REAL_ROW, contact_sheet, sheet_html
 from tasks.common import publish_stage, stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
 from tasks.sample import load_for_sampling

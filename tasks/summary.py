@@ -19,9 +19,9 @@ from lib.config import RunConfig, config_to_dict, config_to_yaml
 from lib.evaluate.compare import headline
 from lib.evaluate.heldout_loss import loss_line
 from lib.evaluate.page import report_html
-from lib.evaluate.sheet import sheet_html
 from lib.io import persist
 from lib.sample.methods import gallery_html, load_sampled
+from lib.sample.sheet import sheet_html
 from lib.storage import StorageError, check_output_dir, is_remote, publish_dir, resolve
 from lib.train.router import report_line, router_report_html
 from tasks.common import tracker_for

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.evaluate.sheet import (
+from lib.sample.sheet import (
     DPI,
     GAP,
     GRID_FRAMES,

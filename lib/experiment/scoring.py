@@ -21,7 +21,6 @@ from lib.evaluate.attrnet import AttrNet, AttrNetFeatures
 from lib.evaluate.attrnet_training import fit_attrnet
 from lib.evaluate.distances import score_sets
 from lib.evaluate.report import BASELINE, video_features
-from lib.evaluate.sheet import REAL_ROW, contact_sheet
 from lib.experiment.context import Shared
 from lib.experiment.models import Models
 from lib.experiment.timer import StageTimer, say
@@ -29,6 +28,7 @@ from lib.experiment.variants import RANDOM, SEMANTIC
 from lib.io import atomic_write
 from lib.sample.methods import sample_prompts
 from lib.sample.pipeline import DDMPipeline
+from lib.sample.sheet import REAL_ROW, contact_sheet
 from lib.seeding import derive_seed
 from lib.train.specs import training_rows
 
@@ -95,7 +95,7 @@ def distance_replicates(featnet: AttrNet, ctx: Shared, reference: list[str], vid
 
 
 def plot_samples(ctx: Shared, videos: dict[str, np.ndarray], prompts: pd.DataFrame, path: Path) -> None:
-    """Rows = real prompt clips and every method (training seed 0); columns = prompts (``lib.evaluate.sheet``)."""
+    """Rows = real prompt clips and every method (training seed 0); columns = prompts (``lib.sample.sheet``)."""
     real = load_clips(ctx.shards, ctx.index, prompts["clip_id"].tolist())
     contact_sheet([(REAL_ROW, real), *videos.items()], prompts, path)
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.evaluate.sheet import contact_sheet
 from lib.io import atomic_write
 from lib.sample.pipeline import VIDEO_FORMATS, DDMPipeline, save_videos
+from lib.sample.sheet import contact_sheet
 from lib.storage import download_dir, download_published, is_remote
 
 SHEET = "samples.png"
