@@ -105,11 +105,13 @@ def pooled_replicates(runs: list[dict], key: str) -> np.ndarray | None:
 
 
 def pool_quality(runs: list[dict]) -> dict:
-    """Issue 15's record: per method, each attribute's accuracy averaged over seeds, with the per-seed values."""
+    """Issue 15's record: per method, each attribute's accuracy averaged over the seeds that scored it (a
+    diagnostic method such as ``ddm:oracle`` may run under one seed only: ``training_seeds`` says which), with the
+    per-seed values."""
     methods = {}
-    names = [m for m in runs[0]["quality"]["methods"] if all(m in r["quality"]["methods"] for r in runs)]
+    names = list(dict.fromkeys(m for r in runs for m in r["quality"]["methods"]))
     for method in names:
-        per_seed = {r["seed"]: r["quality"]["methods"][method] for r in runs}
+        per_seed = {r["seed"]: r["quality"]["methods"][method] for r in runs if method in r["quality"]["methods"]}
         entry = {k: round(float(np.mean([v[k] for v in per_seed.values()])), 4) for k in (*ATTRS, "object_found")}
         entry["mean"] = round(float(np.mean([entry[a] for a in ATTRS])), 4)
         entry["prompts"] = int(min(v["prompts"] for v in per_seed.values()))

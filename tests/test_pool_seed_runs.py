@@ -127,12 +127,16 @@ def test_router_at_t1_and_the_clusters_ami_are_carried(pool_script, tmp_path):
         headline |= {"router_accuracy_t1": {str(seed): [0.9, 0.95][seed]}, "caption_ceiling_t1": {str(seed): 0.97}}
         if seed == 1:
             headline["cluster_ami"] = {"scene": 0.5}
+            quality = json.loads((folder / "quality.json").read_text())
+            quality["methods"]["ddm:oracle"] = quality["methods"]["ddm:topk"]
+            (folder / "quality.json").write_text(json.dumps(quality))
         (folder / "headline.json").write_text(json.dumps(headline))
         runs.append(folder)
     (runs[0] / "run-s0.log").write_text("...\nsemantic clusters K=4: AMI with attributes: scene 0.65, motion -0.00\n")
     pooled = pool_script.pool([pool_script.load_run(f) for f in runs])
     assert pooled["router_accuracy_t1"] == {"0": 0.9, "1": 0.95} and pooled["caption_ceiling_t1"]["1"] == 0.97
     assert pooled["cluster_ami"] == {"scene": 0.65, "motion": -0.0}
+    assert pooled["quality"]["methods"]["ddm:oracle"]["training_seeds"] == [1]  # a diagnostic of one seed is kept
     assert "seed 1 0.95 (0.97)" in pool_script.markdown(pooled)
     (runs[0] / "run-s0.log").unlink()
     assert pool_script.pool([pool_script.load_run(f) for f in runs])["cluster_ami"] is None
