@@ -610,7 +610,7 @@ def campaign(args: argparse.Namespace) -> dict:
     say("bit flips")
     result["bit_flips"] = bit_flips(flip_kinds(work / "reference"), rng, work / "flips")
     result["wall_s"] = round(time.time() - began, 1)
-    result["command"] = "python -m benchmarks.faults " + " ".join(sys.argv[1:])
+    result["command"] = " ".join(["python -m benchmarks.faults", *sys.argv[1:]])
     return result
 
 
