@@ -28,7 +28,7 @@ def train_codec(
     return FlyteDirectory(publish_stage(output_dir, out))
 
 
-@task(container_image=TASK_IMAGE, cache=Cache(version="encode-v4"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
+@task(container_image=TASK_IMAGE, cache=Cache(version="encode-v5"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
 def encode_clips(
     cfg: EncodeConfig, shards: FlyteDirectory, index: DataFrame[ClipIndex], codec: FlyteDirectory, output_dir: str
 ) -> tuple[FlyteDirectory, DataFrame[EncodedIndex]]:

@@ -23,7 +23,7 @@ class IngestOutputs(NamedTuple):
     filtered: DataFrame[FilteredClip]
 
 
-@task(container_image=TASK_IMAGE, cache=Cache(version="ingest-v5"), requests=Resources(cpu="1", mem="2Gi"), retries=1)
+@task(container_image=TASK_IMAGE, cache=Cache(version="ingest-v6"), requests=Resources(cpu="1", mem="2Gi"), retries=1)
 def ingest_clips(
     cfg: DataConfig,
     seed: int,

@@ -25,7 +25,7 @@ from tasks.common import publish_stage, stage_dir, uri_of
 from tasks.image import TASK_IMAGE
 
 
-@task(container_image=TASK_IMAGE, cache=Cache(version="assemble-v2"), requests=Resources(cpu="1", mem="2Gi"))
+@task(container_image=TASK_IMAGE, cache=Cache(version="assemble-v3"), requests=Resources(cpu="1", mem="2Gi"))
 def assemble_ddm_task(
     encode_cfg: EncodeConfig,
     cluster_cfg: ClusterConfig,
@@ -50,7 +50,7 @@ def assemble_ddm_task(
     return FlyteDirectory(published)
 
 
-@task(container_image=TASK_IMAGE, cache=Cache(version="assemble-single-v1"), requests=Resources(cpu="1", mem="2Gi"))
+@task(container_image=TASK_IMAGE, cache=Cache(version="assemble-single-v2"), requests=Resources(cpu="1", mem="2Gi"))
 def assemble_single_task(
     encode_cfg: EncodeConfig, model: FlyteDirectory, encoded: FlyteDirectory, name: str, output_dir: str
 ) -> FlyteDirectory:

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from lib.data.ingest import ingest_builtin
 from lib.encode.codec import CodecLoadError, ImageVAECodec, PixelCodec, WanVideoCodec, codec_from_config
 from lib.encode.store import caption_cut_record, encode_dataset, load_encoded, read_codec_info
 from lib.encode.text import EncoderLoadError, TextEncoder
+from lib.io import SUMS_FILE
 
 WORDS = "a red crimson blue ball square moving left growing on checkerboard".split()
 
@@ -280,6 +282,7 @@ def test_encode_dataset_round_trip(tmp_path, clips, minilm):
     EncodedIndex.validate(enc_index)
     assert enc_index["clip_id"].tolist() == index["clip_id"].tolist()
     assert sorted(p.name for p in out.iterdir()) == [
+        "SHA256SUMS",
         "codec.json",
         "encoded-00000.safetensors",
         "encoded-00001.safetensors",
@@ -342,13 +345,31 @@ def test_a_flipped_bit_in_an_encoded_shard_is_refused_naming_the_file(tmp_path, 
         load_encoded(out, [first, second])
     assert torch.equal(load_encoded(out, [first]).pooled, before.pooled[:1]), "the untouched shard still loads"
 
-    # a folder encoded before checksums: loads unchecked, with one warning naming it and the stage to re-run
+    # a folder encoded before checksums (no shard digests, no SHA256SUMS): loads unchecked, warning once per check
     enc_index.drop(columns=EncodedIndex.shard_sha256).to_parquet(out / "encoded_index.parquet", index=False)
+    (out / SUMS_FILE).unlink()
     with caplog.at_level("WARNING", logger="lib.io"):
         assert load_encoded(out, [second]).pooled[0, -1] == unchecked
         load_encoded(out)
     warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 1 and str(out) in warnings[0] and "re-run the encode stage" in warnings[0]
+    assert len(warnings) == 2 and all(str(out) in w and "re-run the encode stage" in w for w in warnings)
+
+
+def test_a_flipped_bit_in_the_index_or_codec_json_is_refused_naming_the_file(tmp_path, clips):
+    from lib.io import ChecksumError
+
+    shards, index = clips
+    out = tmp_path / "encoded"
+    encode_dataset(shards, index.iloc[:10], EncodeConfig(batch_size=10), out)
+    assert read_codec_info(out)["scaling"]["shift"] == -1.0 and len(load_encoded(out).clip_ids) == 10
+    for name in ("codec.json", "encoded_index.parquet"):
+        copy = shutil.copytree(out, tmp_path / f"flipped-{name}")
+        text = bytearray((copy / name).read_bytes())
+        at = text.find(b'"shift": -1.0') + len(b'"shift": -') if name == "codec.json" else len(text) // 2
+        text[at] ^= 0b100  # codec.json: the pixel codec's shift -1.0 -> -5.0, still valid JSON
+        (copy / name).write_bytes(bytes(text))
+        with pytest.raises(ChecksumError, match=rf"{copy / name}: sha256 mismatch: {copy / SUMS_FILE} records"):
+            load_encoded(copy) if name != "codec.json" else read_codec_info(copy)
 
 
 def test_encode_dataset_counts_cut_captions_and_warns_above_one_percent(tmp_path, clips, caplog):

@@ -7,6 +7,7 @@ these tests check plumbing and determinism, not video quality.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from lib.encode.codec import PixelCodec
 from lib.encode.store import EncodedData
 from lib.encode.text import TextEncoder
 from lib.evaluate.heldout_loss import clip_noise, heldout_loss, loss_by_t
+from lib.io import SUMS_FILE, ChecksumError
 from lib.sample.folder import MANIFEST, DDMLoadError, assemble_ddm, assemble_single
 from lib.sample.pipeline import DDMPipeline, save_videos
 from lib.sample.prompts import proportional_counts, stratified_prompts
@@ -249,10 +251,25 @@ def test_tampered_weights_are_refused_naming_the_file(ddm_dir, tmp_path):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match=rf"{weights}: sha256 mismatch: {copy / SUMS_FILE} records"):
+        DDMPipeline.from_pretrained(copy)
+    (copy / SUMS_FILE).unlink()  # a folder assembled before SHA256SUMS: the manifest's weight digests still refuse it
     with pytest.raises(DDMLoadError, match=r"expert-01/diffusion_pytorch_model\.safetensors \(expected sha256"):
         DDMPipeline.from_pretrained(copy)
     (copy / MANIFEST).unlink()
     with pytest.raises(DDMLoadError, match="ddm.json: missing"):
+        DDMPipeline.from_pretrained(copy)
+
+
+@pytest.mark.parametrize("name", ["centroids.safetensors", "experts/expert-00/config.json", "router/training.json",
+                                  "experts/expert-01/training_log.parquet", "ddm.json", "SHA256SUMS"])  # fmt: skip
+def test_a_flipped_bit_anywhere_in_a_ddm_folder_is_refused_naming_the_file(ddm_dir, tmp_path, name):
+    """Files the manifest's weight digests do not cover (a centroid, a config value) would load as wrong numbers."""
+    copy = shutil.copytree(ddm_dir, tmp_path / "ddm")
+    data = bytearray((copy / name).read_bytes())
+    data[len(data) // 2] ^= 1  # the lowest bit: JSON stays mostly valid, a float changes in its last place
+    (copy / name).write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match=re.escape(str(copy / name))):
         DDMPipeline.from_pretrained(copy)
 
 

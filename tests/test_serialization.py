@@ -65,13 +65,13 @@ def _tasks(package):
 def test_package_holds_every_task_with_cache_versions_and_retries(package):
     tasks = _tasks(package)
     expected_cache = {
-        "tasks.ingest.ingest_clips": "ingest-v5",
+        "tasks.ingest.ingest_clips": "ingest-v6",
         "tasks.raw.cut_scenes": "cut-v1",
         "tasks.encode.train_codec": "codec-v1",
-        "tasks.encode.encode_clips": "encode-v4",
+        "tasks.encode.encode_clips": "encode-v5",
         "tasks.cluster.embed_clips": "embed-v2",
         "tasks.cluster.cluster_clips": "cluster-v3",
-        "tasks.sample.assemble_ddm_task": "assemble-v2",
+        "tasks.sample.assemble_ddm_task": "assemble-v3",
         "tasks.extend.place_new_data": "place-v2",
         "tasks.extend.refit_router": "refit-router-v1",
         "tasks.train.train_router_task": "router-v3",

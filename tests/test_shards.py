@@ -5,8 +5,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from data_schemas.ingest import ClipIndex
-from lib.data.shards import ShardWriter, iter_shards, load_clips, read_index
-from lib.io import ChecksumError, file_sha256
+from lib.data.shards import INDEX_FILE, ShardWriter, iter_shards, load_clips, read_index
+from lib.io import ChecksumError, file_sha256, read_sums
 
 
 def _video(i, shape=(4, 8, 8, 3)):
@@ -55,6 +55,28 @@ def test_a_flipped_bit_in_a_shard_is_refused_naming_the_file_and_both_digests(tm
     with pytest.raises(ChecksumError, match=str(shard)):
         list(iter_shards(tmp_path, index))
     assert [int(v[0, 0, 0, 0]) for v in load_clips(tmp_path, index, ["c6", "c0"])] == [6, 0], "other shards still load"
+
+
+def test_sha256sums_lists_every_file_and_a_flipped_bit_in_the_index_is_refused(tmp_path):
+    index = _written(tmp_path)
+    listed = read_sums(tmp_path)
+    assert sorted(listed) == ["index.parquet", *[f"shard-0000{i}.safetensors" for i in range(3)]]
+    assert all(listed[name] == file_sha256(tmp_path / name) for name in listed)
+    _flip_bit(tmp_path / INDEX_FILE, offset=len((tmp_path / INDEX_FILE).read_bytes()) // 2, bit=0)
+    with pytest.raises(ChecksumError, match=rf"{tmp_path / INDEX_FILE}: sha256 mismatch"):
+        read_index(tmp_path)
+    assert [int(v[0, 0, 0, 0]) for v in load_clips(tmp_path, index, ["c6"])] == [6], "shards still load"
+
+
+def test_a_shard_digest_changed_in_sha256sums_is_refused_without_reading_the_shard_twice(tmp_path):
+    index = _written(tmp_path)
+    sums = tmp_path / "SHA256SUMS"
+    digest = read_sums(tmp_path)["shard-00001.safetensors"]
+    changed = ("0" if digest[0] != "0" else "1") + digest[1:]
+    sums.write_text(sums.read_text().replace(digest, changed))
+    with pytest.raises(ChecksumError, match=rf"shard-00001.safetensors: {sums} records sha256 {changed}, its index"):
+        load_clips(tmp_path, index, ["c4"])
+    assert [int(v[0, 0, 0, 0]) for v in load_clips(tmp_path, index, ["c0"])] == [0], "other shards still load"
 
 
 def test_an_index_without_checksums_loads_unchecked_with_one_warning(tmp_path, caplog):

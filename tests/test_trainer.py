@@ -2,16 +2,20 @@ import io
 import json
 import math
 import re
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tiny_clips import TINY_EXPERT, tiny_train_data
 
 from data_schemas.train import TrainingLog
 from lib.config import ExpertConfig
+from lib.io import ChecksumError
 from lib.models.factory import TRAINING_INFO, ExpertLoadError, load_expert, weights_sha256
 from lib.models.schedule import ema_decay_at, lr_at
 from lib.train import checkpoint as ckpt
@@ -116,7 +120,8 @@ def test_checkpoint_store(tmp_path: Path):
     (tmp_path / "step-0000012").mkdir()  # an interrupted write: no manifest, must be ignored
     ckpt.prune_checkpoints(tmp_path)
     assert [s for s, _ in ckpt.complete_checkpoints(tmp_path)] == [6, 9]
-    assert {p.suffix for p in (tmp_path / "step-0000009").iterdir()} == {".safetensors", ".json"}  # no pickle
+    names = {p.name for p in (tmp_path / "step-0000009").iterdir()}
+    assert names == {"optimizer.safetensors", "manifest.json", "SHA256SUMS"}  # no pickle
 
 
 def test_train_data_is_validated(data: TrainData):
@@ -171,6 +176,61 @@ def test_resume_gives_bit_identical_weights(data: TrainData, tmp_path: Path):
     # checkpoints of another run (different seed) are not resumed from
     other = train(data, TINY, tmp_path / "b", seed=1, name="e0", callbacks=[], max_steps=3)
     assert other.resumed_from == 0
+
+
+def test_two_trainers_on_one_folder_take_turns_and_the_second_reuses_the_model(data: TrainData, tmp_path: Path):
+    started = threading.Event()
+
+    class Slow(TrainCallback):
+        def on_step(self, row):
+            started.set()
+            time.sleep(0.05)  # hold the folder long enough for the second to arrive
+
+    cfg = replace(TINY, steps=6)
+    results = {}
+    first = threading.Thread(target=lambda: results.setdefault("first", train(
+        data, cfg, tmp_path, seed=0, name="e0", callbacks=[Slow()], spec_hash="same")))  # fmt: skip
+    first.start()
+    assert started.wait(60)
+    results["second"] = train(data, cfg, tmp_path, seed=0, name="e0", callbacks=[], spec_hash="same")
+    first.join()
+    assert not results["first"].skipped and results["second"].skipped, "the second waited, then reused the model"
+    _assert_same_weights(results["first"].model_dir, results["second"].model_dir)
+
+
+def test_a_full_disk_under_a_checkpoint_names_the_path_and_keeps_the_previous_one(
+    data: TrainData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    straight = train(data, TINY, tmp_path / "a", seed=0, name="e0", callbacks=[])
+    real, calls = ckpt.save_file, []
+
+    def fills_the_disk(tensors, path, *args, **kwargs):  # the second checkpoint's second file: half of it written
+        calls.append(path)
+        if len(calls) == 6:
+            Path(path).write_bytes(b"\0" * 16)
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_file", fills_the_disk)
+    root = tmp_path / "b" / "checkpoints"
+    with pytest.raises(ckpt.CheckpointWriteError, match=rf"{root}/step-0000006: .*No space left on device.*kept"):
+        train(data, TINY, tmp_path / "b", seed=0, name="e0", callbacks=[])
+    assert [p.name for p in root.iterdir()] == ["step-0000003"], "no torn or temporary folder left"
+    assert ckpt.load_checkpoint(root / "step-0000003")[1]["step"] == 3
+    monkeypatch.setattr(ckpt, "save_file", real)
+    resumed = train(data, TINY, tmp_path / "b", seed=0, name="e0", callbacks=[])  # space freed: resume
+    assert resumed.resumed_from == 3
+    _assert_same_weights(straight.model_dir, resumed.model_dir)
+
+
+def test_a_flipped_bit_in_a_checkpoint_stops_the_resume_naming_the_file(data: TrainData, tmp_path: Path):
+    train(data, TINY, tmp_path, seed=0, name="e0", callbacks=[], max_steps=6)
+    moments = tmp_path / "checkpoints" / "step-0000006" / "optimizer.safetensors"
+    raw = bytearray(moments.read_bytes())
+    raw[-2] ^= 1 << 6  # an exponent bit of the last Adam moment: it would resume from a wrong number
+    moments.write_bytes(bytes(raw))
+    with pytest.raises(ChecksumError, match=rf"{moments}: sha256 mismatch"):
+        train(data, TINY, tmp_path, seed=0, name="e0", callbacks=[])
 
 
 def test_non_finite_loss_fails_fast_naming_step_and_clips(data: TrainData, tmp_path: Path):

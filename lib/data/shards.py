@@ -5,7 +5,8 @@ cleanly. One shard holds up to ``shard_size`` clips as a ``[N, T, H, W, C]`` uin
 table says which shard and row hold each clip, and the sha256 of that shard file (``shard_sha256``), computed when
 the file is written. Every read hashes each shard it opens once (streamed) and refuses one whose bytes changed
 (``lib.io.ChecksumError`` naming the file and both digests), so a flipped bit never reaches a model as a wrong
-pixel. An index written before checksums loads unchecked, with one warning per folder.
+pixel. The folder's ``SHA256SUMS`` (``lib.io``), written last, records every file, and ``read_index`` checks the
+index against it. An index written before checksums loads unchecked, with one warning per folder.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pandas as pd
 from safetensors.numpy import load_file, save_file
 
 from data_schemas.ingest import ClipIndex
-from lib.io import atomic_write, file_sha256, verify_shard
+from lib.io import atomic_write, file_sha256, read_sums, verify_shard, verify_sums, write_sums
 
 INDEX_FILE = "index.parquet"
 STAGE = "ingest"  # the stage that writes shards, named by the checksum errors
@@ -73,34 +74,38 @@ class ShardWriter:
         self._shard += 1
 
     def close(self) -> pd.DataFrame:
-        """Flush the last shard and write the index next to the shards; returns the index table."""
+        """Flush the last shard and write the index next to the shards, then ``SHA256SUMS``; returns the index."""
         self._flush()
         index = pd.DataFrame(self.rows, columns=["clip_id", "shard", "index", "caption", "source"])
         index["index"] = index["index"].astype("int64")
         index[ClipIndex.shard_sha256] = [self._digests[name] for name in index["shard"]]
         atomic_write(self.out_dir / INDEX_FILE, lambda tmp: index.to_parquet(tmp, index=False))
+        write_sums(self.out_dir)
         return index
 
 
 def read_index(shards_dir: str | Path) -> pd.DataFrame:
+    """The folder's ClipIndex, checked against its ``SHA256SUMS`` first (``lib.io.ChecksumError`` names the file)."""
+    verify_sums(shards_dir, [INDEX_FILE], STAGE)
     return pd.read_parquet(Path(shards_dir) / INDEX_FILE)
 
 
-def load_shard(path: str | Path, rows: pd.DataFrame) -> np.ndarray:
+def load_shard(path: str | Path, rows: pd.DataFrame, sums: dict[str, str] | None) -> np.ndarray:
     """All clips of one shard, uint8 [N, T, H, W, C], after checking the file against the sha256 ``rows`` (its
-    ClipIndex rows) record.
+    ClipIndex rows) record, which must agree with ``sums`` (the folder's ``SHA256SUMS``, None for a folder without).
 
     Raises:
         lib.io.ChecksumError: the file's bytes differ from the recorded digest (the message names the file).
     """
-    verify_shard(Path(path), rows, ClipIndex.shard_sha256, STAGE)
+    verify_shard(Path(path), rows, ClipIndex.shard_sha256, STAGE, sums)
     return load_file(str(path))["frames"]
 
 
 def iter_shards(shards_dir: str | Path, index: pd.DataFrame) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
     """Yield (index rows, frames) one shard at a time, rows in the order of the frames tensor."""
+    sums = read_sums(shards_dir)
     for shard, rows in index.groupby("shard", sort=True):
-        frames = load_shard(Path(shards_dir) / str(shard), rows)
+        frames = load_shard(Path(shards_dir) / str(shard), rows, sums)
         rows = rows.sort_values("index")
         yield rows, frames[rows["index"].to_numpy()]
 
@@ -108,9 +113,9 @@ def iter_shards(shards_dir: str | Path, index: pd.DataFrame) -> Iterator[tuple[p
 def load_clips(shards_dir: str | Path, index: pd.DataFrame, clip_ids: Sequence[str]) -> np.ndarray:
     """Frames of the given clips, in the given order: uint8 [N, T, H, W, C]."""
     rows = index.set_index("clip_id").loc[list(clip_ids)].assign(position=np.arange(len(clip_ids)))
-    out = None
+    out, sums = None, read_sums(shards_dir)
     for shard, sub in rows.groupby("shard", sort=True):
-        frames = load_shard(Path(shards_dir) / str(shard), sub)
+        frames = load_shard(Path(shards_dir) / str(shard), sub, sums)
         if out is None:
             out = np.empty((len(rows),) + frames.shape[1:], dtype=np.uint8)
         out[sub["position"].to_numpy()] = frames[sub["index"].to_numpy()]

@@ -13,8 +13,10 @@ models add (the pixel codec still round-trips exactly: 1/127.5 steps survive flo
 because clustering compares them by small cosine differences. Every file is written atomically, the index and
 ``codec.json`` last, so a folder with an index is complete. The index records each shard file's sha256, computed when
 it is written; ``load_encoded`` hashes each shard it opens once (streamed) and refuses one whose bytes changed
-(``lib.io.ChecksumError`` naming the file and both digests) instead of training on wrong latents. A folder encoded
-before checksums loads unchecked, with one warning.
+(``lib.io.ChecksumError`` naming the file and both digests) instead of training on wrong latents. ``SHA256SUMS``
+(``lib.io``), written last, records every file; the index and ``codec.json`` are checked against it when read (a
+flipped digit there would change a scaling factor or a clip's row without an error). A folder encoded before
+checksums loads unchecked, with one warning.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from lib.data.shards import iter_shards
 from lib.encode.codec import codec_from_config, load_vae_codec
 from lib.encode.learned import REPORT_FILE, VAE_DIR
 from lib.encode.text import TextEncoder
-from lib.io import atomic_write, file_sha256, verify_shard
+from lib.io import atomic_write, file_sha256, read_sums, verify_shard, verify_sums, write_sums
 from lib.progress import progress
 
 log = logging.getLogger(__name__)
@@ -191,6 +193,7 @@ def encode_dataset(
     }
     atomic_write(out_dir / CODEC_FILE, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
     atomic_write(out_dir / ENCODED_INDEX, lambda tmp: index.to_parquet(tmp, index=False))
+    write_sums(out_dir)
     seconds = time.perf_counter() - t0 - load_seconds
     log.info(
         "encoded %d clips into %d shard(s) in %.1f s (%.1f clips/s, models loaded in %.1f s); latents %s",
@@ -205,18 +208,21 @@ def encode_dataset(
 
 
 def read_encoded_index(encoded_dir: str | Path) -> pd.DataFrame:
+    """The folder's EncodedIndex, checked against its ``SHA256SUMS`` first (``lib.io.ChecksumError`` names it)."""
     path = Path(encoded_dir) / ENCODED_INDEX
     if not path.is_file():
         raise ValueError(f"{encoded_dir}: not an encoded folder (no {ENCODED_INDEX}); run the encode stage first")
+    verify_sums(encoded_dir, [ENCODED_INDEX], STAGE)
     return EncodedIndex.validate(pd.read_parquet(path))
 
 
 def read_codec_info(encoded_dir: str | Path) -> dict[str, Any]:
-    """The ``codec.json`` written by ``encode_dataset``: how to decode the cached latents (a learned codec's
-    ``vae_path`` is resolved against ``encoded_dir``, where the folder lives)."""
+    """The ``codec.json`` written by ``encode_dataset``, checked against ``SHA256SUMS``: how to decode the cached
+    latents (a learned codec's ``vae_path`` is resolved against ``encoded_dir``, where the folder lives)."""
     path = Path(encoded_dir) / CODEC_FILE
     if not path.is_file():
         raise ValueError(f"{encoded_dir}: no {CODEC_FILE}; run the encode stage first")
+    verify_sums(encoded_dir, [CODEC_FILE], STAGE)
     info = json.loads(path.read_text())
     if "learned" in info:
         info["vae_path"] = str((Path(encoded_dir) / info["vae_path"]).resolve())
@@ -249,9 +255,10 @@ def load_encoded(encoded_dir: str | Path, clip_ids: list[str] | None = None) -> 
     rows = by_id.loc[clip_ids].assign(position=range(len(clip_ids)))
 
     out: dict[str, torch.Tensor] = {}
+    sums = read_sums(encoded_dir)
     for shard, sub in rows.groupby("shard", sort=True):
         path = Path(encoded_dir) / str(shard)
-        verify_shard(path, sub, EncodedIndex.shard_sha256, STAGE)  # before safetensors parses a byte of it
+        verify_shard(path, sub, EncodedIndex.shard_sha256, STAGE, sums)  # before safetensors parses a byte of it
         tensors = load_file(str(path))
         take = torch.tensor(sub["index"].tolist())
         where = torch.tensor(sub["position"].tolist())

@@ -10,7 +10,10 @@ folder so that sampling, evaluation and a scheduled re-evaluation load the same 
     centroids.safetensors    cluster centroids [K, E] (when given) and the embedders' fitted state, to place new data
 
 Experts that failed training are recorded as missing and the sampler renormalises the router over the survivors.
-The weights' sha256 are recorded in the manifest and checked on load, so a truncated or swapped file is refused.
+The weights' sha256 are recorded in the manifest and checked on load, so a truncated or swapped file is refused;
+``SHA256SUMS`` (``lib.io``), written last, records every file of the folder (configs, manifest, training logs,
+centroids, codec) and ``DDMPipeline.from_pretrained`` checks them all first, so a flipped bit anywhere is an error
+naming the file, never a changed config value or centroid.
 The text encoder and a user's VAE are referenced (by name / local path), not copied: they are frozen, shared by every
 model of a run and, at scale, larger than the experts. A learned codec is part of the model and is copied (``vae/``).
 The monolith and a distilled student are saved the same way, one model and no router (``assemble_single``).
@@ -32,7 +35,7 @@ from safetensors.torch import save_file
 
 from lib.config import ClusterConfig, EncodeConfig
 from lib.encode.learned import VAE_DIR
-from lib.io import atomic_write
+from lib.io import atomic_write, write_sums
 from lib.models.factory import TRAINING_INFO, weights_sha256
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ FORMAT_VERSION = 1
 MANIFEST = "ddm.json"
 CENTROIDS = "centroids.safetensors"
 ROUTER_DIR = "router"
+STAGE = "assemble"  # the stage that writes DDM folders, named by the checksum errors
 
 
 class DDMLoadError(ValueError):
@@ -224,6 +228,7 @@ def assemble_ddm(
             "lineage": lineage,
         }
         atomic_write(tmp / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2)))
+        write_sums(tmp)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old.{os.getpid()}")
             os.replace(out_dir, old)

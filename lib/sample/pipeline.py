@@ -26,6 +26,7 @@ from lib.config import EncodeConfig
 from lib.data.video import write_gif, write_mp4
 from lib.encode.codec import LatentCodec, PixelCodec, load_vae_codec
 from lib.encode.text import TextEncoder
+from lib.io import verify_sums
 from lib.models.factory import TRAINING_INFO, expert_forward, load_expert
 from lib.models.levers import forward_context, inference_bf16
 from lib.models.router import RouterModel
@@ -41,6 +42,7 @@ from lib.sample.ddm import (
 from lib.sample.folder import (
     FORMAT_VERSION,
     MANIFEST,
+    STAGE,
     DDMLoadError,
     check_sha,
     codec_and_text,
@@ -152,7 +154,8 @@ class DDMPipeline:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> DDMPipeline:
-        """Load an ``assemble_ddm`` folder, verifying every expert's and the router's weights against the manifest.
+        """Load an ``assemble_ddm`` folder, verifying every file against its ``SHA256SUMS`` and every expert's and the
+        router's weights against the manifest (``lib.io.ChecksumError`` / ``DDMLoadError`` name the file).
 
         Args:
             folder: the DDM folder (holds ``ddm.json``).
@@ -166,6 +169,8 @@ class DDMPipeline:
                 f"{folder}: a trainer's model folder, which does not record its codec: load it with "
                 "DDMPipeline.from_single(folder, codec_info), or make it loadable alone with assemble_single"
             )
+        if (folder / MANIFEST).is_file():  # a folder without one gets read_json's error, which says what it lacks
+            verify_sums(folder, None, STAGE)
         manifest = read_json(folder / MANIFEST, "DDM manifest; build the folder with assemble_ddm")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise DDMLoadError(

@@ -1,9 +1,12 @@
 """Training checkpoints without pickle: tensors in safetensors, everything else in JSON, published atomically.
 
-Layout of ``<root>/step-0000100/``: one ``<group>.safetensors`` per tensor group (model, ema, optimizer, state)
-and ``manifest.json``, written last. The folder is assembled under a temporary name and renamed into place, so
-a crash leaves either no folder or a complete one; ``latest_checkpoint`` additionally ignores any folder whose
-manifest is missing or unreadable, so only complete checkpoints are ever loaded.
+Layout of ``<root>/step-0000100/``: one ``<group>.safetensors`` per tensor group (model, ema, optimizer, state),
+``manifest.json`` and ``SHA256SUMS`` (``lib.io``: the sha256 of every other file). The folder is assembled under a
+temporary name and renamed into place, so a crash leaves either no folder or a complete one;
+``complete_checkpoints`` additionally ignores any folder whose manifest is missing or unreadable, so only complete
+checkpoints are ever loaded. ``load_checkpoint`` checks every file against ``SHA256SUMS`` first: a flipped bit in a
+weight or an optimizer moment would otherwise resume training from wrong numbers without a word. A write that fails
+(a full disk) raises ``CheckpointWriteError`` naming the file and leaves the checkpoints already there untouched.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from typing import Any
 
 import fsspec
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lib.io import atomic_write
+from lib.io import SUMS_FILE, atomic_write, verify_sums, write_sums
 from lib.storage import upload_file
 
 log = logging.getLogger(__name__)
@@ -28,6 +32,12 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 PREFIX = "step-"
 KEEP_LAST = 2  # enough to survive a crash while the newest one is written
+STAGE = "train"  # named by the checksum errors
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (a full disk, a quota, an I/O error); the message names the file. The checkpoints
+    written before are untouched, so a rerun resumes from the newest of them."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -59,18 +69,34 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
 
 
 def save_checkpoint(root: Path, step: int, groups: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any]) -> Path:
-    """Write tensor ``groups`` and JSON ``meta`` as checkpoint ``step`` under ``root``; returns its folder."""
+    """Write tensor ``groups`` and JSON ``meta`` as checkpoint ``step`` under ``root``; returns its folder.
+
+    Raises:
+        CheckpointWriteError: a file could not be written (names it; safetensors' own error on a full disk does not).
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    writing = tmp
     try:
         for group, tensors in groups.items():
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / f"{group}.safetensors"))
+            writing = tmp / f"{group}.safetensors"
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(writing))
         manifest = {"step": step, "groups": sorted(groups), **meta}
-        atomic_write(tmp / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+        writing = tmp / MANIFEST
+        atomic_write(writing, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+        writing = tmp / SUMS_FILE
+        write_sums(tmp)
+        writing = final
         if final.exists():  # same step written before a crash and a resume from an earlier checkpoint
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except (OSError, SafetensorError) as exc:
+        kept = [f.name for _, f in complete_checkpoints(root)]
+        raise CheckpointWriteError(
+            f"{final}: writing checkpoint step {step} failed writing {writing}: {exc}; "
+            f"the checkpoints already there are kept ({', '.join(kept) or 'none'}) and a rerun resumes from the newest"
+        ) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -101,7 +127,12 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 
 def load_checkpoint(folder: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """Tensor groups and manifest of a complete checkpoint folder."""
+    """Tensor groups and manifest of a complete checkpoint folder, every file checked against its ``SHA256SUMS``.
+
+    Raises:
+        lib.io.ChecksumError: a file's bytes changed since it was written (names the file).
+    """
+    verify_sums(folder, None, STAGE)
     manifest = read_manifest(folder)
     if manifest is None:
         raise ValueError(f"{folder}: not a complete checkpoint (missing or unreadable {MANIFEST})")

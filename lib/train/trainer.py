@@ -30,12 +30,15 @@ checkpoint); everything else here is a small pure helper. What it guarantees:
 - Idempotence: ``out_dir/model`` holds the EMA weights (diffusers ``save_pretrained``), ``training.json`` (with
   the weights' sha256 and the caller's ``spec_hash``) and the TrainingLog; a second call with the same
   ``spec_hash`` returns that result without training.
+- One trainer per folder: the process training in ``out_dir`` holds an advisory lock on it, so a second run started
+  on the same output folder waits and then reuses the first's model instead of writing the same files at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import hashlib
 import json
 import logging
@@ -44,7 +47,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +79,7 @@ from lib.train.distributed import workers_from_env
 log = logging.getLogger(__name__)
 
 LOG_FILE = "training_log.parquet"
+LOCK_FILE = ".lock"  # held by the process training in a run folder (``_one_trainer``)
 
 
 class NonFiniteLossError(ValueError):
@@ -401,6 +405,29 @@ def _write_model(ema: ModelMixin, model_dir: Path, table: pd.DataFrame, info: di
     return info
 
 
+@contextlib.contextmanager
+def _one_trainer(out_dir: Path, is_main: bool) -> Iterator[None]:
+    """Hold ``out_dir/.lock`` (an advisory ``flock``) while training: two runs started at once on one output folder
+    would otherwise write the same checkpoints and model folder at once (a rename onto the other's folder fails, a
+    prune deletes what the other reads). The second waits, then finds the first's model (same ``spec_hash``) or
+    resumes from its checkpoints. The kernel drops the lock when its process dies, so a killed run leaves none.
+    Rank 0 alone takes it: the other ranks of a distributed run write nothing and wait at its barriers."""
+    if not is_main:
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOCK_FILE, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: another process is training here; waiting for it", out_dir)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def train(
     data: TrainData,
     cfg: ExpertConfig,
@@ -437,6 +464,23 @@ def train(
         TrainResult with the model folder, the TrainingLog and the step count.
     """
     out_dir = Path(out_dir)
+    with _one_trainer(out_dir, workers_from_env().is_main):
+        return _train(data, cfg, out_dir, seed, name, callbacks, max_steps, spec_hash, teacher, init_from)
+
+
+def _train(
+    data: TrainData,
+    cfg: ExpertConfig,
+    out_dir: Path,
+    seed: int,
+    name: str,
+    callbacks: Sequence[TrainCallback] | None = None,
+    max_steps: int | None = None,
+    spec_hash: str | None = None,
+    teacher: Teacher | None = None,
+    init_from: str | Path | None = None,
+) -> TrainResult:
+    """``train`` once this process holds ``out_dir``."""
     model_dir, ckpt_root = out_dir / "model", out_dir / "checkpoints"
     stored = _stored_result(model_dir, spec_hash)
     if stored is not None:
