@@ -1,4 +1,4 @@
-"""The contact sheet (lib/evaluate/sheet.py): the real prompt clips on top, every method below, the same prompts."""
+"""The contact sheet (lib/sample/sheet.py): the real prompt clips on top, every method below, the same prompts."""
 
 import struct
 
