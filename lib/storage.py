@@ -5,8 +5,10 @@ prefix, ``<dest>/attempts/<attempt>/...``, and only then is ``<dest>/PUBLISHED.j
 PUT) written, naming that attempt and its files. Readers resolve a folder through that pointer and nothing else.
 So a crash mid-upload leaves no pointer (or the previous one), and two runs publishing the same stage at once each
 write a complete attempt of their own, the last pointer winning: a reader never sees a mix of two runs' files, and
-an attempt, once pointed to, is never written again. Losing attempts stay as orphans; they cost storage, not
-correctness (deleting them could pull files from under a reader that resolved them a moment before).
+an attempt, once pointed to, is never written again. Losing attempts cost storage, not correctness; each publish
+prunes the losing attempts of its folder once they are older than ``STALE_ATTEMPT_S`` (by the start time in their
+name), never the one the pointer names: a reader that resolved a pointer hours ago could lose files, one that
+resolved it a moment ago cannot.
 
 Every failure of the store is raised as ``StorageError`` naming the URI that failed: a bucket that does not exist,
 credentials the store refuses, a write that fails half-way. ``check_output_dir`` runs before a stage does any work,
@@ -16,6 +18,7 @@ to create a bucket from a typo).
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import re
@@ -30,6 +33,7 @@ import fsspec
 POINTER = "PUBLISHED.json"
 ATTEMPTS = "attempts"
 EMPTY = ".empty"  # the one object of an attempt that published an empty folder
+STALE_ATTEMPT_S = 6 * 3600.0  # an attempt (local or in a bucket) older than this that nothing points to is pruned
 _ATTEMPT_PART = re.compile(rf"/{ATTEMPTS}/[0-9]{{8}}T[0-9]{{6}}-[0-9a-f]{{8}}(?=/|$)")
 _checked: set[str] = set()  # output dirs found usable by this process
 log = logging.getLogger(__name__)
@@ -118,7 +122,41 @@ def publish_dir(local: str | Path, dest: str) -> str:
         write_bytes(f"{target}/{EMPTY}", b"")
     pointer = {"attempt": attempt, "files": files, "published_at": time.time()}
     write_bytes(f"{dest}/{POINTER}", json.dumps(pointer, indent=1).encode())
+    prune_remote_attempts(dest, STALE_ATTEMPT_S)
     return target
+
+
+def prune_remote_attempts(dest: str, older_than_s: float) -> int:
+    """Delete the attempts of the published folder ``dest`` that the pointer does not name and that started more
+    than ``older_than_s`` seconds ago (losers of concurrent publishes, runs that crashed mid-upload); returns how many.
+    """
+    fs, root = _fs(dest)
+    root = root.rstrip("/")
+    try:
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{root}/{ATTEMPTS}", detail=False)]
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise _explain(dest, exc, "listing attempts") from exc
+    cutoff = time.time() - older_than_s
+    stale = []
+    for name in names:
+        try:
+            started = calendar.timegm(time.strptime(name.split("-", 1)[0], "%Y%m%dT%H%M%S"))
+        except ValueError:  # not an attempt this module named: leave it alone
+            continue
+        if started < cutoff:
+            stale.append(name)
+    pointed = (_pointer(dest) or {}).get("attempt")  # read last: a pointer written meanwhile is never pruned
+    stale = [n for n in stale if n != pointed]
+    for name in stale:
+        try:
+            fs.rm(f"{root}/{ATTEMPTS}/{name}", recursive=True)
+        except OSError as exc:
+            raise _explain(f"{dest}/{ATTEMPTS}/{name}", exc, "pruning a stale attempt") from exc
+    if stale:
+        log.warning("%s: pruned %d losing attempt(s) older than %.0f h", dest, len(stale), older_than_s / 3600)
+    return len(stale)
 
 
 def _pointer(dest: str) -> dict[str, Any] | None:
@@ -182,7 +220,6 @@ def download_published(uri: str, local: str | Path) -> bool:
 # once older than ``STALE_ATTEMPT_S``.
 LOCAL_ATTEMPTS = ".attempts"
 MARKS = ".published"
-STALE_ATTEMPT_S = 6 * 3600.0
 
 
 def local_attempt(final: Path) -> Path:

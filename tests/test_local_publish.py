@@ -81,3 +81,28 @@ def test_stage_dir_and_publish_stage_locally(tmp_path, fresh):
     stage = tmp_path / "stages" / "sample"
     assert published.startswith(str(stage)) and LOCAL_ATTEMPTS not in published
     assert open(published, "rb").read() == b"x"
+
+
+def test_a_bucket_prunes_losing_attempts_once_stale_never_the_published_one(tmp_path, monkeypatch):
+    """Losers of concurrent publishes (or uploads a crash cut short) go once older than the grace period; the pointed
+    attempt and young losers stay, and every file of the published folder still resolves."""
+    import fsspec
+
+    from lib.storage import ATTEMPTS, STALE_ATTEMPT_S, publish_dir, resolve
+
+    fs = fsspec.filesystem("memory")
+    dest = "memory://prune-bucket/run/stage"
+    local = tmp_path / "stage"
+    local.mkdir()
+    (local / "a.txt").write_text("one")
+    real_gmtime, then = time.gmtime, time.time() - 2 * STALE_ATTEMPT_S
+    monkeypatch.setattr(time, "gmtime", lambda *a: real_gmtime(*a) if a else real_gmtime(then))  # named long ago
+    old = publish_dir(local, dest)
+    monkeypatch.undo()
+    young = publish_dir(local, dest)  # points here; the old one is a loser past the grace period: pruned
+    names = {p.rsplit("/", 1)[-1] for p in fs.ls(f"/prune-bucket/run/stage/{ATTEMPTS}", detail=False)}
+    assert old.rsplit("/", 1)[-1] not in names and young.rsplit("/", 1)[-1] in names
+    latest = publish_dir(local, dest)  # the young loser stays (not stale yet), the new one is pointed to
+    names = {p.rsplit("/", 1)[-1] for p in fs.ls(f"/prune-bucket/run/stage/{ATTEMPTS}", detail=False)}
+    assert {young.rsplit("/", 1)[-1], latest.rsplit("/", 1)[-1]} <= names
+    assert resolve(dest) == latest and fs.cat(f"{latest.removeprefix('memory://')}/a.txt") == b"one"
