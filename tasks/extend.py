@@ -31,7 +31,7 @@ from lib.train.router import report_line, train_router
 from lib.train.specs import ExpertSpec, continue_specs, expert_specs, training_rows
 from tasks.common import publish_stage, stage_dir, uri_of
 from tasks.image import TASK_IMAGE
-from tasks.train import elastic_train_task, resource_overrides, train_one, training_task
+from tasks.train import resource_overrides, train_one, training_task, training_tasks
 
 
 @task(container_image=TASK_IMAGE, cache=Cache(version="extend-data-v1"))
@@ -79,23 +79,6 @@ def place_new_data(
     return placed.assignments, FlyteFile(publish_stage(cfg.output_dir, centroids)), specs, continued, summary
 
 
-def _continue_one(
-    spec: ExpertSpec,
-    parent: FlyteDirectory,
-    parent_encoded: FlyteDirectory,
-    parent_assignments: DataFrame[ClusterAssignment],
-    encoded: FlyteDirectory,
-    assignments: DataFrame[ClusterAssignment],
-    output_dir: str,
-) -> FlyteDirectory:
-    """Body of both continue tasks: the parent's expert (checked to be the spec's start) trained on its parent
-    clips, then its joined ones."""
-    start = read_parent(parent.download()).start_folder(spec.cluster_id, spec.init_sha256)
-    sources = [(parent_encoded, parent_assignments), (encoded, assignments)]
-    return train_one(spec, sources, output_dir, init_from=start)
-
-
-@task(container_image=TASK_IMAGE, requests=Resources(cpu="2", mem="4Gi"), retries=2)
 def continue_model(
     spec: ExpertSpec,
     parent: FlyteDirectory,
@@ -105,27 +88,14 @@ def continue_model(
     assignments: DataFrame[ClusterAssignment],
     output_dir: str,
 ) -> FlyteDirectory:
-    """One parent expert continued on its old and joined clips; not Flyte-cached, like ``train_model`` (the trainer
-    skips a finished model and resumes a half-trained one by itself)."""
-    return _continue_one(spec, parent, parent_encoded, parent_assignments, encoded, assignments, output_dir)
+    """One parent expert (checked to be the spec's start) continued on its parent clips, then its joined ones; not
+    Flyte-cached, like ``train_model`` (the trainer skips a finished model and resumes a half-trained one by itself)."""
+    start = read_parent(parent.download()).start_folder(spec.cluster_id, spec.init_sha256)
+    sources = [(parent_encoded, parent_assignments), (encoded, assignments)]
+    return train_one(spec, sources, output_dir, init_from=start)
 
 
-def continue_model_elastic(
-    spec: ExpertSpec,
-    parent: FlyteDirectory,
-    parent_encoded: FlyteDirectory,
-    parent_assignments: DataFrame[ClusterAssignment],
-    encoded: FlyteDirectory,
-    assignments: DataFrame[ClusterAssignment],
-    output_dir: str,
-    nnodes: int,
-    nproc_per_node: int,
-) -> FlyteDirectory:
-    """``continue_model`` on nnodes x nproc_per_node DDP processes (one GPU each)."""
-    return _continue_one(spec, parent, parent_encoded, parent_assignments, encoded, assignments, output_dir)
-
-
-continue_model_elastic = elastic_train_task(continue_model_elastic)
+continue_model, continue_model_elastic = training_tasks(continue_model)
 
 
 @dynamic(container_image=TASK_IMAGE)

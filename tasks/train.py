@@ -15,6 +15,7 @@ processes of one expert all-reduce gradients (``lib.train.distributed``).
 
 import dataclasses
 import functools
+import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from typing import Any
 import pandas as pd
 import torch
 from flytekit import Cache, Deck, Resources, TaskMetadata, dynamic, map_task, task
+from flytekit.core.python_function_task import PythonFunctionTask
 from flytekit.extras.accelerators import GPUAccelerator
 from flytekit.types.directory import FlyteDirectory
 from flytekitplugins.kfpytorch import Elastic
@@ -146,7 +148,6 @@ def _model_run(spec: ExpertSpec, run_hash: str, encoded: FlyteDirectory, output_
     return ModelRun(lambda: tracker_for(output_dir), spec.name, params, tags, tokens_per_step, spec.expert.log_every)
 
 
-@task(container_image=TASK_IMAGE, requests=Resources(cpu="2", mem="4Gi"), retries=2)
 def train_model(
     spec: ExpertSpec,
     encoded: FlyteDirectory,
@@ -194,33 +195,46 @@ class ElasticTrainTask(PytorchElasticFunctionTask):
         return super()._execute(**kwargs)
 
 
-def train_model_elastic(
-    spec: ExpertSpec,
-    encoded: FlyteDirectory,
-    assignments: DataFrame[ClusterAssignment],
-    output_dir: str,
-    nnodes: int,
-    nproc_per_node: int,
-    init: FlyteDirectory | None = None,
-) -> FlyteDirectory:
-    """``train_model`` on nnodes x nproc_per_node DDP processes (one GPU each)."""
-    return train_one(spec, [(encoded, assignments)], output_dir, init_from=_start(spec, init))
+SHAPE_INPUTS = ("nnodes", "nproc_per_node")
 
 
-def elastic_train_task(fn: Callable[..., FlyteDirectory]) -> ElasticTrainTask:
-    """What ``@task(task_config=Elastic())`` does, with our task class and the training tasks' resources and retries;
-    assign it to the function's own name: Flyte finds the task under that name."""
-    return ElasticTrainTask(
+def training_tasks(body: Callable[..., FlyteDirectory]) -> tuple[PythonFunctionTask, ElasticTrainTask]:
+    """Both flavours of one training body, with the same resources and retries and no Flyte cache (module
+    docstring): the plain task (one process) and the ``Elastic`` one on nnodes x nproc_per_node DDP processes (one
+    GPU each), whose inputs are the body's with ``SHAPE_INPUTS`` added ahead of its defaulted ones.
+
+    Assign them to ``<body>, <body>_elastic`` in the body's module: Flyte loads a task in its pod by module and
+    function name, so the names stay the tasks' registered names.
+    """
+    resources, retries = Resources(cpu="2", mem="4Gi"), 2
+    single = task(container_image=TASK_IMAGE, requests=resources, retries=retries)(body)
+
+    def elastic(**kwargs: Any) -> FlyteDirectory:
+        for name in SHAPE_INPUTS:  # read by ``ElasticTrainTask._execute``; the body does not take them
+            kwargs.pop(name)
+        return body(**kwargs)
+
+    # module, docstring and ``__wrapped__``: Flyte accepts a wrapped function whose name is its qualified name
+    functools.update_wrapper(elastic, body)
+    elastic.__name__ = elastic.__qualname__ = f"{body.__name__}_elastic"
+    elastic.__doc__ = f"``{body.__name__}`` on nnodes x nproc_per_node DDP processes (one GPU each)."
+    params = list(inspect.signature(body).parameters.values())
+    cut = next((i for i, p in enumerate(params) if p.default is not p.empty), len(params))
+    shape = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=int) for n in SHAPE_INPUTS]
+    elastic.__signature__ = inspect.signature(body).replace(parameters=params[:cut] + shape + params[cut:])
+    elastic.__annotations__ = {**body.__annotations__, **dict.fromkeys(SHAPE_INPUTS, int)}
+    elastic_task = ElasticTrainTask(
         task_config=Elastic(increase_shared_mem=False),
         container_image=TASK_IMAGE,
-        task_function=fn,
-        requests=Resources(cpu="2", mem="4Gi"),
+        task_function=elastic,
+        requests=resources,
         shared_memory=True,  # /dev/shm for the NCCL/gloo workers of one pod
-        metadata=TaskMetadata(retries=2),
+        metadata=TaskMetadata(retries=retries),
     )
+    return single, elastic_task
 
 
-train_model_elastic = elastic_train_task(train_model_elastic)
+train_model, train_model_elastic = training_tasks(train_model)
 
 
 def resource_overrides(res: ResourcesConfig, placed: Placement | None = None) -> dict[str, Any]:
