@@ -15,7 +15,6 @@ processes of one expert all-reduce gradients (``lib.train.distributed``).
 
 import functools
 import inspect
-import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,8 +41,6 @@ from lib.train.run import checked_start, run_model
 from lib.train.specs import ExpertSpec, branched, budget_lines, expert_specs, monolith_spec, seed_spec, training_rows
 from tasks.common import mark_ran, publish_stage, scratch, stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
-
-log = logging.getLogger(__name__)
 
 
 @task(container_image=TASK_IMAGE, cache=Cache(version="specs-v2"))
