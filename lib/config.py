@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import re
 import sys
@@ -66,6 +67,19 @@ def _drop_later_defaults(obj: Any, values: dict[str, Any]) -> None:
             del values[f.name]
         elif dataclasses.is_dataclass(value):
             _drop_later_defaults(value, values[f.name])
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return key_values(value)
+    return str(value)
+
+
+def input_key(*parts: Any) -> str:
+    """A short stable hash of a task's inputs (dataclasses by value, without the ``added_later`` fields that hold their
+    default; everything else by str): it names the task's stage folder and a model's run."""
+    text = json.dumps(parts, sort_keys=True, default=_jsonable)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -276,3 +276,52 @@ def prune_attempts(attempts: Path, older_than_s: float) -> int:
         hours = older_than_s / 3600
         log.warning("%s: pruned %d stale attempt folder(s) older than %.0f h", attempts, len(stale), hours)
     return len(stale)
+
+
+# Where a task's outputs go: Flyte's local cache stores the path a task returned, and when that path is a temporary
+# folder that later vanishes a cache hit hands back a missing path (a known flytekit behaviour). So a stage's outputs
+# live in ``<output_dir>/stages/<stage>/<key>``, keyed by the task's inputs: locally a persistent folder published by
+# a rename (``publish_local``), so a cache hit stays valid as long as the outputs are kept; with a remote
+# ``output_dir`` a scratch folder laid out like that, published by ``publish_dir``, so the task returns a bucket URI.
+STAGES = "stages"
+
+
+def stage_folder(output_dir: str, stage: str, key: str, scratch: Path, fresh: bool = True) -> Path:
+    """A folder for one task's outputs, keyed by ``key``; ``publish_path`` makes it the stage's.
+
+    ``fresh`` (a stage that computes now): locally a new attempt folder that ``publish_path`` renames into
+    ``<output_dir>/stages/<stage>/<key>`` (concurrent runs never see a torn stage); with a remote ``output_dir`` an
+    emptied folder laid out like that under ``scratch`` (the task's own working folder), which ``publish_path``
+    uploads (the output location checked first, ``check_output_dir``). Not ``fresh`` (training, which resumes from
+    its own checkpoints and writes its model atomically): the stage folder itself.
+    """
+    if is_remote(output_dir):
+        check_output_dir(output_dir)
+        path = scratch / STAGES / stage / key
+        if fresh and path.exists():
+            shutil.rmtree(path)
+    else:
+        path = Path(output_dir.removeprefix("file://")).resolve() / STAGES / stage / key
+        if fresh:
+            return local_attempt(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def publish_path(output_dir: str, path: Path, scratch: Path) -> str:
+    """The path or URI a task returns for ``path``, a file or folder inside a ``stage_folder`` folder.
+
+    Locally the attempt folder ``path`` lies in is renamed into place (a path outside an attempt, a training
+    stage's, is returned as it is). With a remote ``output_dir`` the stage folder is published to
+    ``<output_dir>/stages/<stage>/<key>`` (``publish_dir``: a fresh attempt, the pointer last) and the URI of ``path``
+    inside the published attempt is returned: downstream tasks read the bucket, and a Flyte cache hit hands back a
+    URI that outlives the task's working folder ``scratch``.
+    """
+    if not is_remote(output_dir):
+        attempt = attempt_root(path)
+        return str(path if attempt is None else publish_local(attempt) / path.relative_to(attempt))
+    rel = path.relative_to(scratch)
+    stage_root = Path(*rel.parts[:3])  # stages/<stage>/<key>
+    attempt = publish_dir(scratch / stage_root, f"{output_dir.rstrip('/')}/{stage_root.as_posix()}")
+    rest = Path(*rel.parts[3:]).as_posix() if len(rel.parts) > 3 else ""
+    return f"{attempt}/{rest}" if rest else attempt

@@ -17,9 +17,10 @@ itself refuses a relative ``file:`` location (it makes it absolute against the w
 ``mlflow-artifacts:`` only through a server, hence ``Tracker.log_artifact`` writing those files itself.
 
 Tasks run apart (map-task elements, pods), so they cannot hand each other a run object: each finds its execution's
-run by the tag ``ddm.execution`` and creates it when it is the first. Metrics are sent in batches (one request per
-``flush_every`` steps), so tracking costs the training loop next to nothing. MLflow itself (import and database
-set-up, about 3 s per process) is only loaded by a task that has something to log.
+run by the tag ``ddm.execution`` and creates it when it is the first. A training model's metrics are sent in
+batches (``lib.train.run.ModelRun``: one request per ``flush_every`` steps), so tracking costs the training loop next
+to nothing. MLflow itself (import and database set-up, about 3 s per process) is only loaded by a task that has
+something to log.
 """
 
 from __future__ import annotations
@@ -29,11 +30,9 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-from lib.train.trainer import TrainCallback, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -188,52 +187,14 @@ class Tracker:
         self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 
-class ModelRun(TrainCallback):
-    """One model's run, opened when its training starts: a model reused from an earlier execution (the trainer skips
-    it by spec hash and never starts) opens no run, so a rerun that trains nothing pays nothing for tracking. The
-    trainer's per-step rows (loss, lr, grad norm, tokens/s) go to the run in batches of ``flush_every``."""
-
-    def __init__(
-        self,
-        open_tracker: Callable[[], Tracker | None],
-        model: str,
-        params: Mapping[str, Any],
-        tags: Mapping[str, str],
-        tokens_per_step: int,
-        flush_every: int = 50,
-    ) -> None:
-        self.open_tracker, self.model, self.params, self.tags = open_tracker, model, params, tags
-        self.tokens_per_step, self.flush_every = tokens_per_step, flush_every
-        self.tracker: Tracker | None = None
-        self.run_id = ""
-        self.pending: list[dict[str, float]] = []
-
-    def on_start(self, step: int, total: int) -> None:
-        self.tracker = self.open_tracker()
-        if self.tracker is not None:
-            self.run_id = self.tracker.model_run(self.model, self.params, self.tags)
-
-    def on_step(self, row: dict[str, float]) -> None:
-        if self.tracker is None:
-            return
-        seconds = max(row["seconds"], 1e-9)
-        self.pending.append({"step": row["step"], "loss": row["loss"], "lr": row["lr"], "grad_norm": row["grad_norm"],
-                             "tokens_per_s": self.tokens_per_step / seconds})  # fmt: skip
-        if len(self.pending) >= self.flush_every:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.tracker is not None and self.pending:
-            self.tracker.log_metrics(self.run_id, self.pending)
-            self.pending = []
-
-    def on_end(self, result: TrainResult) -> None:
-        self.flush()
-        if self.tracker is not None:
-            self.tracker.finish(self.run_id)
-
-    def failed(self) -> None:
-        """Training raised: what was logged stays, and the run is marked failed."""
-        if self.tracker is not None:
-            self.flush()
-            self.tracker.finish(self.run_id, failed=True)
+def open_tracker(output_dir: str, execution: str) -> Tracker | None:
+    """The MLflow tracker of one execution (``execution``: a key unique to it), or None when tracking is off
+    (``tracking_uri``) or cannot start (server down, locked file): tracking costs a warning, never the run."""
+    uri = tracking_uri(output_dir)
+    if uri is None:
+        return None
+    try:
+        return Tracker(uri, execution)
+    except Exception as err:
+        log.warning("MLflow tracking off for this task: %s", err)
+        return None

@@ -5,12 +5,12 @@ from flytekit.types.directory import FlyteDirectory
 from pandera.typing import DataFrame
 
 from data_schemas.cluster import ClusterAssignment
-from lib.config import RunConfig
+from lib.config import RunConfig, input_key
 from lib.distill.student import STUDENT, distill_student
 from lib.encode.store import load_encoded
 from lib.train.remote import published_model, remote_run
 from lib.train.specs import training_rows
-from tasks.common import input_key, mark_ran, stage_dir, uri_of
+from tasks.common import mark_ran, stage_dir, uri_of
 from tasks.image import TASK_IMAGE
 from tasks.train import resource_overrides
 

@@ -7,31 +7,27 @@ new clips joined, from its weights, on its old and new clips (``lib.train.specs.
 ``train_one`` as every expert.
 """
 
-import dataclasses
 import functools
 import json
 from pathlib import Path
 
-import torch
 from flytekit import Cache, Resources, dynamic, map_task, task
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
 from pandera.typing import DataFrame
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from data_schemas.cluster import ClusterAssignment
 from data_schemas.ingest import ClipIndex
-from lib.cluster.embedders import compute_embeddings
 from lib.config import DataConfig, EncodeConfig, RouterConfig, RunConfig
-from lib.encode.store import load_encoded, read_codec_info
-from lib.extend.assign import place_new_clips
-from lib.extend.grow import check_same_codec, grow_ddm, read_parent
-from lib.io import atomic_write
-from lib.train.router import report_line, train_router
-from lib.train.specs import ExpertSpec, continue_specs, expert_specs, training_rows
+from lib.encode.store import read_codec_info
+from lib.extend.grow import grow_ddm, grown_lines, read_parent
+from lib.extend.place import place_extension, save_centroids
+from lib.train.router import fit_router, report_line
+from lib.train.specs import ExpertSpec, training_rows
 from tasks.common import publish_stage, stage_dir, uri_of
 from tasks.image import TASK_IMAGE
-from tasks.train import elastic_train_task, resource_overrides, train_one, training_task
+from tasks.train import resource_overrides, train_one, training_task, training_tasks
 
 
 @task(container_image=TASK_IMAGE, cache=Cache(version="extend-data-v1"))
@@ -54,48 +50,15 @@ def place_new_data(
     ``extend.continue_steps`` > 0 (none when off). Returns the assignments, all centroids, the new experts' specs,
     the continued experts' specs and the placement (JSON)."""
     ddm = read_parent(parent.download())
-    check_same_codec(ddm, read_codec_info(encoded.download()), cfg.encode)
-    clash = sorted(set(index["clip_id"]) & set(parent_assignments["clip_id"]))
-    if clash:
-        raise ValueError(f"extend: {len(clash)} new clip id(s) are parent clips, e.g. {clash[:3]}: the new data must "
-                         "be new (another extend.scenes, or a manifest of other videos)")  # fmt: skip
-    cluster_cfg = dataclasses.replace(cfg.cluster, **ddm.clustering)  # the parent's embedders, not the config's
-    clip_ids = index["clip_id"].tolist()
-    pooled = load_encoded(encoded.download(), clip_ids).pooled.numpy() if "text" in cluster_cfg.embedders else None
-    x, _ = compute_embeddings(cluster_cfg, shards.download(), index, pooled_text=pooled, standard=ddm.state)
-    parent_train = training_rows(parent_assignments)
-    placed = place_new_clips(x, clip_ids, index["role"].to_numpy(), ddm.centroids,
-                             parent_train["distance"].to_numpy(), cfg.extend, cfg.cluster.niter, cfg.seed)  # fmt: skip
+    ext = place_extension(cfg, ddm, parent_assignments, Path(shards.download()), Path(encoded.download()), index)
     out = stage_dir(cfg.output_dir, "extend-place", cfg.extend, cfg.cluster, cfg.seed, uri_of(parent), uri_of(encoded))
-    centroids = out / "centroids.safetensors"
-    atomic_write(centroids, lambda tmp: save_file({"centroids": placed.centroids, **ddm.state}, str(tmp)))
-    specs = expert_specs(cfg, placed.assignments, cluster_ids=placed.new_cluster_ids)
-    continued = continue_specs(cfg, parent_assignments, placed.assignments, ddm.start_weights())
-    summary = json.dumps(placed.summary)
-    print(f"extend: placement {summary}", flush=True)
-    if continued:
-        print(f"extend: continuing {[s.name for s in continued]} for {cfg.extend.continue_steps} steps each on their "
-              "parent and joined train clips", flush=True)  # fmt: skip
-    return placed.assignments, FlyteFile(publish_stage(cfg.output_dir, centroids)), specs, continued, summary
+    centroids = save_centroids(out / "centroids.safetensors", ext.placed, ddm)
+    for line in ext.lines(cfg):
+        print(line, flush=True)
+    centroids_file = FlyteFile(publish_stage(cfg.output_dir, centroids))
+    return ext.placed.assignments, centroids_file, ext.specs, ext.continued, json.dumps(ext.placed.summary)
 
 
-def _continue_one(
-    spec: ExpertSpec,
-    parent: FlyteDirectory,
-    parent_encoded: FlyteDirectory,
-    parent_assignments: DataFrame[ClusterAssignment],
-    encoded: FlyteDirectory,
-    assignments: DataFrame[ClusterAssignment],
-    output_dir: str,
-) -> FlyteDirectory:
-    """Body of both continue tasks: the parent's expert (checked to be the spec's start) trained on its parent
-    clips, then its joined ones."""
-    start = read_parent(parent.download()).start_folder(spec.cluster_id, spec.init_sha256)
-    sources = [(parent_encoded, parent_assignments), (encoded, assignments)]
-    return train_one(spec, sources, output_dir, init_from=start)
-
-
-@task(container_image=TASK_IMAGE, requests=Resources(cpu="2", mem="4Gi"), retries=2)
 def continue_model(
     spec: ExpertSpec,
     parent: FlyteDirectory,
@@ -105,27 +68,14 @@ def continue_model(
     assignments: DataFrame[ClusterAssignment],
     output_dir: str,
 ) -> FlyteDirectory:
-    """One parent expert continued on its old and joined clips; not Flyte-cached, like ``train_model`` (the trainer
-    skips a finished model and resumes a half-trained one by itself)."""
-    return _continue_one(spec, parent, parent_encoded, parent_assignments, encoded, assignments, output_dir)
+    """One parent expert (checked to be the spec's start) continued on its parent clips, then its joined ones; not
+    Flyte-cached, like ``train_model`` (the trainer skips a finished model and resumes a half-trained one by itself)."""
+    start = read_parent(parent.download()).start_folder(spec.cluster_id, spec.init_sha256)
+    sources = [(parent_encoded, parent_assignments), (encoded, assignments)]
+    return train_one(spec, sources, output_dir, init_from=start)
 
 
-def continue_model_elastic(
-    spec: ExpertSpec,
-    parent: FlyteDirectory,
-    parent_encoded: FlyteDirectory,
-    parent_assignments: DataFrame[ClusterAssignment],
-    encoded: FlyteDirectory,
-    assignments: DataFrame[ClusterAssignment],
-    output_dir: str,
-    nnodes: int,
-    nproc_per_node: int,
-) -> FlyteDirectory:
-    """``continue_model`` on nnodes x nproc_per_node DDP processes (one GPU each)."""
-    return _continue_one(spec, parent, parent_encoded, parent_assignments, encoded, assignments, output_dir)
-
-
-continue_model_elastic = elastic_train_task(continue_model_elastic)
+continue_model, continue_model_elastic = training_tasks(continue_model)
 
 
 @dynamic(container_image=TASK_IMAGE)
@@ -167,10 +117,7 @@ def refit_router(
     parts = [(parent_encoded, training_rows(parent_assignments)), (encoded, training_rows(assignments))]
     keys = [(uri_of(e), rows["cluster_id"].tolist()) for e, rows in parts]
     out = stage_dir(output_dir, "router", cfg, k, seed, *keys)
-    data = [load_encoded(e.download(), rows["clip_id"].tolist()) for e, rows in parts]
-    labels = torch.tensor([c for _, rows in parts for c in rows["cluster_id"]], dtype=torch.int64)
-    result = train_router(torch.cat([d.latents for d in data]), torch.cat([d.pooled for d in data]), labels, cfg, k,
-                          seed, out)  # fmt: skip
+    result = fit_router([(e.download(), rows) for e, rows in parts], cfg, k, seed, out)
     print("refit router accuracy per t bucket:", report_line(result.report), flush=True)
     return FlyteDirectory(publish_stage(output_dir, result.model_dir))
 
@@ -202,13 +149,6 @@ def grow_ddm_task(
     folder = grow_ddm(out, ddm, _by_cluster(specs, experts), router.download(), read_codec_info(encoded.download()),
                       load_file(centroids.download())["centroids"], encode_cfg, json.loads(placement),
                       continued=_by_cluster(continued_specs, continued))  # fmt: skip
-    manifest = json.loads((folder / "ddm.json").read_text())
-    lineage = manifest["lineage"]
-    if lineage["continue_failed"]:
-        print(f"extend: expert(s) {lineage['continue_failed']} failed to continue on their joined clips; the grown "
-              "DDM keeps the parent's experts there unchanged (listed as reused)", flush=True)  # fmt: skip
-    print(f"extend: DDM version {lineage['version']} with {manifest['num_experts']} experts "
-          f"(reused {[e['cluster_id'] for e in lineage['reused_experts']]}, "
-          f"continued {[e['cluster_id'] for e in lineage['continued_experts']]}, new {lineage['new_experts']}, "
-          f"missing {manifest['missing_experts'] or 'none'}) -> {folder}", flush=True)  # fmt: skip
+    for line in grown_lines(folder):
+        print(line, flush=True)
     return FlyteDirectory(publish_stage(output_dir, folder))

@@ -16,6 +16,7 @@ from lib.config import (
     added_later,
     config_from_dict,
     config_to_dict,
+    input_key,
     key_values,
     load_config,
     replace_in,
@@ -23,7 +24,6 @@ from lib.config import (
 )
 from lib.experiment.context import _ingested, _key
 from lib.train.specs import ExpertSpec
-from tasks.common import input_key
 
 CONFIGS = sorted(Path("configs").glob("*.yaml"))
 

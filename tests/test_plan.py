@@ -196,3 +196,28 @@ def test_simulation_without_failures_replays_the_plan_and_sweep_covers_k_and_ban
     assert slow_net > fast_net  # the monolith's ring crosses nodes; the experts' groups never do
     assert table.groupby("k")["ddm_makespan_s"].nunique().eq(1).all()  # the DDM does not care about the network
     sweep_figure(table, "test")
+
+
+def test_planned_specs_group_by_gpu_type_and_count_and_keep_their_identity(tmp_path):
+    from lib.plan.experts import gpu_groups, plan_specs, with_placement
+    from lib.train.specs import ExpertSpec
+
+    specs = [ExpertSpec(f"expert-{i:02d}", i, 0, 10, "abc", replace(CFG, steps=steps))
+             for i, steps in enumerate([1000, 400, 1000])]  # fmt: skip
+    pool = tmp_path / "pool.yaml"
+    gpus = [{"name": "fast", "count": 4, "memory_gib": 80, "bf16_tflops": 4.0, "price_per_hour": 4.0,
+             "accelerator": "acc-fast", "gpus_per_node": 4, "mfu": 1.0},
+            {"name": "slow", "count": 8, "memory_gib": 80, "bf16_tflops": 1.0, "price_per_hour": 0.5,
+             "accelerator": "acc-slow", "gpus_per_node": 8, "mfu": 1.0}]  # fmt: skip
+    pool.write_text(yaml.safe_dump({"gpus": gpus, "network": {"inter_node_gbit_s": 400}}))
+    info = {"latent_shape": [4, *SHAPE], "text_encoder": {"max_tokens": 8, "dim": 32}}
+    plan = plan_specs(specs, info, str(pool))
+    works = [_work(s.name, steps=s.expert.steps) for s in specs]  # the specs' work, on the latents of ``info``
+    assert plan.placements == plan_experts(works, load_pool(pool)).placements
+    groups = gpu_groups(specs, list(plan.placements))
+    assert sorted(i for members in groups.values() for i in members) == [0, 1, 2]
+    for (gpu, gpus), members in groups.items():  # one map task each: every member asks for the same resources
+        assert {(plan.by_name(specs[i].name).gpu, plan.by_name(specs[i].name).gpus) for i in members} == {(gpu, gpus)}
+    placed = [with_placement(s, plan.by_name(s.name)) for s in specs]
+    assert [p.expert.micro_batch for p in placed] == [plan.by_name(s.name).micro_batch for s in specs]
+    assert [p.spec_hash() for p in placed] == [s.spec_hash() for s in specs], "run-only: the same model"

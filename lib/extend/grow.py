@@ -173,6 +173,7 @@ def grow_ddm(
     return assemble_ddm(out_dir, experts, router_dir, encoded_info, centroids, encode_cfg, clustering, lineage)
 
 
+
 def _continued_entry(cluster_id: int, folder: Path, parent_entry: dict[str, Any], placement: dict[str, Any]) -> dict:
     """Lineage of one continued expert, after checking from its training record that it started from the parent's
     expert of that cluster (a model trained from elsewhere must not pass as its update)."""
@@ -189,3 +190,19 @@ def _continued_entry(cluster_id: int, folder: Path, parent_entry: dict[str, Any]
         "steps": info["steps"],
         "joined_clips": placement["joined_parent_clusters"].get(str(cluster_id), 0),
     }
+
+
+def grown_lines(folder: Path) -> list[str]:
+    """What a run prints about a grown DDM folder: its version and experts (reused, continued, new, missing), after
+    a note on any continued expert that failed."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    lineage = manifest["lineage"]
+    lines = []
+    if lineage["continue_failed"]:
+        lines.append(f"extend: expert(s) {lineage['continue_failed']} failed to continue on their joined clips; the "
+                     "grown DDM keeps the parent's experts there unchanged (listed as reused)")  # fmt: skip
+    lines.append(f"extend: DDM version {lineage['version']} with {manifest['num_experts']} experts "
+                 f"(reused {[e['cluster_id'] for e in lineage['reused_experts']]}, "
+                 f"continued {[e['cluster_id'] for e in lineage['continued_experts']]}, new {lineage['new_experts']}, "
+                 f"missing {manifest['missing_experts'] or 'none'}) -> {folder}")  # fmt: skip
+    return lines

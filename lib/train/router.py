@@ -20,6 +20,7 @@ on the same held-out clips): at t = 1 the router can do no better, and should do
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import logging
@@ -30,6 +31,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,6 +43,7 @@ from sklearn.preprocessing import StandardScaler
 
 from data_schemas.router import BUCKET, CAPTION_ONLY, EXACT, RouterReport
 from lib.config import RouterConfig
+from lib.encode.store import load_encoded
 from lib.io import atomic_write
 from lib.models.router import RouterModel
 from lib.progress import progress
@@ -384,3 +387,39 @@ def train_router(
     model_dir = Path(out_dir) / "router"
     _save(model.cpu(), model_dir, info)
     return RouterResult(model_dir=model_dir, report=report, losses=losses, eval_indices=eval_idx.tolist())
+
+
+def fit_router(
+    parts: Sequence[tuple[str | Path, pd.DataFrame]], cfg: RouterConfig, num_clusters: int, seed: int, out_dir: Path
+) -> RouterResult:
+    """``train_router`` on the clips of one or more encoded folders, in order: the pipeline's router on its train
+    clips, a grown DDM's on the parent's and the new data's.
+
+    Args:
+        parts: (encoded folder, train rows of its ClusterAssignment table) pairs; the rows' ``cluster_id`` are the
+            labels.
+    """
+    data = [load_encoded(folder, rows["clip_id"].tolist()) for folder, rows in parts]
+    labels = torch.tensor(np.concatenate([rows["cluster_id"].to_numpy() for _, rows in parts]), dtype=torch.int64)
+    if len(data) == 1:  # used as loaded: a copy would double the router task's memory
+        latents, pooled = data[0].latents, data[0].pooled
+    else:
+        latents, pooled = torch.cat([d.latents for d in data]), torch.cat([d.pooled for d in data])
+    return train_router(latents, pooled, labels, cfg, num_clusters, seed, out_dir)
+
+
+def tracked_router(
+    result: RouterResult, cfg: RouterConfig, num_clusters: int, seed: int, train_clips: int
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """The router's MLflow params and metric rows (``lib.tracking.Tracker.record_model``): the loss per step, the
+    accuracy per t bucket (the bucket's index as its step) and, at step 0, the accuracy, ECE and mean max
+    probability of each exact-t and caption-only row."""
+    params = {"router": dataclasses.asdict(cfg), "num_clusters": num_clusters, "seed": seed, "train_clips": train_clips}
+    curve = [{"step": i + 1, "loss": loss} for i, loss in enumerate(result.losses)]
+    kind = result.report[RouterReport.kind]
+    buckets = [{"step": i, "accuracy_by_t_bucket": r.accuracy}
+               for i, r in enumerate(result.report[kind == BUCKET].itertuples())]  # fmt: skip
+    points = {f"{r.kind}_{metric}_t{r.t_low:g}": getattr(r, metric)
+              for r in result.report[kind != BUCKET].itertuples()
+              for metric in ("accuracy", "ece", "mean_max_prob")}  # fmt: skip
+    return params, curve + buckets + [{"step": 0, **points}]

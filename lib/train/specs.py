@@ -26,6 +26,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -329,3 +330,29 @@ def compute_table(
         ]
     )
     return pd.concat([table, totals], ignore_index=True)
+
+
+def budget_lines(
+    cfg: RunConfig,
+    specs: list[ExpertSpec],
+    monolith: ExpertSpec,
+    seed: ExpertSpec | None,
+    codec_info: dict[str, Any],
+) -> list[str]:
+    """The compute accounting a run prints before it trains: each expert's steps under ``expert.budget_split``, the
+    seed model's share, and ``compute_table`` for the latents and text of the encoded folder's ``codec_info``."""
+    split = {"equal": "every expert the same steps", "by_size": "steps in proportion to each cluster's train clips"}
+    steps = ", ".join(f"{s.name} {s.expert.steps}" for s in specs)
+    lines = [f"expert budget ({cfg.expert.budget_split}: {split[cfg.expert.budget_split]}): {steps}"]
+    if seed is not None:
+        lines.append(f"seed model (expert.seed_fraction {cfg.expert.seed_fraction:g}): {seed.expert.steps} steps "
+                     f"at batch {seed.expert.batch_size} on all {seed.num_clips} train clips; every expert starts "
+                     "from it")  # fmt: skip
+    c, t, h, w = codec_info["latent_shape"]
+    text = codec_info["text_encoder"]
+    table = compute_table(specs, monolith, c, (t, h, w), text["max_tokens"], text["dim"], cfg.router, seed)
+    rule = {"steps": "K x expert steps at the same batch", "batch": "expert steps at K x the batch"}
+    lines.append(f"compute matching (same network; monolith = {rule[cfg.expert.monolith_scaling]}; the router is "
+                 "charged to the DDM):")  # fmt: skip
+    lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.3e}"))
+    return lines

@@ -134,12 +134,12 @@ def test_failed_expert_with_min_success_ratio_leaves_others(tmp_path, monkeypatc
             raise RuntimeError("simulated GPU failure in expert-01")
         return real_train(data, cfg, out_dir, seed, name, **kw)
 
-    monkeypatch.setattr("tasks.train.train", flaky)
+    monkeypatch.setattr("lib.train.run.train", flaky)
     experts, mono, _ = train_wf(cfg=_cfg(tmp_path, min_success_ratio=0.5, retries=0))
     assert experts[0] is not None and experts[1] is None and mono is not None
     with pytest.raises(Exception, match="simulated GPU failure in expert-01"):
         train_wf(cfg=_cfg(tmp_path / "strict", min_success_ratio=1.0, retries=0))
-    monkeypatch.setattr("tasks.train.train", real_train)
+    monkeypatch.setattr("lib.train.run.train", real_train)
     capfd.readouterr()
     experts, _, _ = train_wf(cfg=_cfg(tmp_path, min_success_ratio=0.5, retries=0))
     out = capfd.readouterr().out
