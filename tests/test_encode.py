@@ -11,7 +11,7 @@ from diffusers import AutoencoderKL, AutoencoderKLWan
 from safetensors.torch import load_file
 
 from data_schemas.encode import EncodedIndex
-from lib.config import EncodeConfig
+from lib.config import EncodeConfig, load_config
 from lib.data.ingest import ingest_builtin
 from lib.encode.codec import CodecLoadError, ImageVAECodec, PixelCodec, WanVideoCodec, codec_from_config
 from lib.encode.store import caption_cut_record, encode_dataset, load_encoded, read_codec_info
@@ -399,28 +399,37 @@ def test_caption_cut_record_warns_only_above_one_percent(caplog):
         caption_cut_record(torch.zeros(0, dtype=torch.int64), 40)
 
 
-@pytest.mark.parametrize("themed", [False, True])
-def test_default_max_tokens_holds_every_builtin_caption(minilm, themed):
-    """The longest caption the built-in templates can write, built word by word, fits the default: WordPiece splits
-    on spaces first, so a caption's token count is the sum over its words and the longest caption takes the longest
-    word of every slot (two objects, the second in the colour with the next-longest word). Themed scenes draw from
-    subsets of the same words, so one bound holds both regimes; each regime's drawn captions are checked against it.
+@pytest.mark.parametrize(("themed", "families", "limit"), [
+    (False, 4, EncodeConfig().max_tokens), (True, 4, EncodeConfig().max_tokens),  # the default world: the default
+    (True, 8, "configs/regime.yaml"), (False, 8, "configs/regime.yaml"),  # 8 families: the config that uses them
+])  # fmt: skip
+def test_max_tokens_holds_every_builtin_caption(minilm, themed, families, limit):
+    """The longest caption a world's templates can write, built word by word, fits the token limit of the config
+    that uses that world: WordPiece splits on spaces first, so a caption's token count is the sum over its words and
+    the longest caption takes the longest word of every slot (two objects, the second in the colour with the
+    next-longest word). Themed scenes draw from subsets of the same words, so one bound holds both regimes; each
+    regime's drawn captions (all families shared, and each owning its own) are checked against it.
     """
     from lib.data import procedural as p
+
+    world = p.World(families)
+    max_tokens = limit if isinstance(limit, int) else load_config(limit).encode.max_tokens
 
     def longest(words) -> str:
         return max(words, key=lambda w: len(minilm.tokenizer.tokenize(w)))
 
     colours = sorted(p.COLORS, key=lambda c: -len(minilm.tokenizer.tokenize(longest(p._COLOR_WORDS[c]))))
     size = longest([w for ws in p._SIZE_WORDS.values() for w in ws])
-    shape = longest([w for ws in p._SHAPE_WORDS.values() for w in ws])
-    motion = longest([w for ws in p._MOTION_WORDS.values() for w in ws])
-    where = longest([w.format(bg=bg) for s in p.SCENES for w in p._SCENE_WORDS[s] for bg in p.BACKGROUNDS[s]])
+    shape = longest([w for s in world.shapes for w in p._SHAPE_WORDS[s]])
+    motion = longest([w for m in world.motions for w in p._MOTION_WORDS[m]])
+    scenes = [(f, bg) for f in world.families for bg in p.FAMILIES[f].palette]
+    where = longest([w.format(bg=bg) for f, bg in scenes for w in p._SCENE_WORDS[f]])
     objects = [f"a {size} {longest(p._COLOR_WORDS[c])} {shape} {motion}" for c in colours[:2]]
     caption = f"{' and '.join(objects)} {where}"
     worst = minilm.encode([caption]).lengths.item()
-    assert worst <= EncodeConfig().max_tokens, caption
-    drawn = [p.clip_spec(0, i, 2, themed).caption for i in range(2000)]
+    assert worst <= max_tokens, caption
+    drawn = [p.clip_spec(0, i, 2, themed, world=p.World(families, overlap)).caption
+             for overlap in (1.0, 0.0) for i in range(1000)]  # fmt: skip
     assert max(map(len, minilm.tokenizer(drawn)["input_ids"])) <= worst, "a drawn caption is longer than the bound"
 
 

@@ -28,7 +28,8 @@ def test_task_called_as_function_returns_typed_outputs(tmp_path):
     cfg = _cfg(tmp_path)
     out = ingest_clips(cfg=cfg.data, seed=cfg.seed, output_dir=cfg.output_dir, videos=[], cuts=[])
     assert len(out.index) == 30 and out.quarantine.empty
-    assert sorted(p.name for p in Path(out.shards.path).iterdir())[:2] == ["index.parquet", "shard-00000.safetensors"]
+    names = sorted(p.name for p in Path(out.shards.path).iterdir())
+    assert names[:3] == ["SHA256SUMS", "index.parquet", "shard-00000.safetensors"]  # the checksum listing included
 
 
 def test_pyflyte_run_ingest_workflow(tmp_path):
