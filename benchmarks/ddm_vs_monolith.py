@@ -236,12 +236,13 @@ def is_current_headline(out: Path, not_run: list[str]) -> bool:
 
 def quality_record(rows: pd.DataFrame, strategy: str, codec_info: dict) -> dict:
     """quality.json (issue 15): do the generators draw what the prompts ask? Per method (the monolith, the DDM's
-    default strategy, the real prompt clips), AttrNet's per-attribute accuracy on the held-out prompts (an absent
-    object counts as wrong), averaged over training seeds, and the share of videos with an object of the prompt's
-    colour."""
+    default strategy first, then every other scored method such as ``ddm:oracle``, and the real prompt clips),
+    AttrNet's per-attribute accuracy on the held-out prompts (an absent object counts as wrong), averaged over
+    training seeds, and the share of videos with an object of the prompt's colour."""
     main = rows[rows["cluster"] == -1]
     methods = {}
-    for method in ("monolith", f"ddm:{strategy}", "real"):
+    first = ["monolith", f"ddm:{strategy}"]
+    for method in dict.fromkeys([*first, *sorted(set(main["method"]) - {*first, "real"}), "real"]):
         mine = main[main["method"] == method]
         if mine.empty:
             continue

@@ -94,7 +94,7 @@ def test_quality_json_averages_seeds_per_attribute_and_names_the_codec(bench):
             )  # per-cluster rows are not the headline
     learned = {"name": "vae", "learned": {"psnr_heldout": 31.234, "seconds": 600.04}}
     record = bench.quality_record(pd.DataFrame(rows), "topk", learned)
-    assert set(record["methods"]) == {"monolith", "ddm:topk", "real"}  # the default strategy only
+    assert list(record["methods"]) == ["monolith", "ddm:topk", "ddm:top1", "real"]  # the headline strategy first
     mono = record["methods"]["monolith"]
     assert mono["shape"] == pytest.approx(0.6) and mono["mean"] == pytest.approx((0.9 + 0.6 + 1.0 + 0.6) / 4)
     assert mono["object_found"] == 0.95 and mono["prompts"] == 96 and mono["training_seeds"] == [0, 1]
