@@ -186,10 +186,3 @@ def persist(local: str | Path, dest: str) -> str:
         fs.makedirs(root.rsplit("/", 1)[0], exist_ok=True)
         fs.put_file(str(local), root)
     return dest
-
-
-def write_parquet(table: pd.DataFrame, dest: str) -> str:
-    """Write a table to a local path or any fsspec URI (parent folders created)."""
-    with fsspec.open(dest, "wb", auto_mkdir=True) as f:
-        table.to_parquet(f, index=False)
-    return dest

@@ -159,6 +159,27 @@ def prune_remote_attempts(dest: str, older_than_s: float) -> int:
     return len(stale)
 
 
+def publish_folder(local: str | Path, dest: str) -> str:
+    """Put the files of ``local`` at ``dest`` as one unit, replacing what was there: on an object store a published
+    attempt (``publish_dir``), on a disk a copy beside ``dest`` swapped in by renames. A reader sees the old folder or
+    the new one (locally, for an instant, none), never a mix; two runs finishing at once leave one run's folder whole.
+    """
+    if is_remote(dest):
+        return publish_dir(local, dest)
+    final = Path(dest)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    fresh, old = final.with_name(f".{final.name}.new-{tag}"), final.with_name(f".{final.name}.old-{tag}")
+    shutil.copytree(local, fresh)
+    try:
+        final.rename(old)
+    except FileNotFoundError:  # the first publication
+        pass
+    fresh.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return str(final)
+
+
 def _pointer(dest: str) -> dict[str, Any] | None:
     fs, root = _fs(dest)
     try:

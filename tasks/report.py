@@ -3,13 +3,16 @@
 Not cached on purpose: they are cheap, and a cache hit upstream must still leave the files in place.
 """
 
+import tempfile
+from pathlib import Path
+
 from flytekit import task
 from flytekit.types.directory import FlyteDirectory
 from pandera.typing import DataFrame
 
 from data_schemas.ingest import ClipAttributes, ClipIndex, FilteredClip, QuarantineRecord
 from lib.data.quarantine import held_line
-from lib.io import write_parquet
+from lib.storage import publish_folder
 from tasks.common import uri_of
 from tasks.image import TASK_IMAGE
 
@@ -23,10 +26,13 @@ def report_ingest(
     attributes: DataFrame[ClipAttributes],
     filtered: DataFrame[FilteredClip],
 ) -> str:
+    """The ingest tables in ``<output_dir>/ingest/``, published as one folder (a rerun replaces it whole)."""
     dest = f"{output_dir.rstrip('/')}/ingest"
     tables = {"clip_index": index, "quarantine": quarantine, "attributes": attributes, "filtered": filtered}
-    for name, table in tables.items():
-        write_parquet(table, f"{dest}/{name}.parquet")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, table in tables.items():
+            table.to_parquet(Path(tmp) / f"{name}.parquet", index=False)
+        publish_folder(tmp, dest)
     reasons = quarantine["reason"].value_counts().to_dict()
     rules = filtered["rule"].value_counts().to_dict()
     held = f"\ningest: {held_line(index)}" if "held_frames" in index.columns else ""  # decoded sources only

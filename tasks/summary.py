@@ -19,10 +19,9 @@ from lib.config import RunConfig, config_to_dict, config_to_yaml
 from lib.evaluate.compare import headline
 from lib.evaluate.heldout_loss import loss_line
 from lib.evaluate.page import report_html
-from lib.io import persist
 from lib.sample.methods import gallery_html, load_sampled
 from lib.sample.sheet import sheet_html
-from lib.storage import StorageError, check_output_dir, is_remote, publish_dir, resolve
+from lib.storage import StorageError, check_output_dir, is_remote, publish_folder, resolve
 from lib.train.router import report_line, router_report_html
 from tasks.common import tracker_for
 from tasks.image import TASK_IMAGE
@@ -64,8 +63,8 @@ def summarize(
     ``<cfg.output_dir>/<results_name>``; returns that path. The execution's MLflow run gets the config too (as params
     and ``config.yaml``).
 
-    On an object store the results are published as one folder (``lib.storage.publish_dir``): ``<dest>/ddm`` and
-    the others resolve through ``<dest>/PUBLISHED.json``, and two runs finishing at once never mix their files."""
+    The results are published as one folder (``lib.storage.publish_folder``), so two runs finishing at once never mix
+    their files; on an object store ``<dest>/ddm`` and the others resolve through ``<dest>/PUBLISHED.json``."""
     output_dir = cfg.output_dir
     dest = f"{output_dir.rstrip('/')}/{results_name}"
     text = summary_text(dest, report, featnet_note, Path(ddm.download()), router_report, heldout)
@@ -85,9 +84,7 @@ def summarize(
         (staged / CONFIG).write_text(config_to_yaml(cfg))
         if is_remote(output_dir):
             check_output_dir(output_dir)
-            publish_dir(staged, dest)
-        else:
-            persist(staged, dest)
+        publish_folder(staged, dest)
     tracker = tracker_for(output_dir, only_after_work=True)
     if tracker is not None:  # what a person compares between executions: the table, sheet, GIFs, headline numbers
         run_id = tracker.execution_run()

@@ -106,3 +106,22 @@ def test_a_bucket_prunes_losing_attempts_once_stale_never_the_published_one(tmp_
     names = {p.rsplit("/", 1)[-1] for p in fs.ls(f"/prune-bucket/run/stage/{ATTEMPTS}", detail=False)}
     assert {young.rsplit("/", 1)[-1], latest.rsplit("/", 1)[-1]} <= names
     assert resolve(dest) == latest and fs.cat(f"{latest.removeprefix('memory://')}/a.txt") == b"one"
+
+
+def test_a_results_folder_is_replaced_whole_and_leaves_nothing_beside_it(tmp_path):
+    """``publish_folder`` on a disk: the second publication replaces the first as a unit (no file of the first
+    survives in it) and no temporary folder is left beside it."""
+    from lib.storage import publish_folder
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    (first / "sub").mkdir(parents=True)
+    (first / "sub" / "old.txt").write_text("old")
+    (first / "same.txt").write_text("1")
+    second.mkdir()
+    (second / "same.txt").write_text("2")
+    dest = tmp_path / "out" / "results"
+    publish_folder(first, str(dest))
+    assert (dest / "sub" / "old.txt").read_text() == "old"
+    publish_folder(second, str(dest))
+    assert sorted(p.name for p in dest.rglob("*")) == ["same.txt"] and (dest / "same.txt").read_text() == "2"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["results"]
