@@ -208,7 +208,8 @@ def test_continue_steps_continue_the_joined_parent_experts_from_their_weights(tm
     assert f"expert-{joined[0]:02d}-continued: reused" in again
 
     # a continued expert that failed keeps the parent's expert (recorded as reused); one from elsewhere is refused
-    encoded_info = read_codec_info(next((tmp_path / "out/stages/encode").iterdir()))  # parent's and new data's alike
+    encoded = next(p for p in (tmp_path / "out/stages/encode").iterdir() if not p.name.startswith("."))
+    encoded_info = read_codec_info(encoded)  # parent's and new data's alike
     args = dict(parent=parent, new_experts={2: grown / "experts/expert-02"}, router_dir=grown / "router",
                 encoded_info=encoded_info, centroids=read_parent(grown).centroids, encode_cfg=cfg.encode,
                 placement=lineage["placement"])  # fmt: skip
