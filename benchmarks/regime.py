@@ -5,7 +5,9 @@ cost of each cell on this machine (its wall time, which one workflow execution o
 protocol that every recorded cell names by its sha256, and partial results that survive a session's end. Each cell
 is one ``pyflyte run`` of the comparison (the user's path, the Flyte cache kept under the base config's output
 folder as ``make run`` keeps it), its record is appended to ``cells.jsonl`` as soon as it finishes, and a rerun
-skips the cells already recorded under the same protocol, so a grid finishes over several sessions.
+skips the cells already recorded under the same protocol, so a grid finishes over several sessions. Two workers
+may run at once on disjoint ``--only`` lists (one per core): they share the output folder's stages and record their
+cells in turn.
 
     python benchmarks/regime.py --protocol benchmarks/regime_protocol.md --grid benchmarks/regime_grid.yaml \
         [--only CELL ...] [--out benchmarks/results/regime]
@@ -30,9 +32,10 @@ import yaml
 
 from lib.config import load_config
 from lib.evaluate.cells import CELLS, cell_configs
-from lib.io import atomic_write
+from lib.io import atomic_write, exclusive
 
 REPO = Path(__file__).resolve().parents[1]
+LOCK = ".cells.lock"  # in the results folder: workers started at once on disjoint --only lists record in turn
 
 
 class RegimeError(ValueError):
@@ -62,7 +65,16 @@ def recorded(results: Path, protocol_sha: str) -> dict[str, dict]:
     return cells
 
 
-def run_cell(base: Path, setting: str, output_dir: Path) -> tuple[dict, float]:
+def record_cell(results: Path, protocol_sha: str, grid_order: list[str], record: dict) -> None:
+    """Add one finished cell to ``results`` in grid order, keeping what other workers recorded since this one began
+    (the read-merge-write holds a lock beside the file)."""
+    with exclusive(results.parent / LOCK, "another regime worker is recording a cell; waiting"):
+        done = recorded(results, protocol_sha) | {record["cell"]: record}
+        lines = "".join(json.dumps(done[n], sort_keys=True) + "\n" for n in grid_order if n in done)
+        atomic_write(results, lambda p: p.write_text(lines))
+
+
+def run_cell(base: Path, name: str, setting: str, output_dir: Path) -> tuple[dict, float]:
     """One ``pyflyte run`` of the comparison on one cell; returns its record and its wall time in seconds."""
     env = {**os.environ, "TMPDIR": str(output_dir / ".flyte-tmp"), "HOME": str(output_dir / ".flyte-home")}
     Path(env["TMPDIR"]).mkdir(parents=True, exist_ok=True)
@@ -75,8 +87,8 @@ def run_cell(base: Path, setting: str, output_dir: Path) -> tuple[dict, float]:
     if proc.returncode != 0:
         tail = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         raise RuntimeError(f"cell {setting!r} failed (exit {proc.returncode}):\n{tail}")
-    (record,) = [json.loads(line) for line in (output_dir / "compare" / CELLS).read_text().splitlines()]
-    return record, wall
+    records = [json.loads(line) for line in (output_dir / "compare" / CELLS).read_text().splitlines()]
+    return next(r for r in records if r["cell"] == name), wall
 
 
 def main() -> None:
@@ -99,13 +111,10 @@ def main() -> None:
     print(f"regime: {len(named)} cell(s) in {args.grid}, {len(done)} recorded, {len(todo)} to run; protocol {sha[:12]}")
     machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()}
     for name in todo:
-        record, wall = run_cell(base, named[name], REPO / cfg.output_dir)  # a relative output_dir: from the repo
+        record, wall = run_cell(base, name, named[name], REPO / cfg.output_dir)  # a relative output_dir: from the repo
         record |= {"wall_s": round(wall, 1), "protocol_sha256": sha, "machine": machine,
                    "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}  # fmt: skip
-        done[name] = record
-        lines = "".join(json.dumps(done[n], sort_keys=True) + "\n" for n in named if n in done)  # grid order
-        args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write(results, lambda p, text=lines: p.write_text(text))
+        record_cell(results, sha, list(named), record)
         ratio, loss = record["ratio_monolith_over_ddm"], record["heldout_loss"]
         print(f"{name}: {wall:.0f} s; ratio FD∞ {ratio.get('fd_inf_attrnet', float('nan')):.3f}, KID "
               f"{ratio.get('kid_attrnet', float('nan')):.3f}; held-out loss ddm/monolith "

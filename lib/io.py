@@ -10,12 +10,14 @@ lists a file that is not there, anything else no longer parses.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import fsspec
@@ -170,6 +172,27 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: str | Path, waiting: str = "") -> Iterator[None]:
+    """Hold an advisory ``flock`` on ``lock_file`` (created if missing) for the ``with`` body: the processes that
+    read, change and rewrite one local file or folder take turns instead of losing each other's update. The kernel
+    drops the lock when its process dies, so a killed holder leaves none. ``waiting`` is logged when another
+    process holds it."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                log.info("%s", waiting)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def persist(local: str | Path, dest: str) -> str:

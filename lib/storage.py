@@ -95,6 +95,18 @@ def upload_file(local: str | Path, uri: str) -> None:
         raise _explain(uri, exc, "upload") from exc
 
 
+def read_text(uri: str) -> str | None:
+    """The text of the file at ``uri`` (local or remote); None when there is none."""
+    fs, path = _fs(uri)
+    try:
+        with fs.open(path, "r") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _explain(uri, exc, "reading") from exc
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """One object, written whole (object stores make a single PUT atomic)."""
     fs, root = _fs(uri)

@@ -2,15 +2,16 @@
 
 import json
 import tempfile
+from pathlib import Path
 
 from flytekit import task
 from pandera.typing import DataFrame
 
 from data_schemas.evaluate import EvalReport, HeldoutLoss
 from lib.config import RunConfig
-from lib.evaluate.cells import cell_record, write_cells
+from lib.evaluate.cells import CELLS, cell_record, write_cells
 from lib.io import persist
-from lib.storage import is_remote
+from lib.storage import is_remote, read_text
 from tasks.image import TASK_IMAGE
 
 
@@ -29,13 +30,18 @@ def cell_record_task(
 
 @task(container_image=TASK_IMAGE, cache=False)
 def write_cells_task(output_dir: str, records: list[str]) -> str:
-    """``<output_dir>/compare/cells.jsonl`` and ``cells.md``; prints the table and returns the folder."""
+    """Adds the records to ``<output_dir>/compare/cells.jsonl`` and ``cells.md`` (every cell compared under this
+    ``output_dir``); prints the table and returns the folder."""
     dest = f"{output_dir.rstrip('/')}/compare"
     cells = [json.loads(r) for r in records]
-    if is_remote(dest):
+    if is_remote(dest):  # the bucket's table is merged like a local one, but two writers at once are not locked out
         with tempfile.TemporaryDirectory() as tmp:
-            _, text = write_cells(cells, tmp)
-            persist(tmp, dest)
+            local = Path(tmp) / "compare"
+            local.mkdir()
+            if (old := read_text(f"{dest}/{CELLS}")) is not None:
+                (local / CELLS).write_text(old)
+            _, text = write_cells(cells, local)
+            persist(local, dest)
     else:
         _, text = write_cells(cells, dest)  # each file written atomically in place
     print(f"compare: {len(records)} cell(s) -> {dest}/cells.jsonl\n{text}", flush=True)

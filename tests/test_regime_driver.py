@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.regime import RegimeError, read_grid, recorded
+from benchmarks.regime import RegimeError, read_grid, record_cell, recorded
 
 
 def test_grid_file_and_refusals(tmp_path):
@@ -24,3 +24,15 @@ def test_results_resume_only_under_their_protocol(tmp_path):
     assert recorded(results, "a" * 64)["base"]["wall_s"] == 3.0
     with pytest.raises(RegimeError, match=r"cells.jsonl:1: cell 'base' was run under protocol aaaaaaaaaaaa, not bbbb"):
         recorded(results, "b" * 64)
+
+
+def test_workers_record_in_grid_order_without_losing_each_others_cells(tmp_path):
+    results = tmp_path / "cells.jsonl"
+    order = ["xs", "base", "m"]
+    for name in ("m", "xs"):  # two workers, each adding the cell it finished
+        record_cell(results, "a" * 64, order, {"cell": name, "protocol_sha256": "a" * 64, "wall_s": len(name)})
+    record_cell(results, "a" * 64, order, {"cell": "xs", "protocol_sha256": "a" * 64, "wall_s": 9})  # a rerun
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["cell"], r["wall_s"]) for r in lines] == [("xs", 9), ("m", 1)]
+    with pytest.raises(RegimeError, match="was run under protocol"):
+        record_cell(results, "b" * 64, order, {"cell": "base", "protocol_sha256": "b" * 64})

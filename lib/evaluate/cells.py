@@ -19,7 +19,7 @@ import pandas as pd
 
 from lib.config import ConfigError, RunConfig, config_to_dict, with_overrides
 from lib.evaluate.heldout_loss import loss_by_t
-from lib.io import atomic_write
+from lib.io import atomic_write, exclusive
 
 BASE = "base"  # the cell of the empty setting: the base config as it is
 # Expert (and monolith) sizes for grids over capacity: ``size=<name>`` in a setting stands for these assignments.
@@ -126,13 +126,26 @@ def cells_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def merge_cells(existing: list[dict], new: list[dict]) -> list[dict]:
+    """Every cell of both, by name: a cell compared again replaces its old record where it stood, new cells follow."""
+    fresh = {r["cell"]: r for r in new}
+    kept = [fresh.pop(r["cell"], r) for r in existing]
+    return kept + [r for r in new if r["cell"] in fresh]
+
+
 def write_cells(records: list[dict], folder: str | Path) -> tuple[Path, str]:
-    """``cells.jsonl`` (every record) and ``cells.md`` (the table) in ``folder``, each written atomically; returns
-    the JSON lines' path and the table's text."""
+    """Add ``records`` to ``cells.jsonl`` and ``cells.md`` (the table) in ``folder``, each written atomically; returns
+    the JSON lines' path and the table's text. The folder keeps every cell compared under one ``output_dir``, so a
+    grid run as several executions, one after another or at once (a regime driver's workers), ends with one table:
+    the read-merge-write holds a lock, and a cell compared again keeps only its latest record."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    atomic_write(folder / CELLS, lambda p: p.write_text(lines))
-    text = cells_table(records).to_string(index=False, float_format=lambda v: f"{v:.4f}")
-    atomic_write(folder / TABLE, lambda p: p.write_text(f"```\n{text}\n```\n"))
-    return folder / CELLS, text
+    lock = folder.parent / f".{folder.name}.lock"  # beside the folder: what is published holds only the table
+    with exclusive(lock, f"{folder}: another comparison is writing its cells; waiting"):
+        existing = folder / CELLS
+        old = [json.loads(line) for line in existing.read_text().splitlines()] if existing.is_file() else []
+        records = merge_cells(old, records)
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        atomic_write(existing, lambda p: p.write_text(lines))
+        text = cells_table(records).to_string(index=False, float_format=lambda v: f"{v:.4f}")
+        atomic_write(folder / TABLE, lambda p: p.write_text(f"```\n{text}\n```\n"))
+    return existing, text

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import hashlib
 import json
 import logging
@@ -59,7 +58,7 @@ from pandera.typing import DataFrame
 
 from data_schemas.train import TrainingLog
 from lib.config import RUN_ONLY_FIELDS, ExpertConfig
-from lib.io import atomic_write
+from lib.io import atomic_write, exclusive
 from lib.models.factory import (
     TRAINING_INFO,
     build_expert,
@@ -415,17 +414,8 @@ def _one_trainer(out_dir: Path, is_main: bool) -> Iterator[None]:
     if not is_main:
         yield
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / LOCK_FILE, "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("%s: another process is training here; waiting for it", out_dir)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive(out_dir / LOCK_FILE, f"{out_dir}: another process is training here; waiting for it"):
+        yield
 
 
 def train(
