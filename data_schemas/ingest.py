@@ -9,6 +9,15 @@ ROLES = (TRAIN, VALIDATION, REFERENCE, PROMPT)
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"  # a file's sha256 as lowercase hex
 
+# The manifest's columns (VideoManifest): path and caption are required; the config names them in data.columns.
+MANIFEST_COLUMNS = ("path", "caption", "clip_id", "start", "end")
+REQUIRED_COLUMNS = ("path", "caption")
+# The built-in source's scene families (ClipAttributes.scene), in the order they join its world; the first
+# DEFAULT_FAMILIES are the default world. What each family owns is lib.data.procedural.FAMILIES; the names live
+# here, below the config, which checks data.num_families, data.scenes and extend.scenes against them.
+FAMILY_NAMES = ("plain", "gradient", "stripes", "checker", "spots", "rings", "waves", "grid")
+DEFAULT_FAMILIES = 4
+
 QUARANTINE_REASONS = (
     "missing_file",  # the path/URI does not exist or cannot be opened
     "unreadable",  # the container or codec cannot be decoded (corrupt, truncated, not a video)

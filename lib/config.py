@@ -22,9 +22,10 @@ from typing import Any
 
 import yaml
 
-from lib.data.columns import MANIFEST_COLUMNS
-from lib.data.procedural import DEFAULT_FAMILIES, FAMILIES, SCENES
+from data_schemas.ingest import DEFAULT_FAMILIES, FAMILY_NAMES, MANIFEST_COLUMNS
 from lib.strategy import parse_schedule
+
+DEFAULT_SCENES = FAMILY_NAMES[:DEFAULT_FAMILIES]  # the built-in source's default world
 
 
 class ConfigError(ValueError):
@@ -104,9 +105,9 @@ class DataConfig:
     quarantine_held_frames: bool = False
     max_objects: int = 2  # built-in clips hold 1..max_objects objects
     themed_scenes: bool = False  # built-in: each scene family has its own shapes and motions (lib.data.procedural)
-    # built-in: the scene families drawn from, of the first num_families of lib.data.procedural.FAMILIES; []: all
-    scenes: list[str] = field(default_factory=lambda: list(SCENES))
-    # built-in: the world's scene families, the first 4..8 of FAMILIES; what they own is the vocabulary
+    # built-in: the scene families drawn from, of the first num_families of FAMILY_NAMES; []: all
+    scenes: list[str] = field(default_factory=lambda: list(DEFAULT_SCENES))
+    # built-in: the world's scene families, the first 4..8 of FAMILY_NAMES; what they own is the vocabulary
     num_families: int = added_later(DEFAULT_FAMILIES)
     # built-in: share of shape, motion and background draws from the pool the families share; the rest come from what
     # the clip's family owns alone (0: families with disjoint shapes, motions and backgrounds; 1: as before the knob)
@@ -148,15 +149,15 @@ class DataConfig:
             _check(getattr(self, name) > 0, f"data.{name}", f"must be > 0, got {getattr(self, name)}")
         _check(self.fps > 0, "data.fps", f"must be > 0, got {self.fps}")
         _check(1 <= self.max_objects <= 2, "data.max_objects", f"must be 1 or 2, got {self.max_objects}")
-        lo, hi, n = DEFAULT_FAMILIES, len(FAMILIES), self.num_families
+        lo, hi, n = DEFAULT_FAMILIES, len(FAMILY_NAMES), self.num_families
         _check(lo <= n <= hi, "data.num_families", f"must lie in [{lo}, {hi}], got {n} (fewer families: data.scenes)")
         overlap = self.family_overlap
         _check(0.0 <= overlap <= 1.0, "data.family_overlap", f"must lie in [0, 1], got {overlap}")
-        world = tuple(FAMILIES)[:n]
+        world = FAMILY_NAMES[:n]
         for scene in self.scenes:
             _one_of(scene, world, "data.scenes")
         _check(len(set(self.scenes)) == len(self.scenes), "data.scenes", f"distinct families of {world}")
-        _check(self.num_families == DEFAULT_FAMILIES or self.scenes != list(SCENES), "data.scenes",
+        _check(self.num_families == DEFAULT_FAMILIES or self.scenes != list(DEFAULT_SCENES), "data.scenes",
                f"still the {DEFAULT_FAMILIES} default families while data.num_families={self.num_families}: "
                "list the families to draw from, or [] for all of them")  # fmt: skip
         _check(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must lie in [0, 1]")
@@ -480,7 +481,7 @@ class ExtendConfig:
         _check(self.source != "manifest" or bool(self.manifest), "extend.manifest", "required when source=manifest")
         _check(self.num_clips > 0, "extend.num_clips", f"must be > 0, got {self.num_clips}")
         for scene in self.scenes:
-            _one_of(scene, tuple(FAMILIES), "extend.scenes")
+            _one_of(scene, FAMILY_NAMES, "extend.scenes")
         _check(len(self.scenes) > 0, "extend.scenes", "needs at least one family")
         _check(0.0 <= self.join_distance <= 2.0, "extend.join_distance", "a cosine distance: must lie in [0, 2]")
         _check(self.new_clusters >= 1, "extend.new_clusters", f"must be >= 1, got {self.new_clusters}")
@@ -528,7 +529,7 @@ class RunConfig:
             f"{self.expert.batch_size} is smaller than the {world} processes per expert (resources.expert_nnodes x "
             "expert_nproc_per_node): each needs at least one sample per step",
         )
-        families = tuple(FAMILIES)[: self.data.num_families]  # the new data lives in the run's world
+        families = FAMILY_NAMES[: self.data.num_families]  # the new data lives in the run's world
         outside = [scene for scene in self.extend.scenes if scene not in families]
         _check(not outside, "extend.scenes", f"{outside} are not among the {len(families)} of data.num_families")
         if self.data.source == "builtin":

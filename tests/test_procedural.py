@@ -5,13 +5,13 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from data_schemas.ingest import DEFAULT_FAMILIES, FAMILY_NAMES
 from lib.config import DataConfig
 from lib.data.procedural import (
     _COLOR_WORDS,
     _MOTION_WORDS,
     _SHAPE_WORDS,
     COLORS,
-    DEFAULT_FAMILIES,
     FAMILIES,
     MOTIONS,
     SCENES,
@@ -254,3 +254,7 @@ def test_worlds_refuse_what_they_cannot_draw():
         World(8, 1.5)
     with pytest.raises(ValueError, match="scenes must be families of"):
         clip_spec(0, 0, scenes=("spots",))  # not a family of the default world
+
+
+def test_the_family_names_below_the_config_are_the_families_the_source_draws():
+    assert tuple(FAMILIES) == FAMILY_NAMES and SCENES == FAMILY_NAMES[:DEFAULT_FAMILIES]

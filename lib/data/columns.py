@@ -17,11 +17,10 @@ from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
+from data_schemas.ingest import MANIFEST_COLUMNS, REQUIRED_COLUMNS
+
 log = logging.getLogger(__name__)
 
-# The project's manifest columns (data_schemas.ingest.VideoManifest): path and caption are required.
-MANIFEST_COLUMNS = ("path", "caption", "clip_id", "start", "end")
-REQUIRED_COLUMNS = ("path", "caption")
 # Names other conventions use for a project column, tried in order when neither a mapping nor the project name
 # is present. Open-Sora's manifests call the caption ``text``.
 ALIASES: dict[str, tuple[str, ...]] = {"caption": ("text",)}

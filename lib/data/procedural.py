@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data_schemas.ingest import DEFAULT_FAMILIES, FAMILY_NAMES
+
 
 @dataclass(frozen=True)
 class Family:
@@ -72,8 +74,7 @@ FAMILIES = {  # the first four are the default world (data.num_families = 4); th
     "grid": Family(("mint", "lilac", "black"), ("mint", "lilac"), ("cross",), ("zigzag",),
                    (("cross", "diamond"), ("zigzag", "left_slow", "right_slow"))),
 }  # fmt: skip
-DEFAULT_FAMILIES = 4
-SCENES = tuple(FAMILIES)[:DEFAULT_FAMILIES]  # the default world's families
+SCENES = FAMILY_NAMES[:DEFAULT_FAMILIES]  # the default world's families
 BACKGROUNDS = {scene: FAMILIES[scene].palette for scene in SCENES}  # the default world's palettes
 BG_RGB = {
     "black": (10, 10, 14),
