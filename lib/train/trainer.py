@@ -73,7 +73,7 @@ from lib.progress import progress
 from lib.seeding import derive_seed, torch_generator
 from lib.train import checkpoint as ckpt
 from lib.train.compute import flops_per_step, probe_micro_batch
-from lib.train.distributed import workers_from_env
+from lib.train.distributed import Workers, workers_from_env
 
 log = logging.getLogger(__name__)
 
@@ -458,6 +458,130 @@ def train(
         return _train(data, cfg, out_dir, seed, name, callbacks, max_steps, spec_hash, teacher, init_from)
 
 
+@dataclass
+class _Run:
+    """What one run carries from step to step once set up: the networks, the optimizer, the generator every random
+    draw of a step comes from, and how a step's batch splits across ranks and micro-batches."""
+
+    model: ModelMixin  # the weights being trained (compiled blocks in place when compiling)
+    net: torch.nn.Module  # what the forward pass runs: the model, or its DDP wrapper when distributed
+    ema: ModelMixin  # fp32, plain, never compiled: what ``model/`` holds at the end
+    opt: torch.optim.Optimizer
+    gen: torch.Generator  # batches, timesteps, noise, caption dropout
+    sampler: BatchSampler
+    device: torch.device
+    bf16: bool
+    workers: Workers  # this process's rank among the run's processes (one without torchrun)
+    rows_here: slice  # this rank's rows of every global batch
+    micro: int  # rows per forward + backward
+
+
+def _forward_loss(run: _Run, x_t, t, target, tokens, mask, module: torch.nn.Module | None = None) -> torch.Tensor:
+    """Per-sample MSE [b] of the model's prediction, on the device (``module``: the bare model, to skip DDP)."""
+    with forward_context(run.device, run.bf16):
+        pred = expert_forward(run.net if module is None else module, x_t, t, tokens, mask)
+    return (pred.float() - target).pow(2).flatten(1).mean(1)
+
+
+def _set_up(
+    data: TrainData,
+    cfg: ExpertConfig,
+    ckpt_root: Path,
+    seed: int,
+    name: str,
+    fingerprint: str,
+    init_from: str | Path | None,
+) -> tuple[_Run, int, list[dict[str, float]]]:
+    """Build the run (fresh, from ``init_from``, or resumed from its newest checkpoint) and size its micro-batches;
+    returns it with the step and the log rows it resumes at."""
+    workers = workers_from_env()
+    device = workers.device()
+    compile_blocks = compiles(cfg.compile, device, cfg.steps)  # before any work: a missing compiler fails fast
+    model = build_expert(cfg, data.in_channels, data.text_dim, data.sample_shape, seed=derive_seed(seed, name))
+    if init_from is not None:  # a resumed checkpoint (below) replaces these weights, model and EMA alike
+        load_weights_into(model, init_from)
+    model = model.to(device).train()
+    ema = copy.deepcopy(model).requires_grad_(False)
+    if cfg.activation_checkpointing:
+        model.enable_gradient_checkpointing()  # diffusers: each block's activations are recomputed in backward
+    net = model
+    if workers.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    # one kernel for all parameters (a CPU step spent 7 % of its time in the per-parameter loop)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    gen = torch_generator(seed, name, "train")
+    sampler = BatchSampler(len(data), cfg.batch_size, gen)
+    rows_here = workers.shard(cfg.batch_size)
+    run = _Run(model, net, ema, opt, gen, sampler, device, uses_bf16(cfg.precision, device, compile_blocks),
+               workers, rows_here, micro=0)  # fmt: skip
+    # Rank 0 resumes first (and removes foreign checkpoints); the others then read what it kept.
+    step, rows = _resume(ckpt_root, fingerprint, model, ema, opt, sampler) if workers.is_main else (0, [])
+    workers.barrier()
+    if not workers.is_main:
+        step, rows = _resume(ckpt_root, fingerprint, model, ema, opt, sampler, remove_foreign=False)
+
+    def probe(n: int) -> None:  # forward + backward on n samples, to measure memory (CUDA only)
+        z, tokens, mask = torch.zeros(n, *data.latents.shape[1:], device=device), data.tokens[:1], data.mask[:1]
+        tokens, mask, z_t = tokens.to(device), mask.to(device), torch.full((n,), 0.5, device=device)
+        # the bare model, not the DDP wrapper: probing must not all-reduce
+        _forward_loss(run, z, z_t, z, tokens.expand(n, -1, -1), mask.expand(n, -1), module=model).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    adam_bytes = 2 * sum(p.numel() * p.element_size() for p in model.parameters())
+    local_batch = rows_here.stop - rows_here.start
+    micro = cfg.micro_batch or probe_micro_batch(probe, local_batch, device, reserve_bytes=adam_bytes)
+    run.micro = math.ceil(local_batch / math.ceil(local_batch / min(micro, local_batch)))  # even: 16 + 16, not 31 + 1
+    if compile_blocks:  # after the probe: eager memory bounds the compiled one, and its sizes 1, 2 are not compiled
+        model.compile_repeated_blocks(dynamic=False)  # each block in place (same keys); one graph per micro shape
+    log.info("%s: %d clips, %d params, batch %d = %d process(es) x %d x %d on %s (%s, %s)", name, len(data),
+             count_parameters(model), cfg.batch_size, workers.world, math.ceil(local_batch / run.micro), run.micro,
+             device, "compiled" if compile_blocks else "eager", "bf16 autocast" if run.bf16 else "fp32")  # fmt: skip
+    return run, step, rows
+
+
+def _step(run: _Run, data: TrainData, cfg: ExpertConfig, step: int, teacher: Teacher | None) -> dict[str, float]:
+    """One optimizer step (the ``step``-th, counted from 0); returns its log row."""
+    workers = run.workers
+    started = time.perf_counter()
+    lr = lr_at(step, cfg)
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    # Everything random for this step is drawn for the whole batch, before any split into micro-batches.
+    idx = run.sampler.next_batch()
+    t = sample_timesteps(len(idx), cfg.timestep_sampling, run.gen)  # [B]
+    x0 = data.latents[idx]  # [B, C, T, H, W]
+    eps = torch.randn(x0.shape, generator=run.gen)
+    keep = torch.rand(len(idx), generator=run.gen) >= cfg.caption_dropout  # [B], False: train unconditionally
+    x_t, target = flow_matching_batch(x0, t, eps, cfg.objective)
+    tokens, mask = data.tokens[idx], data.mask[idx] & keep[:, None]
+    x_t, t, target, tokens, mask = batch_to_device([x_t, t, target, tokens, mask], run.rows_here, run.device)
+    if teacher is not None:  # distillation: the teacher's velocity replaces the data's target
+        target = teacher_targets(teacher, x_t, t, idx[run.rows_here], keep[run.rows_here], run.micro)
+    per_sample = []
+    # Gradient accumulation over this rank's rows: the micro losses sum to its share of the batch mean, scaled by
+    # the world size because DDP averages (not sums) the ranks' gradients, in the last backward only.
+    starts = range(0, run.rows_here.stop - run.rows_here.start, run.micro)
+    for lo in starts:
+        sl = slice(lo, min(lo + run.micro, starts.stop))
+        sync = lo == starts[-1] or not workers.distributed
+        with contextlib.nullcontext() if sync else run.net.no_sync():
+            loss_i = _forward_loss(run, x_t[sl], t[sl], target[sl], tokens[sl], mask[sl])
+            (loss_i.sum() * workers.world / len(idx)).backward()
+        per_sample.append(loss_i.detach())
+    per_sample = workers.gather_rows(torch.cat(per_sample), run.rows_here, len(idx))
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip, foreach=True)
+    # One device-to-host sync per step: the losses and the norm travel together (each sync stalls the GPU).
+    host = torch.cat([per_sample.float(), grad_norm.reshape(1).float()]).cpu()
+    per_sample, grad_norm = host[:-1], host[-1].item()
+    loss = per_sample.mean().item()
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise _non_finite(step + 1, loss, grad_norm, per_sample, [data.clip_ids[i] for i in idx], lr)
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    update_ema(run.ema, run.model, ema_decay_at(step, cfg.ema_decay))
+    return {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm, "seconds": time.perf_counter() - started}
+
+
 def _train(
     data: TrainData,
     cfg: ExpertConfig,
@@ -476,111 +600,24 @@ def _train(
     if stored is not None:
         log.info("%s: %s already trained for spec %s; skipping", name, model_dir, spec_hash)
         return stored
-    stop = cfg.steps if max_steps is None else min(max_steps, cfg.steps)
-    workers = workers_from_env()
-    rows_here = workers.shard(cfg.batch_size)  # this rank's slice of every global batch
-    device = workers.device()
-    compile_blocks = compiles(cfg.compile, device, cfg.steps)  # before any work: a missing compiler fails fast
-    bf16 = uses_bf16(cfg.precision, device, compile_blocks)
     if teacher is not None and cfg.objective != "flow":
         raise ValueError(f"{name}: a teacher gives velocities; distilling needs objective flow, not {cfg.objective}")
-    callbacks = [ProgressCallback(cfg.log_every, name)] if callbacks is None else list(callbacks)
-    callbacks = callbacks if workers.is_main else []
+    stop = cfg.steps if max_steps is None else min(max_steps, cfg.steps)
     start = weights_sha256(init_from) if init_from is not None else None
     fingerprint = _fingerprint(data, cfg, seed, name, spec_hash, start)
-
-    model = build_expert(cfg, data.in_channels, data.text_dim, data.sample_shape, seed=derive_seed(seed, name))
-    if init_from is not None:  # a resumed checkpoint (below) replaces these weights, model and EMA alike
-        load_weights_into(model, init_from)
-    model = model.to(device).train()
-    ema = copy.deepcopy(model).requires_grad_(False)  # fp32 and plain: neither checkpointed nor compiled
-    if cfg.activation_checkpointing:
-        model.enable_gradient_checkpointing()  # diffusers: each block's activations are recomputed in backward
-    net = model  # what the forward pass runs: the DDP wrapper (gradient all-reduce) when distributed
-    if workers.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    # one kernel for all parameters (a CPU step spent 7 % of its time in the per-parameter loop)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    gen = torch_generator(seed, name, "train")  # batches, timesteps, noise, caption dropout
-    sampler = BatchSampler(len(data), cfg.batch_size, gen)
-    # Rank 0 resumes first (and removes foreign checkpoints); the others then read what it kept.
-    step, rows = _resume(ckpt_root, fingerprint, model, ema, opt, sampler) if workers.is_main else (0, [])
-    workers.barrier()
-    if not workers.is_main:
-        step, rows = _resume(ckpt_root, fingerprint, model, ema, opt, sampler, remove_foreign=False)
+    run, step, rows = _set_up(data, cfg, ckpt_root, seed, name, fingerprint, init_from)
+    is_main = run.workers.is_main
+    callbacks = ([ProgressCallback(cfg.log_every, name)] if callbacks is None else list(callbacks)) if is_main else []
     resumed_from = step
-
-    def forward_loss(x_t, t, target, tokens, mask, module=net) -> torch.Tensor:  # on the device; per-sample MSE [b]
-        with forward_context(device, bf16):
-            pred = expert_forward(module, x_t, t, tokens, mask)
-        return (pred.float() - target).pow(2).flatten(1).mean(1)
-
-    def probe(n: int) -> None:  # forward + backward on n samples, to measure memory (CUDA only)
-        z, tokens, mask = torch.zeros(n, *data.latents.shape[1:], device=device), data.tokens[:1], data.mask[:1]
-        tokens, mask, z_t = tokens.to(device), mask.to(device), torch.full((n,), 0.5, device=device)
-        # the bare model, not the DDP wrapper: probing must not all-reduce
-        forward_loss(z, z_t, z, tokens.expand(n, -1, -1), mask.expand(n, -1), module=model).sum().backward()
-        model.zero_grad(set_to_none=True)
-
-    adam_bytes = 2 * sum(p.numel() * p.element_size() for p in model.parameters())
-    local_batch = rows_here.stop - rows_here.start
-    micro = cfg.micro_batch or probe_micro_batch(probe, local_batch, device, reserve_bytes=adam_bytes)
-    accum = math.ceil(local_batch / min(micro, local_batch))
-    micro = math.ceil(local_batch / accum)  # even micro-batches: 16 + 16, not 31 + 1
-    if compile_blocks:  # after the probe: eager memory bounds the compiled one, and its sizes 1, 2 are not compiled
-        model.compile_repeated_blocks(dynamic=False)  # each block in place (same keys); one graph per micro shape
-    log.info("%s: %d clips, %d params, batch %d = %d process(es) x %d x %d on %s (%s, %s)", name, len(data),
-             count_parameters(model), cfg.batch_size, workers.world, accum, micro, device,
-             "compiled" if compile_blocks else "eager", "bf16 autocast" if bf16 else "fp32")  # fmt: skip
     for cb in callbacks:
         cb.on_start(step, stop)
-
     while step < stop:
-        started = time.perf_counter()
-        lr = lr_at(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        # Everything random for this step is drawn for the whole batch, before any split into micro-batches.
-        idx = sampler.next_batch()
-        t = sample_timesteps(len(idx), cfg.timestep_sampling, gen)  # [B]
-        x0 = data.latents[idx]  # [B, C, T, H, W]
-        eps = torch.randn(x0.shape, generator=gen)
-        keep = torch.rand(len(idx), generator=gen) >= cfg.caption_dropout  # [B], False: train unconditionally
-        x_t, target = flow_matching_batch(x0, t, eps, cfg.objective)
-        tokens, mask = data.tokens[idx], data.mask[idx] & keep[:, None]
-        x_t, t, target, tokens, mask = batch_to_device([x_t, t, target, tokens, mask], rows_here, device)
-        if teacher is not None:  # distillation: the teacher's velocity replaces the data's target
-            target = teacher_targets(teacher, x_t, t, idx[rows_here], keep[rows_here], micro)
-        per_sample = []
-        # Gradient accumulation over this rank's rows: the micro losses sum to its share of the batch mean, scaled
-        # by the world size because DDP averages (not sums) the ranks' gradients, in the last backward only.
-        starts = range(0, local_batch, micro)
-        for lo in starts:
-            sl = slice(lo, min(lo + micro, local_batch))
-            sync = lo == starts[-1] or not workers.distributed
-            with contextlib.nullcontext() if sync else net.no_sync():
-                loss_i = forward_loss(x_t[sl], t[sl], target[sl], tokens[sl], mask[sl])
-                (loss_i.sum() * workers.world / len(idx)).backward()
-            per_sample.append(loss_i.detach())
-        per_sample = workers.gather_rows(torch.cat(per_sample), rows_here, len(idx))
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
-        # One device-to-host sync per step: the losses and the norm travel together (each sync stalls the GPU).
-        host = torch.cat([per_sample.float(), grad_norm.reshape(1).float()]).cpu()
-        per_sample, grad_norm = host[:-1], host[-1].item()
-        loss = per_sample.mean().item()
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            raise _non_finite(step + 1, loss, grad_norm, per_sample, [data.clip_ids[i] for i in idx], lr)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        update_ema(ema, model, ema_decay_at(step, cfg.ema_decay))
+        rows.append(_step(run, data, cfg, step, teacher))
         step += 1
-
-        row = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "seconds": time.perf_counter() - started}
-        rows.append(row)
         for cb in callbacks:
-            cb.on_step(row)
-        if (step % cfg.checkpoint_every == 0 or step == stop) and workers.is_main:
-            groups, meta = _checkpoint_state(model, ema, opt, sampler, rows, fingerprint)
+            cb.on_step(rows[-1])
+        if (step % cfg.checkpoint_every == 0 or step == stop) and is_main:
+            groups, meta = _checkpoint_state(run.model, run.ema, run.opt, run.sampler, rows, fingerprint)
             folder = ckpt.save_checkpoint(ckpt_root, step, groups, meta)
             ckpt.prune_checkpoints(ckpt_root)
             for cb in callbacks:
@@ -590,10 +627,10 @@ def _train(
     result = TrainResult(None, table, step, resumed_from=resumed_from)
     if step == cfg.steps:
         info = _training_info(data, cfg, seed, name, spec_hash, start)
-        if workers.is_main:
-            info = _write_model(ema.to("cpu"), model_dir, table, info)
+        if is_main:
+            info = _write_model(run.ema.to("cpu"), model_dir, table, info)
         result.info, result.model_dir = info, model_dir
-    workers.barrier()  # the other ranks return once rank 0 has published the model
+    run.workers.barrier()  # the other ranks return once rank 0 has published the model
     for cb in callbacks:
         cb.on_end(result)
     return result
