@@ -18,8 +18,9 @@ from lib.data.procedural import iter_builtin_clips
 from lib.data.video import write_gif
 from lib.evaluate.attrnet_training import train_attrnet
 from lib.evaluate.compare import headline
+from lib.evaluate.fd_features import fd_feature_spec
 from lib.evaluate.page import report_html
-from lib.evaluate.report import bootstrap_mean, evaluate_methods, fd_feature_spec
+from lib.evaluate.report import bootstrap_mean, evaluate_methods
 from lib.features.aesthetic import AestheticScorer
 from lib.features.batch import FeatureError
 from lib.sample.methods import gallery_html

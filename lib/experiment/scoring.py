@@ -20,7 +20,8 @@ from lib.data.split import TRAIN, VALIDATION, rows_with_role
 from lib.evaluate.attrnet import AttrNet, AttrNetFeatures
 from lib.evaluate.attrnet_training import fit_attrnet
 from lib.evaluate.distances import score_sets
-from lib.evaluate.report import BASELINE, video_features
+from lib.evaluate.fd_features import video_features
+from lib.evaluate.report import BASELINE
 from lib.experiment.context import Shared
 from lib.experiment.models import Models
 from lib.experiment.timer import StageTimer, say
