@@ -1,6 +1,7 @@
 """Embed and cluster tasks: which clips each expert trains on, with a report a person reads before training."""
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from lib.encode.store import load_encoded
 from lib.io import atomic_write
 from tasks.common import publish_stage, stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
+
+log = logging.getLogger(__name__)
 
 
 @task(container_image=TASK_IMAGE, cache=Cache(version="embed-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
@@ -88,5 +91,5 @@ def cluster_clips(
     ami = ", ".join(f"{k} {v:.2f}" for k, v in report.ami.items())
     centroids_uri = publish_stage(output_dir, centroids)  # with the report and plot beside it
     where = centroids_uri.rsplit("/", 1)[0]
-    print(f"cluster: sizes {report.sizes}, silhouette {report.silhouette:.3f}, AMI {ami} -> {where}", flush=True)
+    log.info(f"cluster: sizes {report.sizes}, silhouette {report.silhouette:.3f}, AMI {ami} -> {where}")
     return assignment_frame(clip_ids, result, roles), report.summary_frame(), FlyteFile(centroids_uri)

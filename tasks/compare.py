@@ -1,6 +1,7 @@
 """The comparison grid's bookkeeping: one record per cell, and the table of all cells beside the results."""
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from lib.evaluate.cells import CELLS, cell_record, write_cells
 from lib.io import persist
 from lib.storage import is_remote, read_text
 from tasks.image import TASK_IMAGE
+
+log = logging.getLogger(__name__)
 
 
 @task(container_image=TASK_IMAGE, cache=False)
@@ -44,5 +47,5 @@ def write_cells_task(output_dir: str, records: list[str]) -> str:
             persist(local, dest)
     else:
         _, text = write_cells(cells, dest)  # each file written atomically in place
-    print(f"compare: {len(records)} cell(s) -> {dest}/cells.jsonl\n{text}", flush=True)
+    log.info(f"compare: {len(records)} cell(s) -> {dest}/cells.jsonl\n{text}")
     return dest

@@ -1,5 +1,7 @@
 """The distillation task: one dense student trained on the DDM's routed mixture velocity."""
 
+import logging
+
 from flytekit import Resources, dynamic, task
 from flytekit.types.directory import FlyteDirectory
 from pandera.typing import DataFrame
@@ -13,6 +15,8 @@ from lib.train.specs import training_rows
 from tasks.common import mark_ran, stage_dir, uri_of
 from tasks.image import TASK_IMAGE
 from tasks.train import resource_overrides
+
+log = logging.getLogger(__name__)
 
 
 @task(container_image=TASK_IMAGE, requests=Resources(cpu="2", mem="4Gi"), retries=2)
@@ -32,9 +36,9 @@ def train_student(
     state = "reused" if result.skipped else f"trained {result.steps} steps"
     calls = teacher.stats.total_rows
     final = result.log["loss"].tail(20).mean() if len(result.log) else float("nan")
-    print(f"{STUDENT}: {state} on {len(ids)} clips against the DDM ({cfg.distill.strategy}, CFG "
-          f"{cfg.distill.guidance_scale:g}; {calls} teacher expert rows this run), final loss {final:.4f} "
-          f"-> {result.model_dir}", flush=True)  # fmt: skip
+    log.info(f"{STUDENT}: {state} on {len(ids)} clips against the DDM ({cfg.distill.strategy}, CFG "
+             f"{cfg.distill.guidance_scale:g}; {calls} teacher expert rows this run), final loss {final:.4f} "
+             f"-> {result.model_dir}")  # fmt: skip
     return FlyteDirectory(published_model(result, remote))
 
 

@@ -1,5 +1,7 @@
 """Codec and encode tasks: the pipeline's own latent codec (when asked for), then latents + text embeddings."""
 
+import logging
+
 from flytekit import Cache, Resources, task
 from flytekit.types.directory import FlyteDirectory
 from pandera.typing import DataFrame
@@ -13,6 +15,8 @@ from lib.encode.store import encode_dataset, read_codec_info
 from tasks.common import publish_stage, stage_dir, uri_of
 from tasks.image import TASK_IMAGE
 
+log = logging.getLogger(__name__)
+
 
 @task(container_image=TASK_IMAGE, cache=Cache(version="codec-v1"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
 def train_codec(
@@ -24,7 +28,7 @@ def train_codec(
     out = stage_dir(output_dir, "codec", encode.codec, cfg, seed, uri_of(shards))
     if encode.codec == "learned":
         _, report = fit_codec(cfg, seed, shards.download(), index, out)
-        print(report.summary(), flush=True)
+        log.info(report.summary())
     return FlyteDirectory(publish_stage(output_dir, out))
 
 
@@ -40,5 +44,5 @@ def encode_clips(
     cut = read_codec_info(out)["captions"]
     share = 100 * cut["cut_fraction"]
     line = f"{cut['cut']} of {cut['count']} captions ({share:.1f} %) cut to encode.max_tokens={cut['max_tokens']}"
-    print(f"encode: {len(encoded_index)} clips; {line} (longest {cut['longest_tokens']} tokens)", flush=True)
+    log.info(f"encode: {len(encoded_index)} clips; {line} (longest {cut['longest_tokens']} tokens)")
     return FlyteDirectory(publish_stage(output_dir, out)), encoded_index

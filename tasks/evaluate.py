@@ -1,5 +1,6 @@
 """Evaluation tasks: the offline feature network (once per dataset) and the comparison report with its Deck."""
 
+import logging
 import time
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from lib.sample.sheet import REAL_ROW, contact_sheet, sheet_html
 from tasks.common import publish_stage, stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
 from tasks.sample import load_for_sampling
+
+log = logging.getLogger(__name__)
 
 
 @task(container_image=TASK_IMAGE, cache=Cache(version="featnet-v2"), requests=Resources(cpu="2", mem="4Gi"), retries=1)
@@ -63,7 +66,7 @@ def train_featnet(
         rows = [{"step": 0, **{k.replace(".", "_"): v for k, v in checks.items()}}]
         tracker.record_model("attrnet", "featnet", params, rows, started)
     note = featnet_note(checks, model.vocab)
-    print(note, flush=True)
+    log.info(note)
     return FlyteDirectory(publish_stage(output_dir, out)), note
 
 
@@ -126,5 +129,5 @@ def heldout_loss_task(
          heldout_loss(mono, "monolith", data, [], seed, clusters)],
         ignore_index=True,
     )  # fmt: skip
-    print(loss_line(table, f"ddm:{cfg.strategy}"), flush=True)
+    log.info(loss_line(table, f"ddm:{cfg.strategy}"))
     return table

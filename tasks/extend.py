@@ -9,6 +9,7 @@ new clips joined, from its weights, on its old and new clips (``lib.train.specs.
 
 import functools
 import json
+import logging
 from pathlib import Path
 
 from flytekit import Cache, Resources, dynamic, map_task, task
@@ -28,6 +29,8 @@ from lib.train.specs import ExpertSpec, training_rows
 from tasks.common import publish_stage, stage_dir, uri_of
 from tasks.image import TASK_IMAGE
 from tasks.train import resource_overrides, train_one, training_task, training_tasks
+
+log = logging.getLogger(__name__)
 
 
 @task(container_image=TASK_IMAGE, cache=Cache(version="extend-data-v1"))
@@ -54,7 +57,7 @@ def place_new_data(
     out = stage_dir(cfg.output_dir, "extend-place", cfg.extend, cfg.cluster, cfg.seed, uri_of(parent), uri_of(encoded))
     centroids = save_centroids(out / "centroids.safetensors", ext.placed, ddm)
     for line in ext.lines(cfg):
-        print(line, flush=True)
+        log.info(line)
     centroids_file = FlyteFile(publish_stage(cfg.output_dir, centroids))
     return ext.placed.assignments, centroids_file, ext.specs, ext.continued, json.dumps(ext.placed.summary)
 
@@ -118,7 +121,7 @@ def refit_router(
     keys = [(uri_of(e), rows["cluster_id"].tolist()) for e, rows in parts]
     out = stage_dir(output_dir, "router", cfg, k, seed, *keys)
     result = fit_router([(e.download(), rows) for e, rows in parts], cfg, k, seed, out)
-    print("refit router accuracy per t bucket:", report_line(result.report), flush=True)
+    log.info("refit router accuracy per t bucket: %s", report_line(result.report))
     return FlyteDirectory(publish_stage(output_dir, result.model_dir))
 
 
@@ -150,5 +153,5 @@ def grow_ddm_task(
                       load_file(centroids.download())["centroids"], encode_cfg, json.loads(placement),
                       continued=_by_cluster(continued_specs, continued))  # fmt: skip
     for line in grown_lines(folder):
-        print(line, flush=True)
+        log.info(line)
     return FlyteDirectory(publish_stage(output_dir, folder))

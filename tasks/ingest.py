@@ -1,5 +1,6 @@
 """Ingestion task: the first typed edge of the pipeline."""
 
+import logging
 from typing import NamedTuple
 
 from flytekit import Cache, Resources, task
@@ -13,6 +14,8 @@ from lib.data.ingest import ingest
 from lib.data.raw import RawVideo
 from tasks.common import publish_stage, stage_dir
 from tasks.image import TASK_IMAGE
+
+log = logging.getLogger(__name__)
 
 
 class IngestOutputs(NamedTuple):
@@ -35,6 +38,6 @@ def ingest_clips(
     URI. ``videos``/``cuts``: the raw videos and their map-task cuts (``data.source: raw``), [] for other sources."""
     out = stage_dir(output_dir, "ingest", cfg, seed)
     result = ingest(cfg, seed, out, videos, cuts) if cfg.source == "raw" else ingest(cfg, seed, out)
-    print(f"ingest: {result.summary()}", flush=True)
+    log.info(f"ingest: {result.summary()}")
     shards = FlyteDirectory(publish_stage(output_dir, out))
     return IngestOutputs(shards, result.index, result.quarantine, result.attributes, result.filtered)

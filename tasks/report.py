@@ -3,6 +3,7 @@
 Not cached on purpose: they are cheap, and a cache hit upstream must still leave the files in place.
 """
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from lib.data.quarantine import held_line
 from lib.storage import publish_folder
 from tasks.common import uri_of
 from tasks.image import TASK_IMAGE
+
+log = logging.getLogger(__name__)
 
 
 @task(container_image=TASK_IMAGE)
@@ -36,11 +39,10 @@ def report_ingest(
     reasons = quarantine["reason"].value_counts().to_dict()
     rules = filtered["rule"].value_counts().to_dict()
     held = f"\ningest: {held_line(index)}" if "held_frames" in index.columns else ""  # decoded sources only
-    print(
+    log.info(
         f"ingest: {len(index)} clips in {index['shard'].nunique()} shard(s) -> {uri_of(shards)}\n"
         f"ingest: tables -> {', '.join(f'{dest}/{name}.parquet' for name in tables)}\n"
         f"ingest: quarantined {len(quarantine)} row(s) {reasons if reasons else ''}\n"
-        f"ingest: filtered {len(filtered)} clip(s) by quality rule {rules if rules else ''}{held}",
-        flush=True,
+        f"ingest: filtered {len(filtered)} clip(s) by quality rule {rules if rules else ''}{held}"
     )
     return dest

@@ -1,6 +1,7 @@
 """Assemble the DDM folder, fix the prompt set, and sample every compared method on it."""
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from lib.sample.prompts import stratified_prompts
 from tasks.common import publish_stage, stage_dir, uri_of
 from tasks.image import TASK_IMAGE
 
+log = logging.getLogger(__name__)
+
 
 @task(container_image=TASK_IMAGE, cache=Cache(version="assemble-v3"), requests=Resources(cpu="1", mem="2Gi"))
 def assemble_ddm_task(
@@ -45,8 +48,8 @@ def assemble_ddm_task(
     assemble_ddm(out, folders, router.download(), info, arrays["centroids"], encode_cfg, clustering)
     missing = [k for k, e in folders.items() if e is None]
     published = publish_stage(output_dir, out)
-    print(f"ddm: {len(experts) - len(missing)}/{len(experts)} experts -> {published}"
-          + (f"; missing (failed training): {missing}" if missing else ""), flush=True)  # fmt: skip
+    log.info(f"ddm: {len(experts) - len(missing)}/{len(experts)} experts -> {published}"
+             + (f"; missing (failed training): {missing}" if missing else ""))  # fmt: skip
     return FlyteDirectory(published)
 
 
@@ -58,7 +61,7 @@ def assemble_single_task(
     out = stage_dir(output_dir, "single", name, uri_of(model), uri_of(encoded)) / name
     assemble_single(out, model.download(), read_codec_info(encoded.download()), encode_cfg)
     published = publish_stage(output_dir, out)
-    print(f"{name}: loadable alone -> {published}", flush=True)
+    log.info(f"{name}: loadable alone -> {published}")
     return FlyteDirectory(published)
 
 
@@ -101,8 +104,8 @@ def sample_task(
     Deck("samples", gallery_html(out, list(result.videos), prompts["caption"].tolist()))
     rates = {m: round(len(prompts) / s, 2) for m, s in result.seconds.items()}
     published = publish_stage(output_dir, out)
-    print(f"sample: videos/s per method {json.dumps(rates)}; skipped {result.skipped or 'none'} -> {published}",
-          flush=True)  # fmt: skip
+    skipped = result.skipped or "none"
+    log.info(f"sample: videos/s per method {json.dumps(rates)}; skipped {skipped} -> {published}")
     return FlyteDirectory(published)
 
 
@@ -123,5 +126,5 @@ def sample_model_task(
     with tempfile.TemporaryDirectory() as tmp:
         paths = sample_to_folder(load_model(model_uri), prompts, tmp, **settings)
         persist(tmp, out)
-    print(f"sample: {len(prompts)} prompt(s), {len(paths)} file(s) and the contact sheet -> {out}", flush=True)
+    log.info(f"sample: {len(prompts)} prompt(s), {len(paths)} file(s) and the contact sheet -> {out}")
     return out

@@ -2,6 +2,7 @@
 
 import html
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,6 +26,8 @@ from lib.storage import StorageError, check_output_dir, is_remote, publish_folde
 from lib.train.router import report_line, router_report_html
 from tasks.common import tracker_for
 from tasks.image import TASK_IMAGE
+
+log = logging.getLogger(__name__)
 
 SUMMARY = "summary.md"
 CONFIG = "config.yaml"
@@ -102,7 +105,7 @@ def summarize(
         tracker.log_metrics(run_id, [{"step": 0, **{f"{r.metric}.{r.method}".replace(":", "_"): r.mean
                                                      for r in main.itertuples() if pd.notna(r.mean)}}])  # fmt: skip
         tracker.finish(run_id)
-    print(text, flush=True)
+    log.info(text)
     return dest
 
 

@@ -15,6 +15,7 @@ processes of one expert all-reduce gradients (``lib.train.distributed``).
 
 import functools
 import inspect
+import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +43,8 @@ from lib.train.specs import ExpertSpec, branched, budget_lines, expert_specs, mo
 from tasks.common import mark_ran, publish_stage, scratch, stage_dir, tracker_for, uri_of
 from tasks.image import TASK_IMAGE
 
+log = logging.getLogger(__name__)
+
 
 @task(container_image=TASK_IMAGE, cache=Cache(version="specs-v2"))
 def make_specs(
@@ -50,7 +53,7 @@ def make_specs(
     """One spec per cluster and the monolith's, printing the compute accounting side by side."""
     specs, monolith, seed = expert_specs(cfg, assignments), monolith_spec(cfg, assignments), seed_spec(cfg, assignments)
     for line in budget_lines(cfg, specs, monolith, seed, read_codec_info(encoded.download())):
-        print(line, flush=True)
+        log.info(line)
     return specs, monolith
 
 
@@ -69,7 +72,7 @@ def train_one(
     if not trained.result.skipped:
         mark_ran("train")
     if trained.summary is not None:
-        print(trained.summary, flush=True)
+        log.info(trained.summary)
     return FlyteDirectory(trained.location)
 
 
@@ -184,8 +187,8 @@ def place_experts(cfg: RunConfig, specs: list[ExpertSpec], encoded: FlyteDirecto
     plan = plan_specs(specs, read_codec_info(encoded.download()), cfg.resources.pool)
     table = plan_table(plan)
     head = f"placement on {cfg.resources.pool}: makespan {plan.makespan_s / 3600:.1f} h, cost {plan.cost:.0f}"
-    print(head, flush=True)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"), flush=True)
+    log.info(head)
+    log.info(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     Deck("placement", table.to_html(index=False, float_format=lambda v: f"{v:.2f}"))
     return list(plan.placements)
 
@@ -292,7 +295,7 @@ def train_router_task(
     out = stage_dir(output_dir, "router", cfg, num_clusters, seed, uri_of(encoded), rows["cluster_id"].tolist())
     started = time.time()  # the MLflow run's start: it lasts as long as the training
     result = fit_router([(encoded.download(), rows)], cfg, num_clusters, seed, out)
-    print("router accuracy per t bucket:", report_line(result.report), flush=True)
+    log.info("router accuracy per t bucket: %s", report_line(result.report))
     Deck("router", router_report_html(result.report))
     tracker = tracker_for(output_dir)
     if tracker is not None:
