@@ -311,17 +311,21 @@ def headline_summary(rows: pd.DataFrame, reps: dict[int, tuple], names: dict[str
             k.split(".", 1)[1]: _r(v) for k, v in attrs.groupby("metric")["mean"].mean().items()
         }
         methods[method] = entry
+    paired = sorted(s for s in reps if (BASELINE, head) in reps[s][1])
+    if not paired:  # e.g. only a control method was scored: its numbers above, no decision to take
+        text = f"protocol decision rule: not applicable (no training seed scored both {BASELINE} and {head})"
+        return {"methods": methods, "head_method": head, "ratio_fd_inf": None, "ratio_kid": None,
+                "ratio_details": {}, "decision": {}, "text": text}  # fmt: skip
     ratios, decision = {}, {}
     for key in ("fd_inf", "kid"):
-        ivs = [reps[s][1][(BASELINE, head)][key] for s in sorted(reps)]
+        ivs = [reps[s][1][(BASELINE, head)][key] for s in paired]
         points = np.array([iv.mean for iv in ivs])
         sd = float(points.std(ddof=1)) if len(points) > 1 else float("nan")
         ratios[key] = _pool(ivs)
-        ratios[f"{key}_per_seed"] = {int(s): [_r(v) for v in iv.as_list()] for s, iv in zip(sorted(reps), ivs,
-                                                                                           strict=True)}  # fmt: skip
+        ratios[f"{key}_per_seed"] = {int(s): [_r(v) for v in iv.as_list()] for s, iv in zip(paired, ivs, strict=True)}
         ratios[f"{key}_sd_seeds"] = _r(sd)
         decision[key] = bool(ratios[key][1] > 1.0 and points.mean() - 2 * sd > 1.0)
-    lines = [f"protocol decision rule ({head} vs monolith, training seeds {sorted(reps)}):"]
+    lines = [f"protocol decision rule ({head} vs monolith, training seeds {paired}):"]
     for key in ("fd_inf", "kid"):
         mean, low, high = ratios[key]
         lines.append(

@@ -150,3 +150,16 @@ def test_headline_records_router_accuracy_at_t1_beside_the_caption_ceiling_per_s
                                                report(0.1, 0.2), "k")]  # fmt: skip
     out = bench.router_at_t1(models)
     assert out == {"router_accuracy_t1": {0: 0.7, 1: 0.8}, "caption_ceiling_t1": {0: 0.95, 1: 0.95}}
+
+
+def test_a_run_of_only_a_control_method_is_summarised_without_a_decision(bench):
+    from types import SimpleNamespace
+
+    iv = Interval(195.0, 160.0, 231.0, np.linspace(160, 231, 11))
+    rows = pd.DataFrame({"method": ["ddm:random_topk"] * 2, "metric": ["fd_inf_attrnet", "attr_acc_attrnet"],
+                         "cluster": [-1, -1], "mean": [195.0, 0.7]})  # fmt: skip
+    reps = {0: ({"ddm:random_topk": SimpleNamespace(fd_inf=iv, kid=iv, fd=iv)}, {})}  # no monolith scored: no pair
+    cfg = SimpleNamespace(sample=SimpleNamespace(strategy="topk"))
+    summary = bench.headline_summary(rows, reps, {"fd_inf": "fd_inf_attrnet", "kid": "kid_attrnet"}, cfg)
+    assert summary["methods"]["ddm:random_topk"]["fd_inf"][0] == 195.0 and summary["ratio_fd_inf"] is None
+    assert "not applicable (no training seed scored both monolith and ddm:topk)" in summary["text"]
