@@ -19,6 +19,7 @@ The grid file: ``base`` (a config file) and ``cells`` (a list of settings, ``sec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from lib.config import load_config
+from lib.config import config_to_dict, load_config
 from lib.evaluate.cells import CELLS, cell_configs
 from lib.io import atomic_write, exclusive
 
@@ -74,8 +75,9 @@ def record_cell(results: Path, protocol_sha: str, grid_order: list[str], record:
         atomic_write(results, lambda p: p.write_text(lines))
 
 
-def run_cell(base: Path, name: str, setting: str, output_dir: Path) -> tuple[dict, float]:
-    """One ``pyflyte run`` of the comparison on one cell; returns its record and its wall time in seconds."""
+def run_cell(base: Path | str, name: str, setting: str, output_dir: Path) -> tuple[dict, float]:
+    """One ``pyflyte run`` of the comparison on one cell (``base``: a config file or the config as inline JSON);
+    returns its record and its wall time in seconds."""
     env = {**os.environ, "TMPDIR": str(output_dir / ".flyte-tmp"), "HOME": str(output_dir / ".flyte-home")}
     Path(env["TMPDIR"]).mkdir(parents=True, exist_ok=True)
     pyflyte = str(Path(sys.executable).parent / "pyflyte")
@@ -97,10 +99,15 @@ def main() -> None:
     parser.add_argument("--grid", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "regime")
     parser.add_argument("--only", nargs="+", help="run only these cells (by name)")
+    parser.add_argument("--seed", type=int, help="the base config under this seed (data, split, clusters, training): "
+                        "the protocol's noise-scale reruns; record them in their own --out")  # fmt: skip
     args = parser.parse_args()
     sha = hashlib.sha256(args.protocol.read_bytes()).hexdigest()
     base, settings = read_grid(args.grid)
     cfg = load_config(base)
+    if args.seed is not None:  # the config travels inline: no second config file to drift from the first
+        cfg = dataclasses.replace(cfg, seed=args.seed)
+        base = json.dumps(config_to_dict(cfg))
     named = dict(zip([n for n, _ in cell_configs(cfg, settings)], settings, strict=True))
     unknown = sorted(set(args.only or []) - set(named))
     if unknown:
@@ -108,7 +115,8 @@ def main() -> None:
     results = args.out / CELLS
     done = recorded(results, sha)
     todo = [n for n in named if n not in done and (not args.only or n in args.only)]
-    print(f"regime: {len(named)} cell(s) in {args.grid}, {len(done)} recorded, {len(todo)} to run; protocol {sha[:12]}")
+    print(f"regime: {len(named)} cell(s) in {args.grid}, {len(done)} recorded, {len(todo)} to run; protocol "
+          f"{sha[:12]}; seed {cfg.seed}")  # fmt: skip
     machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()}
     for name in todo:
         record, wall = run_cell(base, name, named[name], REPO / cfg.output_dir)  # a relative output_dir: from the repo
