@@ -203,7 +203,7 @@ _SCENE_WORDS = {
     "waves": ("on a {bg} wavy background", "over {bg} waves"),
     "grid": ("on a {bg} grid", "over a {bg} grid of lines"),
 }
-_SUPERSAMPLE = 2  # render at 2x and box-filter down, for anti-aliased edges
+SUPERSAMPLE = 2  # render at 2x and box-filter down, for anti-aliased edges
 
 
 @dataclass(frozen=True)
@@ -351,7 +351,7 @@ def _caption(rng: np.random.Generator, scene: str, background: str, objects: lis
     return f"{' and '.join(phrases)} {where}"
 
 
-def _background(scene: str, background: str, phase: float, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+def backdrop(scene: str, background: str, phase: float, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     """Float RGB image in [0, 1], shape [H, W, 3]."""
     base = np.asarray(BG_RGB[background], dtype=np.float32) / 255.0
     if scene == "plain":
@@ -433,9 +433,9 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float, angle: flo
 
 def render(spec: ClipSpec, frames: int, height: int, width: int) -> np.ndarray:
     """Pixels of a clip: uint8 [T, H, W, 3]."""
-    hs, ws = height * _SUPERSAMPLE, width * _SUPERSAMPLE
+    hs, ws = height * SUPERSAMPLE, width * SUPERSAMPLE
     yy, xx = np.meshgrid((np.arange(hs) + 0.5) / hs, (np.arange(ws) + 0.5) / ws, indexing="ij")
-    bg = _background(spec.scene, spec.background, spec.phase, yy, xx)
+    bg = backdrop(spec.scene, spec.background, spec.phase, yy, xx)
     short = min(height, width) / max(height, width)
     out = np.empty((frames, height, width, 3), dtype=np.uint8)
     for f in range(frames):
@@ -448,7 +448,7 @@ def render(spec: ClipSpec, frames: int, height: int, width: int) -> np.ndarray:
                 obj.shape, (xx - x) * width / max(height, width), (yy - y) * height / max(height, width), r, angle
             )
             img[mask] = np.asarray(COLORS[obj.color], dtype=np.float32) / 255.0
-        small = img.reshape(height, _SUPERSAMPLE, width, _SUPERSAMPLE, 3).mean(axis=(1, 3))
+        small = img.reshape(height, SUPERSAMPLE, width, SUPERSAMPLE, 3).mean(axis=(1, 3))
         out[f] = np.round(small * 255.0).astype(np.uint8)
     return out
 

@@ -51,7 +51,7 @@ resample is N draws from the N-row empirical distribution; 4.7 at D = 128, N = 1
 KID leaves out pairs of copies of one original row (tie-aware U-statistic), so its bias is ≈ 0 and recentering
 barely moves it. Ratios use the recentered replicates of both methods.
 
-The FD loops run under one ``threadpool_limits(1)`` and call ``frechet._frechet_distance``: the public
+The FD loops run under one ``threadpool_limits(1)`` and call ``frechet.frechet_distance_in_caller_pool``: plain
 ``frechet_distance`` enters threadpoolctl on every call (2.8 ms, more than the 2.4 ms distance itself at D = 128),
 and the bootstrap makes about 10 FD calls per method and replicate.
 """
@@ -66,7 +66,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from lib.evaluate.frechet import FeatureStats, _frechet_distance, stats_from_features
+from lib.evaluate.frechet import FeatureStats, frechet_distance_in_caller_pool, stats_from_features
 from lib.features.batch import FeatureError
 from lib.io import atomic_write
 from lib.seeding import numpy_rng
@@ -183,7 +183,7 @@ def _fd_draws(rng: np.random.Generator, plan: _SizePlan | None, n_real: int, n_g
 
 def _fd(a: FeatureStats, b: FeatureStats) -> float:
     """FD without threadpoolctl's per-call cost; callers hold ``threadpool_limits(limits=1)``."""
-    return _frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    return frechet_distance_in_caller_pool(a.mu, a.sigma, b.mu, b.sigma)
 
 
 @dataclass(frozen=True)

@@ -80,10 +80,12 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     PSD, so its eigenvalues are real and non-negative (no complex round-off as with a plain ``sqrtm(Σ1 Σ2)``).
     """
     with threadpool_limits(limits=1):
-        return _frechet_distance(mu1, sigma1, mu2, sigma2)
+        return frechet_distance_in_caller_pool(mu1, sigma1, mu2, sigma2)
 
 
-def _frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+def frechet_distance_in_caller_pool(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """``frechet_distance`` under the caller's thread limits: a loop of many distances enters ``threadpool_limits``
+    once around all of them (entering it costs more than one distance at D = 128)."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0], mu1.shape[0]):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lib.data.procedural import _SUPERSAMPLE, BACKGROUNDS, BG_RGB, COLORS, ClipSpec, _background, render
+from lib.data.procedural import BACKGROUNDS, BG_RGB, COLORS, SUPERSAMPLE, ClipSpec, backdrop, render
 from lib.seeding import numpy_rng
 
 SYNTHETIC_KINDS = ("noise", "flat", "specks", "blocks", "background")  # drawn without real clips
@@ -61,10 +61,10 @@ def _backdrops(scene: str, background: str, phases: np.ndarray, height: int, wid
     One broadcast call of the procedural background for all phases: P calls of ``render`` cost ten times more,
     and the fit runs for every washed-out negative of every training step.
     """
-    hs, ws = height * _SUPERSAMPLE, width * _SUPERSAMPLE
+    hs, ws = height * SUPERSAMPLE, width * SUPERSAMPLE
     yy, xx = np.meshgrid((np.arange(hs) + 0.5) / hs, (np.arange(ws) + 0.5) / ws, indexing="ij")
-    img = np.broadcast_to(_background(scene, background, phases[:, None, None], yy, xx), (len(phases), hs, ws, 3))
-    small = img.reshape(len(phases), height, _SUPERSAMPLE, width, _SUPERSAMPLE, 3).mean(axis=(2, 4))
+    img = np.broadcast_to(backdrop(scene, background, phases[:, None, None], yy, xx), (len(phases), hs, ws, 3))
+    small = img.reshape(len(phases), height, SUPERSAMPLE, width, SUPERSAMPLE, 3).mean(axis=(2, 4))
     return np.round(small * 255.0).astype(np.uint8)
 
 
