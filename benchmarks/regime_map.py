@@ -1,0 +1,63 @@
+"""Read the regime map by its protocol's rule: the grid's cells, the noise reruns under another seed, the four
+predictions, the winning cells (or the budget where the two sides would cross), and the figure.
+
+    python benchmarks/regime_map.py [--results benchmarks/results/regime] [--reruns benchmarks/results/regime/seed1]
+
+Writes ``map.json`` and ``map.png`` into ``--results`` and prints the reading. Every cell must carry the sha256 of
+the same protocol file (``benchmarks/regime_protocol.md``), reruns included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from benchmarks.regime import recorded
+from lib.evaluate.cells import CELLS
+from lib.evaluate.regime_map import budget, loss_ratio, mean_loss, plot_map, read_map, size_name
+from lib.experiment.tables import json_safe
+from lib.io import atomic_write
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocol", type=Path, default=REPO / "benchmarks" / "regime_protocol.md")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "regime")
+    parser.add_argument("--reruns", type=Path, default=None, help="default: <results>/seed1")
+    args = parser.parse_args()
+    sha = hashlib.sha256(args.protocol.read_bytes()).hexdigest()
+    cells = recorded(args.results / CELLS, sha)
+    reruns = recorded((args.reruns or args.results / "seed1") / CELLS, sha)
+    reading = read_map(cells, reruns)
+    rows = [{"cell": n, "size": size_name(r), "budget_x": round(budget(r), 3), "K": r["num_clusters"],
+             "loss_ddm": mean_loss(r, "ddm"), "loss_oracle": mean_loss(r, "oracle"),
+             "loss_monolith": mean_loss(r, "monolith"), "loss_ratio": loss_ratio(r),
+             "loss_ratio_oracle": loss_ratio(r, "oracle"), "kid_ratio": r["ratio_monolith_over_ddm"].get("kid_attrnet"),
+             "attr_acc_ddm": r["metrics"]["ddm"].get("attr_acc_attrnet"),
+             "attr_acc_monolith": r["metrics"]["monolith"].get("attr_acc_attrnet"), "wall_s": r["wall_s"]}
+            for n, r in cells.items()]  # fmt: skip
+    result = {"protocol_sha256": sha, "cells": rows, **asdict(reading)}
+    text = json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n"
+    atomic_write(args.results / "map.json", lambda p: p.write_text(text))
+    plot_map(cells, reading, args.results / "map.png")
+    print(f"{'cell':44s} {'size':>4s} {'budget':>6s} {'K':>2s} {'ratio':>7s} {'oracle':>7s} {'KID r':>6s} {'wall':>5s}")
+    for r in rows:
+        print(f"{r['cell']:44s} {r['size']:>4s} {r['budget_x']:6.2f} {r['K']:2d} {r['loss_ratio']:7.4f} "
+              f"{r['loss_ratio_oracle']:7.4f} {r['kid_ratio'] or float('nan'):6.3f} {r['wall_s']:5.0f}")  # fmt: skip
+    print(f"noise scale σ = {reading.sigma:.4f} from reruns {reading.reruns}; a difference counts beyond "
+          f"{2 * reading.sigma:.4f}; winning cells (ratio > {1 + 2 * reading.sigma:.4f}): {reading.winners or 'none'}")
+    for key, value in reading.predictions.items():
+        print(f"  ({key}) {value['verdict']}: {json.dumps({k: v for k, v in value.items() if k != 'verdict'})}")
+    for size, cross in reading.crossings.items():
+        print(f"  size {size}: the loss fits cross at {cross['budget_x']:.3g}x [95 % {cross['interval_95'][0]:.3g}, "
+              f"{cross['interval_95'][1]:.3g}]; slopes {cross['slopes']}")  # fmt: skip
+    print(f"-> {args.results / 'map.json'}, {args.results / 'map.png'}")
+
+
+if __name__ == "__main__":
+    main()
