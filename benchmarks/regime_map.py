@@ -54,8 +54,9 @@ def main() -> None:
     for key, value in reading.predictions.items():
         print(f"  ({key}) {value['verdict']}: {json.dumps({k: v for k, v in value.items() if k != 'verdict'})}")
     for size, cross in reading.crossings.items():
+        above = "the DDM" if cross["ddm_better_above"] else "the monolith"
         print(f"  size {size}: the loss fits cross at {cross['budget_x']:.3g}x [95 % {cross['interval_95'][0]:.3g}, "
-              f"{cross['interval_95'][1]:.3g}]; slopes {cross['slopes']}")  # fmt: skip
+              f"{cross['interval_95'][1]:.3g}], {above} better above it; slopes {cross['slopes']}")  # fmt: skip
     print(f"-> {args.results / 'map.json'}, {args.results / 'map.png'}")
 
 

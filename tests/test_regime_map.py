@@ -64,7 +64,7 @@ def test_without_a_winner_the_loss_fits_cross_where_the_lines_meet(tmp_path):
     reading = read_map(cells, {"size-xs_expert.steps-150": _cell("xs", 150, ddm=ddm[0] * 1.01, monolith=monolith[0])})
     assert not reading.winners
     cross = reading.crossings["xs"]
-    assert cross["budget_x"] == pytest.approx(100.0, rel=1e-6)
+    assert cross["budget_x"] == pytest.approx(100.0, rel=1e-6) and cross["ddm_better_above"]
     assert cross["interval_95"][0] == pytest.approx(100.0, rel=1e-6), "exact lines: no residuals, no spread"
     assert plot_map(cells, reading, tmp_path / "map.png").stat().st_size > 0
 

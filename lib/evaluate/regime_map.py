@@ -138,7 +138,9 @@ def _crossings(cells: dict[str, dict], seed: int, replicates: int = 2000) -> dic
         draws = np.array([d for d in draws if np.isfinite(d)])
         low, high = (np.percentile(draws, [2.5, 97.5]) if len(draws) else (np.nan, np.nan))
         out[size] = {"budget_x": point, "interval_95": [float(low), float(high)], "finite_draws": int(len(draws)),
-                     "slopes": {side: float(f[0]) for side, f in fits.items()}}  # fmt: skip
+                     "slopes": {side: float(f[0]) for side, f in fits.items()},
+                     # the side whose loss falls faster with budget is the better one beyond the crossing
+                     "ddm_better_above": bool(fits["ddm"][0] < fits["monolith"][0])}  # fmt: skip
     return out
 
 
