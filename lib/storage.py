@@ -99,8 +99,7 @@ def read_text(uri: str) -> str | None:
     """The text of the file at ``uri`` (local or remote); None when there is none."""
     fs, path = _fs(uri)
     try:
-        with fs.open(path, "r") as f:
-            return f.read()
+        return fs.cat_file(path).decode()  # one whole-object GET (see _pointer)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -193,10 +192,11 @@ def publish_folder(local: str | Path, dest: str) -> str:
 
 
 def _pointer(dest: str) -> dict[str, Any] | None:
+    """The publication pointer of ``dest``, read as one whole-object GET: a file handle (``fs.open``) pins the
+    object's ETag when opened and fails its read with PreconditionFailed if another run republished in between."""
     fs, root = _fs(dest)
     try:
-        with fs.open(f"{root.rstrip('/')}/{POINTER}", "rb") as f:
-            return json.loads(f.read())
+        return json.loads(fs.cat_file(f"{root.rstrip('/')}/{POINTER}"))
     except FileNotFoundError:
         return None
     except OSError as exc:
