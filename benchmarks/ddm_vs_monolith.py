@@ -148,7 +148,7 @@ def evaluate_all(
     featnet, checks = featnet_for(ctx, timer)
     say(featnet_note(checks, featnet.vocab))
     prompts = stratified_prompts(semantic.assignments, ctx.index, cfg.sample.num_prompts, cfg.seed)
-    reference = reference_clip_ids(ctx.index, cfg.eval.num_real, cfg.seed)
+    reference = reference_clip_ids(ctx.index, cfg.evaluate.num_real, cfg.seed)
     assert_disjoint(ctx.index, prompts, reference, semantic.assignments)
     say(f"prompts: {len(prompts)} per cluster {prompts['cluster_id'].value_counts().sort_index().tolist()}; "
         f"reference clips: {len(reference)}")  # fmt: skip
@@ -160,8 +160,8 @@ def evaluate_all(
         samples[seed] = videos
         with timer(f"evaluate s{seed}"):
             report = compare_methods(
-                str(ctx.shards), ctx.index, ctx.attributes, semantic.assignments, videos, prompts, cfg.eval, featnet,
-                cfg.seed,
+                str(ctx.shards), ctx.index, ctx.attributes, semantic.assignments, videos, prompts, cfg.evaluate,
+                featnet, cfg.seed,
             )  # fmt: skip
         reports.append(report.assign(training_seed=seed))
         with timer(f"replicates s{seed}"):
@@ -275,9 +275,10 @@ def methods_not_run(rows: pd.DataFrame, seeds: list[int], cfg: RunConfig) -> lis
 
 def metric_names(cfg: RunConfig) -> dict[str, str]:
     """The report's metric names for this config (they carry the feature network)."""
-    base = "fvd_i3d" if cfg.eval.i3d_path else "fd_attrnet"
+    i3d = bool(cfg.evaluate.i3d_path)
+    base = "fvd_i3d" if i3d else "fd_attrnet"
     net = base.split("_", 1)[1]
-    return {"fd": base, "fd_inf": base.replace("_", "_inf_", 1), "kid": ("kvd_" if cfg.eval.i3d_path else "kid_") + net}
+    return {"fd": base, "fd_inf": base.replace("_", "_inf_", 1), "kid": ("kvd_" if i3d else "kid_") + net}
 
 
 

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     semantic = semantic_variant(ctx, timer)
     featnet, checks = featnet_for(ctx, timer)
     prompts = stratified_prompts(semantic.assignments, ctx.index, cfg.sample.num_prompts, cfg.seed)
-    reference = reference_clip_ids(ctx.index, cfg.eval.num_real, cfg.seed)
+    reference = reference_clip_ids(ctx.index, cfg.evaluate.num_real, cfg.seed)
     assert_disjoint(ctx.index, prompts, reference, semantic.assignments)
 
     ddm = DDMPipeline.from_pretrained(args.ddm)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     def evaluate() -> tuple[pd.DataFrame, dict]:
         with timer("evaluate"):
             rows = compare_methods(str(ctx.shards), ctx.index, ctx.attributes, semantic.assignments, videos, prompts,
-                                   cfg.eval, featnet, cfg.seed)  # fmt: skip
+                                   cfg.evaluate, featnet, cfg.seed)  # fmt: skip
             real = load_clips(ctx.shards, ctx.index, prompts["clip_id"].tolist())
             results, _ = distance_replicates(featnet, ctx, reference, {**videos, "real": real}, cfg)
         return rows, results

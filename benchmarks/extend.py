@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     steps, n_prompts = (8, 16) if args.smoke else (args.steps, args.prompts)
-    cfg = bench_config(args.config, False, [f"expert.steps={steps}", f"eval.num_real={n_prompts}"])
+    cfg = bench_config(args.config, False, [f"expert.steps={steps}", f"evaluate.num_real={n_prompts}"])
     if args.smoke:
         cfg = replace_in(cfg, router={"steps": 4}, sample={"num_steps": 4})
     work = Path(args.work)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
                     ctx, pipe, cfg.sample.strategy, prompts, keys[name]
                 )
         with timer(f"evaluate {set_name}"):
-            rows = compare_methods(str(shards), set_index, attrs, set_assign, videos, prompts, cfg.eval, featnet,
+            rows = compare_methods(str(shards), set_index, attrs, set_assign, videos, prompts, cfg.evaluate, featnet,
                                    cfg.seed)  # fmt: skip
             real = load_clips(shards, index, prompts["clip_id"].tolist())
             results, _ = distance_replicates(featnet, ctx, reference, {**videos, "real": real}, cfg)

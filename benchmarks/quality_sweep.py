@@ -106,7 +106,7 @@ def clusters(cfg: RunConfig, work: Path, shards: Path, index: pd.DataFrame) -> p
 
 
 def featnet(cfg: RunConfig, work: Path, shards: Path, index: pd.DataFrame, attributes: pd.DataFrame) -> AttrNet:
-    folder = work / f"featnet-{_key(shards.name, cfg.eval.featnet_steps, cfg.seed)}"
+    folder = work / f"featnet-{_key(shards.name, cfg.evaluate.featnet_steps, cfg.seed)}"
     if (folder / "config.json").is_file():
         return AttrNet.from_pretrained(folder)
     by_role = {
@@ -114,7 +114,7 @@ def featnet(cfg: RunConfig, work: Path, shards: Path, index: pd.DataFrame, attri
     }
     videos = {r: load_clips(shards, index, rows["clip_id"].tolist()) for r, rows in by_role.items()}
     model, checks = fit_attrnet(videos[TRAIN], by_role[TRAIN], videos[VALIDATION], by_role[VALIDATION],
-                                cfg.eval.featnet_steps, cfg.seed)  # fmt: skip
+                                cfg.evaluate.featnet_steps, cfg.seed)  # fmt: skip
     print(f"featnet checks: {json.dumps({k: round(v, 3) for k, v in checks.items()})}", flush=True)
     model.save_pretrained(folder)
     return model

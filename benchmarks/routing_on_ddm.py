@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         print(f"{strategy}: {json.dumps({k: round(v, 3) for k, v in cost[f'ddm:{strategy}'].items()})}", flush=True)
     report = compare_methods(str(ctx.shards), ctx.index, ctx.attributes, semantic.assignments, videos, prompts,
-                             cfg.eval, featnet, cfg.seed)  # fmt: skip
+                             cfg.evaluate, featnet, cfg.seed)  # fmt: skip
     main_rows = report[(report["cluster"] == -1) & report["metric"].isin(METRICS)]
     table = main_rows.pivot_table(index="method", columns="metric", values="mean", aggfunc="first")
     low = main_rows.pivot_table(index="method", columns="metric", values="ci_low", aggfunc="first")

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import logging
 import re
 import sys
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ import yaml
 
 from data_schemas.ingest import DEFAULT_FAMILIES, FAMILY_NAMES, MANIFEST_COLUMNS
 from lib.strategy import parse_schedule
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SCENES = FAMILY_NAMES[:DEFAULT_FAMILIES]  # the built-in source's default world
 
@@ -53,6 +56,9 @@ def added_later(default: Any) -> Any:
     return field(default=default, metadata={ADDED_LATER: True})
 
 
+KEY_NAME = "key_name"  # field metadata: the name a renamed field goes by in cache keys (so they do not move)
+
+
 def key_values(obj: Any) -> dict[str, Any]:
     """``dataclasses.asdict(obj)`` without the ``added_later`` fields (of ``obj`` and of the dataclasses inside it)
     that hold their default: what a cache key hashes."""
@@ -68,6 +74,8 @@ def _drop_later_defaults(obj: Any, values: dict[str, Any]) -> None:
             del values[f.name]
         elif dataclasses.is_dataclass(value):
             _drop_later_defaults(value, values[f.name])
+        if KEY_NAME in f.metadata and f.name in values:  # a renamed field keeps the name its keys were made with
+            values[f.metadata[KEY_NAME]] = values.pop(f.name)
 
 
 def _jsonable(value: Any) -> Any:
@@ -131,7 +139,7 @@ class DataConfig:
     max_motion: float = 0.0  # 0: no upper bound (a clip across a missed cut scores high)
     min_aesthetic: float = 0.0  # LAION aesthetic score (about 1..10); 0: off; needs aesthetic_path
     aesthetic_path: str = ""  # local LAION aesthetic-predictor head (.pth/.safetensors) on CLIP ViT-L/14 embeddings
-    aesthetic_clip_path: str = ""  # local CLIP folder whose image embeddings the head scores (as eval.clip_path)
+    aesthetic_clip_path: str = ""  # local CLIP folder whose image embeddings the head scores (as evaluate.clip_path)
 
     def __post_init__(self) -> None:
         _one_of(self.source, ("builtin", "manifest", "webdataset", "raw"), "data.source")
@@ -395,17 +403,18 @@ class SampleConfig:
 class EvalConfig:
     i3d_path: str = ""  # local TorchScript I3D (Kinetics-400); empty: offline feature network, metric fd_attrnet
     clip_path: str = ""  # local CLIP folder; empty: prompt-attribute accuracy instead of CLIP similarity
-    aesthetic_path: str = ""  # local LAION aesthetic head on eval.clip_path's CLIP: metric aesthetic_laion
+    aesthetic_path: str = ""  # local LAION aesthetic head on evaluate.clip_path's CLIP: metric aesthetic_laion
     num_real: int = 256  # real clips in the Fréchet reference set (fixed N: never compare scores across N)
     featnet_steps: int = 300
     bootstrap: int = 200  # paired bootstrap replicates over prompts for every interval (lib.evaluate.distances)
 
     def __post_init__(self) -> None:
         for name in ("num_real", "bootstrap"):
-            _check(getattr(self, name) > 0, f"eval.{name}", f"must be > 0, got {getattr(self, name)}")
-        _check(not self.aesthetic_path or bool(self.clip_path), "eval.clip_path", "required with eval.aesthetic_path")
+            _check(getattr(self, name) > 0, f"evaluate.{name}", f"must be > 0, got {getattr(self, name)}")
+        _check(not self.aesthetic_path or bool(self.clip_path), "evaluate.clip_path",
+               "required with evaluate.aesthetic_path")  # fmt: skip
         # AttrNet's one-cycle schedule needs a warm-up of at least 2 steps (10 % of the steps)
-        _check(self.featnet_steps >= 20, "eval.featnet_steps", f"must be >= 20, got {self.featnet_steps}")
+        _check(self.featnet_steps >= 20, "evaluate.featnet_steps", f"must be >= 20, got {self.featnet_steps}")
 
 
 @dataclass(frozen=True)
@@ -504,7 +513,7 @@ class RunConfig:
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig, metadata={KEY_NAME: "eval"})
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     extend: ExtendConfig = field(default_factory=ExtendConfig)
@@ -602,7 +611,7 @@ _SECTIONS: dict[str, type] = {
     "expert": ExpertConfig,
     "router": RouterConfig,
     "sample": SampleConfig,
-    "eval": EvalConfig,
+    "evaluate": EvalConfig,
     "resources": ResourcesConfig,
     "distill": DistillConfig,
     "extend": ExtendConfig,
@@ -618,9 +627,25 @@ def _cli_config_file() -> str:
     return ""
 
 
+# Sections renamed since config files were written: the old name still loads, with one warning, so users' files keep
+# working. ``eval`` became ``evaluate`` because a Flyte workflow reads ``cfg.eval`` as the Promise's own ``eval``.
+RENAMED_SECTIONS = {"eval": "evaluate"}
+
+
+def _current_names(values: Any) -> Any:
+    if not isinstance(values, dict):
+        return values  # _build names what is wrong with it
+    for old, new in RENAMED_SECTIONS.items():
+        if old in values:
+            _check(new not in values, old, f"renamed {new}; give one of the two, not both")
+            log.warning("config section %r is now %r; the old name still works", old, new)
+            values = {(new if k == old else k): v for k, v in values.items()}
+    return values
+
+
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
     """Build and validate a RunConfig from nested mappings (missing keys keep their defaults)."""
-    return _build(RunConfig, values, "")
+    return _build(RunConfig, _current_names(values), "")
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -694,6 +719,7 @@ def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
     for item in assignments:
         key, sep, raw = item.partition("=")
         section, dot, name = key.partition(".")
+        section = RENAMED_SECTIONS.get(section, section)  # --set eval.num_real=... as protocols wrote it
         _check(bool(sep and dot and name), item, "expected section.field=value, e.g. data.themed_scenes=true")
         _check(section in values, item, f"unknown section {section!r}")
         values[section][name] = yaml.safe_load(raw)

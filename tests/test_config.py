@@ -252,3 +252,16 @@ def test_keys_at_the_defaults_are_the_keys_from_before_the_later_fields(tmp_path
     assert ExpertSpec("expert-00", 0, 3, 10, "abc", ExpertConfig()).spec_hash() == "d7765cfb40d03c82"
     changed = ExpertConfig(budget_split="by_size", monolith_lr_scale=2.0, seed_fraction=0.25, micro_batch=4)
     assert ExpertSpec("expert-00", 0, 3, 10, "abc", changed, init_sha256="ff").spec_hash() == "bfbefd1a89a364ea"
+
+
+def test_the_old_eval_section_still_loads_under_its_new_name_and_not_beside_it(tmp_path, caplog):
+    old = tmp_path / "old.yaml"
+    old.write_text("eval:\n  num_real: 24\n")
+    with caplog.at_level("WARNING", logger="lib.config"):
+        cfg = load_config(old)
+    assert cfg.evaluate.num_real == 24 and "section 'eval' is now 'evaluate'" in caplog.text
+    assert with_overrides(RunConfig(), ["eval.bootstrap=7"]).evaluate.bootstrap == 7, "protocols' --set eval.x"
+    both = tmp_path / "both.yaml"
+    both.write_text("eval:\n  num_real: 24\nevaluate:\n  num_real: 30\n")
+    with pytest.raises(ConfigError, match="eval: renamed evaluate; give one of the two, not both"):
+        load_config(both)

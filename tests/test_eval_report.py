@@ -105,7 +105,7 @@ def test_comparability_rules_are_enforced(setup):
         evaluate_methods(reference, generated, prompts_attrs.iloc[:5], cfg, featnet=net)
     prov = fd_feature_spec(cfg, net).provenance(40, 12, 4, 16, 16)
     assert prov["extractor"].startswith("attrnet-") and prov["n_real"] == 40 and prov["source_resolution"] == "16x16"
-    with pytest.raises(FeatureError, match=r"no I3D file \(eval.i3d_path\), no AttrNet and no reference videos"):
+    with pytest.raises(FeatureError, match=r"no I3D file \(evaluate.i3d_path\), no AttrNet and no reference videos"):
         fd_feature_spec(cfg, None)
     with pytest.raises(ValueError, match="not found"):
         evaluate_methods(reference, generated, prompts_attrs, EvalConfig(i3d_path="/no/i3d.pt"), featnet=net)
@@ -190,7 +190,7 @@ def test_aesthetic_metric_scores_every_video_and_names_its_clip_and_head(setup, 
     reference, net, generated, prompts_attrs = setup
     torch.manual_seed(2)
     torch.save({"weight": torch.randn(1, 16), "bias": torch.randn(1)}, tmp_path / "linear.pth")  # tiny CLIP: 16-d
-    with pytest.raises(ConfigError, match="eval.clip_path: required with eval.aesthetic_path"):
+    with pytest.raises(ConfigError, match="evaluate.clip_path: required with evaluate.aesthetic_path"):
         EvalConfig(aesthetic_path=str(tmp_path / "linear.pth"))
     cfg = EvalConfig(bootstrap=20, aesthetic_path=str(tmp_path / "linear.pth"), clip_path=str(clip_dir))
     prompts = ["a red circle"] * len(prompts_attrs)

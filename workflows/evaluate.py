@@ -39,7 +39,7 @@ def evaluate_stage(
         output_dir=cfg.output_dir,
     )
     report, sheet = evaluate_task(
-        cfg=cfg["eval"],
+        cfg=cfg.evaluate,
         seed=cfg.seed,
         samples=samples,
         featnet=featnet,

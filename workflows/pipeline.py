@@ -26,7 +26,7 @@ def run_and_score(
     shards, index, attributes, encoded, assignments, _, centroids = cluster_stage(cfg=cfg)
     ddm, monolith, router_report = ddm_stage(cfg=cfg, encoded=encoded, assignments=assignments, centroids=centroids)
     featnet, featnet_note = train_featnet(
-        cfg=cfg["eval"],  # cfg.eval would hit Promise.eval
+        cfg=cfg.evaluate,
         seed=cfg.seed,
         shards=shards,
         index=index,
@@ -70,7 +70,7 @@ def pipeline(cfg: RunConfig = RunConfig()) -> str:
             configs/paper.yaml (GPU cluster), or the same as inline JSON. Every key is optional; unknown keys and bad
             values are refused by name. Sections: seed and output_dir (top level), data (built-in clips or your
             videos), encode (text encoder, latent codec), codec (the learned VAE), cluster (embedders, K), expert
-            (network, steps, lr, levers), router, sample (routing strategy, steps, CFG), eval (feature networks,
+            (network, steps, lr, levers), router, sample (routing strategy, steps, CFG), evaluate (feature networks,
             bootstrap), resources (CPU/GPU per task, GPU pool), distill, extend. Every field: README "Configuration
             reference".
     """

@@ -23,7 +23,7 @@ def reevaluate(cfg: RunConfig, ddm_uri: str, monolith_uri: str) -> str:
     ddm, monolith = as_directory(uri=ddm_uri), as_directory(uri=monolith_uri)
     shards, index, attributes, encoded, assignments, _, _ = cluster_stage(cfg=cfg)
     featnet, featnet_note = train_featnet(
-        cfg=cfg["eval"], seed=cfg.seed, shards=shards, index=index, attributes=attributes, output_dir=cfg.output_dir
+        cfg=cfg.evaluate, seed=cfg.seed, shards=shards, index=index, attributes=attributes, output_dir=cfg.output_dir
     )
     report, samples, sheet, heldout = evaluate_stage(
         cfg=cfg,

@@ -11,7 +11,7 @@ will learn from:
 - ``aesthetic``: the LAION aesthetic predictor (a linear or MLP head over unit-norm CLIP ViT-L/14 image
   embeddings, roughly 1..10) on the clip's middle frame, only when ``data.aesthetic_path`` names the head's local
   weights; CLIP comes from the local folder ``data.aesthetic_clip_path`` and is loaded and preprocessed as for
-  ``eval.clip_path`` (``lib.features.clip``). At the tiny default size (32 x 32) the score says little;
+  ``evaluate.clip_path`` (``lib.features.clip``). At the tiny default size (32 x 32) the score says little;
   it is meant for real resolutions.
 
 A clip that breaks a rule is never silently dropped: ingestion writes it to the FilteredClip table with its scores

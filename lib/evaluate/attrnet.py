@@ -15,7 +15,7 @@ washed-out real clips) mixed into every batch. Without it the heads named a shap
 noise was a "square" — so prompt-attribute accuracy rewarded junk. An ``ABSENT`` answer never matches a prompt.
 
 Real data without attributes (manifest source) cannot train it: ``train_attrnet`` refuses with a clear error and
-the caller must provide an I3D file (``eval.i3d_path``) for a Fréchet score. The planned fallback is a contrastive
+the caller must provide an I3D file (``evaluate.i3d_path``) for a Fréchet score. The planned fallback is a contrastive
 objective against the caption embeddings (CLIP-style InfoNCE between the pooled video feature and the pooled text
 vector); it is not implemented.
 """
@@ -166,7 +166,7 @@ def encode_attributes(attrs: pd.DataFrame, vocab: dict[str, list[str]]) -> dict[
     if len(attrs) == 0:
         raise AttributeTableError(
             "attributes: the table is empty; fd_attrnet and attribute accuracy need the generating attributes "
-            "of the built-in dataset (for real videos without attributes set eval.i3d_path for FVD)"
+            "of the built-in dataset (for real videos without attributes set evaluate.i3d_path for FVD)"
         )
     out = {}
     for name, classes in vocab.items():

@@ -3,7 +3,7 @@
 Fixed before any result is seen, and the same in the pipeline, the re-evaluation and the benchmark:
 - prompts are held-out ``prompt`` clips (``lib.sample.prompts``), and those clips form the ``real`` method (same
   prompts, same N as every generated method: it must sit near FD∞ ≈ 0 and KID ≈ 0);
-- the reference set is up to ``eval.num_real`` held-out ``reference`` clips (a seeded choice);
+- the reference set is up to ``evaluate.num_real`` held-out ``reference`` clips (a seeded choice);
 - no clip of either role, nor any ``validation`` clip, was seen by a generator or by the feature network;
 - one video per prompt and method; intervals are a paired bootstrap over prompts (``lib.evaluate.report``).
 """

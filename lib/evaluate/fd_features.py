@@ -66,15 +66,17 @@ class VisualStatsFeatures(nn.Module):
 
 
 def fd_feature_spec(cfg: EvalConfig, featnet: AttrNet | None, reference: torch.Tensor | None = None) -> FeatureSpec:
-    """I3D when ``eval.i3d_path`` is set (FVD proper), else the run's AttrNet (``fd_attrnet``), else (no attributes to
-    train one on) the reference-standardised visual statistics (``fd_vstats``)."""
+    """I3D when ``evaluate.i3d_path`` is set (FVD proper), else the run's AttrNet (``fd_attrnet``), else (no attributes
+    to train one on) the reference-standardised visual statistics (``fd_vstats``)."""
     if cfg.i3d_path:
         i3d = I3DFeatures(cfg.i3d_path)
         return FeatureSpec(i3d, "fvd_i3d", i3d.extractor_id)
     if featnet is not None:
         return FeatureSpec(AttrNetFeatures(featnet), "fd_attrnet", attrnet_id(featnet))
     if reference is None:
-        raise FeatureError("eval: no I3D file (eval.i3d_path), no AttrNet and no reference videos to fit features on")
+        raise FeatureError(
+            "evaluate: no I3D file (evaluate.i3d_path), no AttrNet and no reference videos to fit features on"
+        )
     features = VisualStatsFeatures(reference)
     return FeatureSpec(features, "fd_vstats", features.extractor_id)
 

@@ -53,7 +53,7 @@ class I3DFeatures(nn.Module):
         super().__init__()
         path = Path(path)
         if not path.is_file():
-            raise FeatureError(f"{path}: I3D TorchScript file not found (eval.i3d_path must name a local file)")
+            raise FeatureError(f"{path}: I3D TorchScript file not found (evaluate.i3d_path must name a local file)")
         try:
             self.model = torch.jit.load(str(path), map_location="cpu").eval()
         except (RuntimeError, ValueError) as exc:

@@ -125,7 +125,7 @@ def evaluate_methods(
         generated: method name (``ddm:topk``, ``monolith``, ``expert:0``, ``real`` ...) -> uint8 [P, T, H, W, 3],
             row i answering prompt i; ``real`` should be the prompt clips themselves.
         prompts_attrs: P rows of the prompts' generating attributes (empty: no attribute accuracy).
-        cfg: the ``eval`` config section (I3D / CLIP / aesthetic-head paths, bootstrap replicates).
+        cfg: the ``evaluate`` config section (I3D / CLIP / aesthetic-head paths, bootstrap replicates).
         featnet: the run's AttrNet (distance features without I3D, and attribute accuracy).
         prompts: the P captions (needed for ``clip_sim``).
         reference_clusters: cluster label per reference clip [N] (per-cluster rows).

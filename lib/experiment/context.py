@@ -34,7 +34,7 @@ SMOKE = {
     "expert": {"steps": 4, "warmup_steps": 1, "checkpoint_every": 100, "log_every": 2},
     "router": {"steps": 5},
     "sample": {"num_steps": 2, "num_prompts": 64},
-    "eval": {"num_real": 64, "featnet_steps": 30, "bootstrap": 20},
+    "evaluate": {"num_real": 64, "featnet_steps": 30, "bootstrap": 20},
 }
 
 

@@ -37,7 +37,7 @@ from lib.train.specs import training_rows
 def featnet_for(ctx: Shared, timer: StageTimer) -> tuple[AttrNet, dict]:
     """AttrNet on train clips + negatives, checked on validation clips; cached in the work folder."""
     cfg = ctx.cfg
-    key = hashlib.sha256(json.dumps([ctx.data_key, cfg.eval.featnet_steps, cfg.seed]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([ctx.data_key, cfg.evaluate.featnet_steps, cfg.seed]).encode()).hexdigest()[:12]
     folder = ctx.work / f"featnet-{key}"
     checks_path = folder / "checks.json"
     if checks_path.is_file():
@@ -49,7 +49,7 @@ def featnet_for(ctx: Shared, timer: StageTimer) -> tuple[AttrNet, dict]:
         }
         videos = {role: load_clips(ctx.shards, ctx.index, rows["clip_id"].tolist()) for role, rows in by_role.items()}
         model, checks = fit_attrnet(
-            videos[TRAIN], by_role[TRAIN], videos[VALIDATION], by_role[VALIDATION], cfg.eval.featnet_steps, cfg.seed
+            videos[TRAIN], by_role[TRAIN], videos[VALIDATION], by_role[VALIDATION], cfg.evaluate.featnet_steps, cfg.seed
         )
     model.save_pretrained(folder / "attrnet")
     atomic_write(checks_path, lambda tmp: Path(tmp).write_text(json.dumps(checks, indent=1)))
@@ -92,7 +92,8 @@ def distance_replicates(featnet: AttrNet, ctx: Shared, reference: list[str], vid
     ref = video_features(module, load_clips(ctx.shards, ctx.index, reference))
     gen = {m: video_features(module, v) for m, v in videos.items()}
     pairs = [(BASELINE, m) for m in gen if m != BASELINE] if BASELINE in gen else []
-    return score_sets(ref, gen, ratio_pairs=pairs, bootstrap=cfg.eval.bootstrap, seed=derive_seed(cfg.seed, "eval", -1))
+    seed = derive_seed(cfg.seed, "eval", -1)  # the seed's name predates the section's: numbers stay reproducible
+    return score_sets(ref, gen, ratio_pairs=pairs, bootstrap=cfg.evaluate.bootstrap, seed=seed)
 
 
 def plot_samples(ctx: Shared, videos: dict[str, np.ndarray], prompts: pd.DataFrame, path: Path) -> None:

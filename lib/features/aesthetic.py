@@ -1,7 +1,7 @@
 """The LAION aesthetic predictor: a head on CLIP ViT-L/14 image embeddings, as a data filter and as a metric.
 
-Weights are local files only (``data.aesthetic_path`` for filtering, ``eval.aesthetic_path`` for scoring generated
-videos), with CLIP from a local folder loaded and preprocessed as ``eval.clip_path`` (``lib.features.clip``).
+Weights are local files only (``data.aesthetic_path`` for filtering, ``evaluate.aesthetic_path`` for scoring generated
+videos), with CLIP from a local folder loaded and preprocessed as ``evaluate.clip_path`` (``lib.features.clip``).
 The score is named with the CLIP and head it came from, as ``clip_sim`` is: a tiny stand-in CLIP gives another number.
 """
 

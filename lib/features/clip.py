@@ -51,7 +51,7 @@ class ClipSimilarity:
     def __init__(self, path: str | Path, batch_size: int = 64) -> None:
         path = Path(path)
         if not (path / "config.json").is_file():
-            raise ClipError(f"{path}: not a CLIP model folder (config.json missing); eval.clip_path must be local")
+            raise ClipError(f"{path}: not a CLIP model folder (config.json missing); evaluate.clip_path must be local")
         self.path = path
         self.model = CLIPModel.from_pretrained(str(path)).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))

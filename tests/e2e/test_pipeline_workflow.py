@@ -52,7 +52,7 @@ def _cfg(out: Path, **changes) -> RunConfig:
         },
         "router": {"steps": 4, "batch_size": 8},
         "sample": {"num_prompts": 12, "num_steps": 3, "compare_strategies": ["top1"], "single_experts": True},
-        "eval": {"num_real": 24, "bootstrap": 20, "featnet_steps": 20},
+        "evaluate": {"num_real": 24, "bootstrap": 20, "featnet_steps": 20},
     }
     for section, values in changes.items():
         base[section] = {**base.get(section, {}), **values}
