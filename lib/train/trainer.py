@@ -455,7 +455,48 @@ def train(
     """
     out_dir = Path(out_dir)
     with _one_trainer(out_dir, workers_from_env().is_main):
-        return _train(data, cfg, out_dir, seed, name, callbacks, max_steps, spec_hash, teacher, init_from)
+        model_dir, ckpt_root = out_dir / "model", out_dir / "checkpoints"
+        stored = _stored_result(model_dir, spec_hash)
+        if stored is not None:
+            log.info("%s: %s already trained for spec %s; skipping", name, model_dir, spec_hash)
+            return stored
+        if teacher is not None and cfg.objective != "flow":
+            raise ValueError(
+                f"{name}: a teacher gives velocities; distilling needs objective flow, not {cfg.objective}"
+            )
+        stop = cfg.steps if max_steps is None else min(max_steps, cfg.steps)
+        start = weights_sha256(init_from) if init_from is not None else None
+        fingerprint = _fingerprint(data, cfg, seed, name, spec_hash, start)
+        run, step, rows = _set_up(data, cfg, ckpt_root, seed, name, fingerprint, init_from)
+        is_main = run.workers.is_main
+        callbacks = [ProgressCallback(cfg.log_every, name)] if callbacks is None else list(callbacks)
+        callbacks = callbacks if is_main else []
+        resumed_from = step
+        for cb in callbacks:
+            cb.on_start(step, stop)
+        while step < stop:
+            rows.append(_step(run, data, cfg, step, teacher))
+            step += 1
+            for cb in callbacks:
+                cb.on_step(rows[-1])
+            if (step % cfg.checkpoint_every == 0 or step == stop) and is_main:
+                groups, meta = _checkpoint_state(run.model, run.ema, run.opt, run.sampler, rows, fingerprint)
+                folder = ckpt.save_checkpoint(ckpt_root, step, groups, meta)
+                ckpt.prune_checkpoints(ckpt_root)
+                for cb in callbacks:
+                    cb.on_checkpoint(step, folder)
+
+        table = TrainingLog.validate(pd.DataFrame(rows, columns=list(TrainingLog.to_schema().columns)))
+        result = TrainResult(None, table, step, resumed_from=resumed_from)
+        if step == cfg.steps:
+            info = _training_info(data, cfg, seed, name, spec_hash, start)
+            if is_main:
+                info = _write_model(run.ema.to("cpu"), model_dir, table, info)
+            result.info, result.model_dir = info, model_dir
+        run.workers.barrier()  # the other ranks return once rank 0 has published the model
+        for cb in callbacks:
+            cb.on_end(result)
+        return result
 
 
 @dataclass
@@ -580,57 +621,3 @@ def _step(run: _Run, data: TrainData, cfg: ExpertConfig, step: int, teacher: Tea
     run.opt.zero_grad(set_to_none=True)
     update_ema(run.ema, run.model, ema_decay_at(step, cfg.ema_decay))
     return {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm, "seconds": time.perf_counter() - started}
-
-
-def _train(
-    data: TrainData,
-    cfg: ExpertConfig,
-    out_dir: Path,
-    seed: int,
-    name: str,
-    callbacks: Sequence[TrainCallback] | None = None,
-    max_steps: int | None = None,
-    spec_hash: str | None = None,
-    teacher: Teacher | None = None,
-    init_from: str | Path | None = None,
-) -> TrainResult:
-    """``train`` once this process holds ``out_dir``."""
-    model_dir, ckpt_root = out_dir / "model", out_dir / "checkpoints"
-    stored = _stored_result(model_dir, spec_hash)
-    if stored is not None:
-        log.info("%s: %s already trained for spec %s; skipping", name, model_dir, spec_hash)
-        return stored
-    if teacher is not None and cfg.objective != "flow":
-        raise ValueError(f"{name}: a teacher gives velocities; distilling needs objective flow, not {cfg.objective}")
-    stop = cfg.steps if max_steps is None else min(max_steps, cfg.steps)
-    start = weights_sha256(init_from) if init_from is not None else None
-    fingerprint = _fingerprint(data, cfg, seed, name, spec_hash, start)
-    run, step, rows = _set_up(data, cfg, ckpt_root, seed, name, fingerprint, init_from)
-    is_main = run.workers.is_main
-    callbacks = ([ProgressCallback(cfg.log_every, name)] if callbacks is None else list(callbacks)) if is_main else []
-    resumed_from = step
-    for cb in callbacks:
-        cb.on_start(step, stop)
-    while step < stop:
-        rows.append(_step(run, data, cfg, step, teacher))
-        step += 1
-        for cb in callbacks:
-            cb.on_step(rows[-1])
-        if (step % cfg.checkpoint_every == 0 or step == stop) and is_main:
-            groups, meta = _checkpoint_state(run.model, run.ema, run.opt, run.sampler, rows, fingerprint)
-            folder = ckpt.save_checkpoint(ckpt_root, step, groups, meta)
-            ckpt.prune_checkpoints(ckpt_root)
-            for cb in callbacks:
-                cb.on_checkpoint(step, folder)
-
-    table = TrainingLog.validate(pd.DataFrame(rows, columns=list(TrainingLog.to_schema().columns)))
-    result = TrainResult(None, table, step, resumed_from=resumed_from)
-    if step == cfg.steps:
-        info = _training_info(data, cfg, seed, name, spec_hash, start)
-        if is_main:
-            info = _write_model(run.ema.to("cpu"), model_dir, table, info)
-        result.info, result.model_dir = info, model_dir
-    run.workers.barrier()  # the other ranks return once rank 0 has published the model
-    for cb in callbacks:
-        cb.on_end(result)
-    return result
