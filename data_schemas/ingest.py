@@ -17,6 +17,7 @@ REQUIRED_COLUMNS = ("path", "caption")
 # here, below the config, which checks data.num_families, data.scenes and extend.scenes against them.
 FAMILY_NAMES = ("plain", "gradient", "stripes", "checker", "spots", "rings", "waves", "grid")
 DEFAULT_FAMILIES = 4
+DEFAULT_SCENES = FAMILY_NAMES[:DEFAULT_FAMILIES]  # the default world's families
 
 QUARANTINE_REASONS = (
     "missing_file",  # the path/URI does not exist or cannot be opened

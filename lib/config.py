@@ -23,12 +23,10 @@ from typing import Any
 
 import yaml
 
-from data_schemas.ingest import DEFAULT_FAMILIES, FAMILY_NAMES, MANIFEST_COLUMNS
+from data_schemas.ingest import DEFAULT_FAMILIES, DEFAULT_SCENES, FAMILY_NAMES, MANIFEST_COLUMNS
 from lib.strategy import parse_schedule
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SCENES = FAMILY_NAMES[:DEFAULT_FAMILIES]  # the built-in source's default world
 
 
 class ConfigError(ValueError):

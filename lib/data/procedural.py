@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_schemas.ingest import DEFAULT_FAMILIES, FAMILY_NAMES
+from data_schemas.ingest import DEFAULT_FAMILIES, DEFAULT_SCENES
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ FAMILIES = {  # the first four are the default world (data.num_families = 4); th
     "grid": Family(("mint", "lilac", "black"), ("mint", "lilac"), ("cross",), ("zigzag",),
                    (("cross", "diamond"), ("zigzag", "left_slow", "right_slow"))),
 }  # fmt: skip
-SCENES = FAMILY_NAMES[:DEFAULT_FAMILIES]  # the default world's families
+SCENES = DEFAULT_SCENES
 BACKGROUNDS = {scene: FAMILIES[scene].palette for scene in SCENES}  # the default world's palettes
 BG_RGB = {
     "black": (10, 10, 14),
