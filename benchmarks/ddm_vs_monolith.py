@@ -97,39 +97,7 @@ def check_protocol(sha: str) -> None:
         raise SystemExit(f"{PROTOCOL} changed during the run ({sha[:12]} -> {now[:12]}): results not written")
 
 
-# ------------------------------------------------------------------------------------------ shared stages
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ------------------------------------------------------------------------------------------ training
-
-
-
-
-
-
-
-
-
-
 # ------------------------------------------------------------------------------------------ evaluation
-
-
-
-
-
-
 
 
 def evaluate_all(
@@ -271,16 +239,12 @@ def methods_not_run(rows: pd.DataFrame, seeds: list[int], cfg: RunConfig) -> lis
     return [f"{m} (training seed {s})" for m, s in planned if (m, s) not in have]
 
 
-
-
 def metric_names(cfg: RunConfig) -> dict[str, str]:
     """The report's metric names for this config (they carry the feature network)."""
     i3d = bool(cfg.evaluate.i3d_path)
     base = "fvd_i3d" if i3d else "fd_attrnet"
     net = base.split("_", 1)[1]
     return {"fd": base, "fd_inf": base.replace("_", "_inf_", 1), "kid": ("kvd_" if i3d else "kid_") + net}
-
-
 
 
 def _pool(intervals: list[Interval]) -> list[float]:
@@ -338,8 +302,6 @@ def headline_summary(rows: pd.DataFrame, reps: dict[int, tuple], names: dict[str
             "ratio_details": ratios, "decision": decision, "text": "\n".join(lines)}  # fmt: skip
 
 
-
-
 def _r(value: float) -> float:
     return round(float(value), 6)
 
@@ -359,10 +321,6 @@ def headline_markdown(result: dict, names: dict[str, str]) -> str:
                   f"{e['object_found']:.3f}" if e["object_found"] is not None else "-"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-
-
 
 
 def per_cluster_table(rows: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
@@ -430,8 +388,6 @@ def write_summary(out: Path, rows: pd.DataFrame, result: dict, models: list[Mode
 
 
 # --------------------------------------------------------------------------------------------- main
-
-
 
 
 def machine_info(device: str) -> dict:

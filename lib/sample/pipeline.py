@@ -58,26 +58,6 @@ log = logging.getLogger(__name__)
 VIDEO_FORMATS = ("gif", "mp4")
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 @dataclass(frozen=True)
 class PipelineOutput:
     """Videos plus what the sampler did, for analysis.
