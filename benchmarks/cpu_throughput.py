@@ -3,7 +3,8 @@
 Why: every claim this project makes is bought with CPU-minutes on two cores. This prints, side by side in one
 run, what each lever of ``lib.models.levers`` buys and how far each workload is from what the hardware does:
 
-- ``peak``: a 1024^3 matrix multiply in fp32 and bf16 (one thread), the ceilings the rows are a fraction of;
+- ``peak``: a 1024^3 matrix multiply in fp32 and bf16 (one thread), the ceilings the rows are a fraction of; and
+  ``shape peak``: the same at the network's own linear-layer shapes (``shape_peak``), the ceiling of this network;
 - ``expert``: one optimizer step of ``lib.train.trainer.train`` on the benchmark network (configs/bench.yaml:
   1.3M parameters, 4x8x8x8 latents, 64 tokens, ``encode.max_tokens`` caption tokens) at batch 8 (an expert) and 24
   (the monolith), for each lever: eager fp32, compiled fp32, eager bf16, compiled bf16. ``before`` is the same step
@@ -11,7 +12,9 @@ run, what each lever of ``lib.models.levers`` buys and how far each workload is 
 - ``router`` and ``codec``: a training step of ``lib.train.router.train_router`` and ``lib.encode.learned.train_codec``
   (configs/tiny.yaml's codec), as they run;
 - ``sampling``: videos/s of ``lib.sample.ddm.sample_ddm`` with three experts (top-2 routing, 20 Euler steps, CFG 4,
-  32 prompts), the experts called through ``DDMPipeline.handle`` in fp32 and in bf16.
+  32 prompts), the experts called through ``DDMPipeline.handle`` for each lever (compiled: their blocks compiled with
+  dynamic shapes, as ``DDMPipeline.compile_for`` does for a long job), with the relative L2 distance of each lever's
+  samples from eager fp32's on the same noise (untrained experts: an upper bound; trained ones move less).
 
 Every row runs in its own process with one thread (the benchmarks run two single-thread processes side by side),
 its own empty inductor cache, and reports the median step time after warm-up steps (which hold the compile).
@@ -62,6 +65,32 @@ def peak(dtype_name: str) -> dict[str, Any]:
         a @ b
         times.append(time.perf_counter() - start)
     return {"gflops": 2 * 1024**3 / statistics.median(times) / 1e9}
+
+
+def shape_peak(dtype_name: str, batch: int, text_len: int) -> dict[str, Any]:
+    """The matmul rate at the benchmark network's own shapes: the linear layers of one transformer block at ``batch``
+    (self-attention q/k/v/o and cross-attention q/o on 64 latent tokens, cross-attention k/v on the caption tokens,
+    the two feed-forward layers), each timed alone, FLOP-weighted. Small matrices cannot reach the 1024^3 peak; this
+    is the ceiling a step of this network could reach if it did nothing but its matmuls."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    d, ffn = BENCH_NETWORK["num_heads"] * BENCH_NETWORK["head_dim"], BENCH_NETWORK["ffn_dim"]
+    rows, text_rows = batch * 64, batch * text_len
+    shapes = [(rows, d, d)] * 6 + [(text_rows, d, d)] * 2 + [(rows, d, ffn), (rows, ffn, d)]  # (m, in, out)
+    flops = seconds = 0.0
+    for m, k, n in shapes:
+        x, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+        for _ in range(5):
+            torch.nn.functional.linear(x, w)
+        times = []
+        for _ in range(50):
+            start = time.perf_counter()
+            torch.nn.functional.linear(x, w)
+            times.append(time.perf_counter() - start)
+        flops += 2 * m * k * n
+        seconds += statistics.median(times)
+    return {"gflops": flops / seconds / 1e9}
 
 
 def expert_step(
@@ -134,7 +163,9 @@ def codec_step(steps: int, warmup: int) -> dict[str, Any]:
     return {"ms_per_step": 1e3 * (reports[1].seconds - reports[0].seconds) / steps}
 
 
-def sampling(bf16: bool, prompts: int, num_steps: int) -> dict[str, Any]:
+def sampling(lever: str, prompts: int, num_steps: int) -> dict[str, Any]:
+    """Videos/s of one sampling lever ("eager fp32", "compiled fp32", "compiled bf16", "eager bf16"); the first call
+    (the compile) is timed apart, the rate is the best of the two calls after it."""
     import torch
 
     import lib.sample.pipeline as pipeline_module
@@ -144,13 +175,18 @@ def sampling(bf16: bool, prompts: int, num_steps: int) -> dict[str, Any]:
     from lib.sample.ddm import sample_ddm
 
     cfg = load_config(ROOT / "configs" / "bench.yaml")
-    pipeline_module.inference_bf16 = lambda device: bf16  # the lever under test, whatever this CPU is
+    bf16 = "bf16" in lever
+    pipeline_module.inference_bf16 = lambda device, compiled=False: bf16  # the lever under test, whatever this CPU is
     text_len = cfg.encode.max_tokens
     experts = {k: build_expert(cfg.expert, LATENT[0], 384, LATENT[1:], seed=k) for k in range(3)}
     router = RouterModel(in_channels=LATENT[0], sample_shape=list(LATENT[1:]), patch_size=list(cfg.router.patch_size),
                          text_dim=384, hidden_dim=cfg.router.hidden_dim, num_layers=cfg.router.num_layers,
                          num_heads=cfg.router.num_heads, num_clusters=3)  # fmt: skip
     pipe = pipeline_module.DDMPipeline(experts, dict.fromkeys(experts, "flow"), router, None, None, LATENT, "bench")
+    if lever.startswith("compiled"):  # what compile_for does for a long job, whatever its length here
+        for model in experts.values():
+            model.compile_repeated_blocks(dynamic=True)
+        pipe.compiled = True
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randn(prompts, text_len, 384, generator=gen)
     cond = (tokens, torch.ones(prompts, text_len, dtype=torch.bool))
@@ -163,7 +199,7 @@ def sampling(bf16: bool, prompts: int, num_steps: int) -> dict[str, Any]:
         with torch.no_grad():
             outs.append(sample_ddm(handles, pipe.router, noise, cond, uncond, pooled, "topk", 2, num_steps, 4.0).x0)
         times.append(time.perf_counter() - start)
-    return {"videos_per_s": prompts / min(times), "x0": outs[-1]}
+    return {"videos_per_s": prompts / min(times[1:]), "first_call_s": times[0], "x0": outs[-1]}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -174,6 +210,8 @@ def child(args: argparse.Namespace) -> None:
     kind = args.one
     if kind == "peak":
         row = peak(args.dtype)
+    elif kind == "shape-peak":
+        row = shape_peak(args.dtype, args.batch, args.text_len)
     elif kind == "expert":
         row = expert_step(args.batch, *LEVERS[args.lever], args.steps, args.warmup, args.text_len)
     elif kind == "router":
@@ -181,10 +219,10 @@ def child(args: argparse.Namespace) -> None:
     elif kind == "codec":
         row = codec_step(args.steps, args.warmup)
     else:
-        out = sampling(args.lever == "bf16", 32, 20)
+        out = sampling(args.lever, 32, 20)
         x0 = out.pop("x0")
-        if args.lever == "bf16":  # how far bf16 sampling lands from fp32 on the same noise
-            reference = sampling(False, 32, 20)["x0"]
+        if args.lever != "eager fp32":  # how far the lever's samples land from eager fp32's on the same noise
+            reference = sampling("eager fp32", 32, 20)["x0"]
             out["rel_diff_vs_fp32"] = float((x0 - reference).norm() / reference.norm())
         row = out
     print("ROW " + json.dumps(row), flush=True)
@@ -203,7 +241,8 @@ def run_child(extra: list[str], tree: Path = ROOT) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--one", choices=["peak", "expert", "router", "codec", "sampling"], help=argparse.SUPPRESS)
+    parser.add_argument("--one", choices=["peak", "shape-peak", "expert", "router", "codec", "sampling"],
+                        help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--lever", default="eager fp32", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
@@ -224,12 +263,17 @@ def main() -> None:
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--text-len", str(text_len)]
     peaks = {d: run_child(["--one", "peak", "--dtype", d])["gflops"] for d in ("float32", "bfloat16")}
     print(f"matmul peak, one thread: fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s")
+    shape_peaks = {f"{d}_b{b}": run_child(["--one", "shape-peak", "--dtype", d, "--batch", str(b), *common])["gflops"]
+                   for d in ("float32", "bfloat16") for b in (8, 24)}  # fmt: skip
+    print("at the network's own matmul shapes: " + ", ".join(f"{k} {v:.0f}" for k, v in shape_peaks.items()))
     rows: list[dict[str, Any]] = []
 
     def add(workload: str, lever: str, row: dict[str, Any], bf16: bool = False) -> None:
         row = {"workload": workload, "lever": lever, **row}
         if "gflops" in row:
-            row["fraction_of_peak"] = row["gflops"] / peaks["bfloat16" if bf16 else "float32"]
+            dtype = "bfloat16" if bf16 else "float32"
+            row["fraction_of_peak"] = row["gflops"] / peaks[dtype]
+            row["fraction_of_shape_peak"] = row["gflops"] / shape_peaks[f"{dtype}_{workload.split('_')[-1]}"]
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
@@ -242,8 +286,8 @@ def main() -> None:
             add(f"expert_b{batch}", lever, row, bf16="bf16" in lever)
     add("router", "eager fp32", run_child(["--one", "router", *common]))
     add("codec", "eager fp32", run_child(["--one", "codec", *common]))
-    for lever in ("fp32", "bf16"):
-        add("sampling", f"eager {lever}", run_child(["--one", "sampling", "--lever", lever]))
+    for lever in LEVERS:
+        add("sampling", lever, run_child(["--one", "sampling", "--lever", lever]))
 
     for workload in sorted({r["workload"] for r in rows}):
         group = [r for r in rows if r["workload"] == workload]
@@ -253,14 +297,18 @@ def main() -> None:
                 r["speedup_vs_eager"] = base["ms_per_step"] / r["ms_per_step"]
             else:
                 r["speedup_vs_eager"] = r["videos_per_s"] / base["videos_per_s"]
-    print(f"\n{'workload':10s} {'lever':14s} {'ms/step':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'speed-up':>8s}")
+    print(f"\n{'workload':10s} {'lever':14s} {'ms/step':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'of shape':>8s} "
+          f"{'speed-up':>8s}")  # fmt: skip
     for r in rows:
         ms = f"{r['ms_per_step']:.1f}" if "ms_per_step" in r else f"{r['videos_per_s']:.2f}/s"
         gf = f"{r['gflops']:.0f}" if "gflops" in r else "-"
         frac = f"{r['fraction_of_peak']:.2f}" if "fraction_of_peak" in r else "-"
-        print(f"{r['workload']:10s} {r['lever']:14s} {ms:>8s} {gf:>8s} {frac:>8s} {r['speedup_vs_eager']:>7.2f}x")
+        shape = f"{r['fraction_of_shape_peak']:.2f}" if "fraction_of_shape_peak" in r else "-"
+        print(f"{r['workload']:10s} {r['lever']:14s} {ms:>8s} {gf:>8s} {frac:>8s} {shape:>8s} "
+              f"{r['speedup_vs_eager']:>7.2f}x")  # fmt: skip
     report = {"machine": platform.processor() or platform.machine(), "cpu": _cpu_name(), "threads": 1,
-              "peak_gflops": peaks, "steps": args.steps, "warmup": args.warmup, "rows": rows,
+              "peak_gflops": peaks, "shape_peak_gflops": shape_peaks, "steps": args.steps, "warmup": args.warmup,
+              "rows": rows,
               "baseline_tree": str(args.baseline_tree) if args.baseline_tree else None}  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=1) + "\n"))

@@ -17,6 +17,7 @@ from data_schemas.sample import PromptSet
 from lib.config import ClusterConfig, EncodeConfig, SampleConfig
 from lib.encode.store import read_codec_info
 from lib.io import persist
+from lib.models.levers import use_compile_cache
 from lib.sample.command import load_model, sample_to_folder
 from lib.sample.folder import MANIFEST, assemble_ddm, assemble_single, clustering_record
 from lib.sample.methods import gallery_html, sample_methods
@@ -98,6 +99,7 @@ def sample_task(
 ) -> FlyteDirectory:
     """Videos of the DDM (each strategy), each expert alone and the monolith: one per prompt, paired noise."""
     out = stage_dir(output_dir, "samples", cfg, seed, uri_of(ddm), uri_of(monolith), prompts.to_json())
+    use_compile_cache(output_dir)  # a long job compiles the experts' blocks (DDMPipeline.compile_for)
     info = read_codec_info(encoded.download())
     pipe, mono = DDMPipeline.from_pretrained(ddm.download()), load_for_sampling(monolith.download(), info)
     result = sample_methods(pipe, mono, prompts, cfg, seed, out)

@@ -131,6 +131,22 @@ def test_fresh_process_gives_the_same_videos(pipe, ddm_dir, prompts, tmp_path):
     np.testing.assert_array_equal(np.load(out), here)
 
 
+def test_a_long_job_samples_through_compiled_blocks_to_the_same_videos_in_fp32(ddm_dir, prompts, monkeypatch):
+    eager = DDMPipeline.from_pretrained(ddm_dir).generate(prompts, seed=2, strategy="topk", **SAMPLE)
+    monkeypatch.setattr("lib.models.levers.COMPILE_MIN_CPU_VIDEOS", len(prompts))  # this job counts as long
+    monkeypatch.setattr("lib.models.levers.cpu_has_amx", lambda: False)  # fp32: the compile alone is under test
+    pipe = DDMPipeline.from_pretrained(ddm_dir)
+    pipe.generate(prompts[:2], seed=2, strategy="topk", **SAMPLE)
+    assert not pipe.compiled  # a short job does not pay for the compile
+    out = pipe.generate(prompts, seed=2, strategy="topk", **SAMPLE)
+    assert pipe.compiled and all(hasattr(b, "_compiled_call_impl") and b._compiled_call_impl is not None
+                                 for m in pipe.experts.values() for b in m.blocks)  # fmt: skip
+    torch.testing.assert_close(out.result.x0, eager.result.x0, rtol=0, atol=1e-5)
+    assert np.abs(out.videos.astype(int) - eager.videos.astype(int)).max() <= 1
+    fresh = DDMPipeline.from_pretrained(ddm_dir).experts
+    assert all(list(m.state_dict()) == list(fresh[k].state_dict()) for k, m in pipe.experts.items())  # same keys
+
+
 def test_seeds_batch_size_and_routing_weights(pipe, prompts):
     a = pipe.generate(prompts, seed=0, strategy="topk", batch_size=2, **SAMPLE)
     again = pipe(prompts, seed=0, strategy="topk", batch_size=2, **SAMPLE).frames

@@ -18,10 +18,13 @@ from lib.config import RUN_ONLY_FIELDS, ExpertConfig
 from lib.models.factory import load_expert
 from lib.models.levers import (
     COMPILE_MIN_CPU_STEPS,
+    COMPILE_MIN_CPU_VIDEOS,
     compiles,
     cpu_quota,
     forward_context,
+    inference_bf16,
     limit_threads,
+    sampling_compiles,
     use_compile_cache,
     uses_bf16,
 )
@@ -78,6 +81,19 @@ def test_bf16_auto_means_cuda_or_a_compiled_graph_on_an_amx_cpu(monkeypatch):
         assert uses_bf16("auto", cpu, compiled=False) is False  # eager bf16 is slower than fp32 on the CPU
     with pytest.raises(ValueError, match="precision 'fp16' is not one of auto, fp32, bf16"):
         uses_bf16("fp16", cpu, compiled=True)
+
+
+def test_sampling_compiles_long_cpu_jobs_and_runs_them_in_bf16_only_on_amx(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
+    assert [sampling_compiles(cpu, n) for n in (COMPILE_MIN_CPU_VIDEOS - 1, COMPILE_MIN_CPU_VIDEOS)] == [False, True]
+    assert sampling_compiles(cuda, 10**6) is False  # CUDA sampling stays eager (not measured)
+    for amx in (True, False):
+        monkeypatch.setattr("lib.models.levers.cpu_has_amx", lambda amx=amx: amx)
+        assert inference_bf16(cpu, compiled=True) is amx and inference_bf16(cpu, compiled=False) is False
+    assert inference_bf16(cuda, compiled=False) is True
+    monkeypatch.setattr("shutil.which", lambda name: None)  # no C++ compiler: eager, whatever the job's length
+    assert sampling_compiles(cpu, 10**6) is False
 
 
 def test_cpu_bf16_forward_runs_autocast_with_the_math_attention_kernel():

@@ -28,7 +28,7 @@ from lib.encode.codec import LatentCodec, PixelCodec, load_vae_codec
 from lib.encode.text import TextEncoder
 from lib.io import verify_sums
 from lib.models.factory import TRAINING_INFO, expert_forward, load_expert
-from lib.models.levers import forward_context, inference_bf16
+from lib.models.levers import forward_context, inference_bf16, sampling_compiles
 from lib.models.router import RouterModel
 from lib.progress import progress
 from lib.sample.ddm import (
@@ -123,6 +123,7 @@ class DDMPipeline:
         self.latent_shape = tuple(latent_shape)  # C, T', H', W'
         self.name = name
         self.centroids = centroids
+        self.compiled = False  # the experts' blocks, once a job is long enough (``compile_for``)
 
     @property
     def num_experts(self) -> int:
@@ -272,13 +273,26 @@ class DDMPipeline:
     def handle(self, k: int) -> ExpertHandle:
         """Expert k as the sampler calls it (bf16 where it pays, ``lib.models.levers``); also the teacher of
         distillation."""
-        model, bf16 = self.experts[k], inference_bf16(self.device)
+        model, bf16 = self.experts[k], inference_bf16(self.device, self.compiled)
 
         def predict(x_t: torch.Tensor, t: torch.Tensor, cond: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
             with forward_context(self.device, bf16):
                 return expert_forward(model, x_t, t, cond[0], cond[1]).float()
 
         return ExpertHandle(predict=predict, objective=self.objectives[k], cluster_id=k)
+
+    def compile_for(self, videos: int) -> None:
+        """Compile every expert's transformer blocks in place (dynamic batch; the weights and keys stay the same) when
+        a job of ``videos`` videos wins the compile back (``lib.models.levers.sampling_compiles``); once per
+        pipeline. Handles made after it run the compiled blocks, in bf16 where that pays."""
+        if self.compiled or not sampling_compiles(self.device, videos):
+            return
+        for model in self.experts.values():
+            if model is not None:
+                model.compile_repeated_blocks(dynamic=True)
+        self.compiled = True
+        log.info("%s: experts' blocks compiled for %d videos (%s)", self.name, videos,
+                 "bf16" if inference_bf16(self.device, True) else "fp32")  # fmt: skip
 
     @torch.no_grad()
     def generate(
@@ -347,6 +361,7 @@ class DDMPipeline:
         emb = self.text_encoder.encode(list(prompts))  # all at once: a prompt's embedding ignores sampler batching
         noise = self.noise(len(prompts), seed, prompt_keys)
         uniforms = self.route_uniforms(len(prompts), num_inference_steps, seed, prompt_keys)
+        self.compile_for(len(prompts))
         handles = {k: (self.handle(k) if m is not None else None) for k, m in self.experts.items()}
         results = []
         bar = progress(total=len(prompts), desc=f"sample {strategy}", unit="video")
