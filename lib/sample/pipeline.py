@@ -28,7 +28,7 @@ from lib.encode.codec import LatentCodec, PixelCodec, load_vae_codec
 from lib.encode.text import TextEncoder
 from lib.io import verify_sums
 from lib.models.factory import TRAINING_INFO, expert_forward, load_expert
-from lib.models.levers import forward_context, inference_bf16, sampling_compiles
+from lib.models.levers import compile_options, forward_context, inference_bf16, sampling_compiles
 from lib.models.router import RouterModel
 from lib.progress import progress
 from lib.sample.ddm import (
@@ -287,9 +287,10 @@ class DDMPipeline:
         pipeline. Handles made after it run the compiled blocks, in bf16 where that pays."""
         if self.compiled or not sampling_compiles(self.device, videos):
             return
+        options = compile_options(self.device, inference_bf16(self.device, True))
         for model in self.experts.values():
             if model is not None:
-                model.compile_repeated_blocks(dynamic=True)
+                model.compile_repeated_blocks(dynamic=True, options=options)
         self.compiled = True
         log.info("%s: experts' blocks compiled for %d videos (%s)", self.name, videos,
                  "bf16" if inference_bf16(self.device, True) else "fp32")  # fmt: skip

@@ -67,7 +67,7 @@ from lib.models.factory import (
     load_weights_into,
     weights_sha256,
 )
-from lib.models.levers import compiles, forward_context, uses_bf16
+from lib.models.levers import compile_options, compiles, forward_context, uses_bf16
 from lib.models.schedule import ema_decay_at, lr_at
 from lib.progress import progress
 from lib.seeding import derive_seed, torch_generator
@@ -573,7 +573,8 @@ def _set_up(
     micro = cfg.micro_batch or probe_micro_batch(probe, local_batch, device, reserve_bytes=adam_bytes)
     run.micro = math.ceil(local_batch / math.ceil(local_batch / min(micro, local_batch)))  # even: 16 + 16, not 31 + 1
     if compile_blocks:  # after the probe: eager memory bounds the compiled one, and its sizes 1, 2 are not compiled
-        model.compile_repeated_blocks(dynamic=False)  # each block in place (same keys); one graph per micro shape
+        # each block in place (same keys); one graph per micro shape
+        model.compile_repeated_blocks(dynamic=False, options=compile_options(device, run.bf16))
     log.info("%s: %d clips, %d params, batch %d = %d process(es) x %d x %d on %s (%s, %s)", name, len(data),
              count_parameters(model), cfg.batch_size, workers.world, math.ceil(local_batch / run.micro), run.micro,
              device, "compiled" if compile_blocks else "eager", "bf16 autocast" if run.bf16 else "fp32")  # fmt: skip
