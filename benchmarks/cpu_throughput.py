@@ -180,6 +180,7 @@ def sampling(lever: str, prompts: int, num_steps: int) -> dict[str, Any]:
     pipeline_module.inference_bf16 = lambda device, compiled=False: bf16  # the lever under test, whatever this CPU is
     text_len = cfg.encode.max_tokens
     experts = {k: build_expert(cfg.expert, LATENT[0], 384, LATENT[1:], seed=k) for k in range(3)}
+    torch.manual_seed(0)  # the router initialises from the global generator: the same router for every lever
     router = RouterModel(in_channels=LATENT[0], sample_shape=list(LATENT[1:]), patch_size=list(cfg.router.patch_size),
                          text_dim=384, hidden_dim=cfg.router.hidden_dim, num_layers=cfg.router.num_layers,
                          num_heads=cfg.router.num_heads, num_clusters=3)  # fmt: skip
