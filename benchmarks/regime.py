@@ -7,7 +7,8 @@ is one ``pyflyte run`` of the comparison (the user's path, the Flyte cache kept 
 folder as ``make run`` keeps it), its record is appended to ``cells.jsonl`` as soon as it finishes, and a rerun
 skips the cells already recorded under the same protocol, so a grid finishes over several sessions. Two workers
 may run at once on disjoint ``--only`` lists (one per core): they share the output folder's stages and record their
-cells in turn.
+cells in turn. Not the same cells under two ``--seed`` values at once: the comparison keeps one record per cell
+name in an output folder, so one worker could read the other's (the driver refuses such a record).
 
     python benchmarks/regime.py --protocol benchmarks/regime_protocol.md --grid benchmarks/regime_grid.yaml \
         [--only CELL ...] [--out benchmarks/results/regime]
@@ -75,9 +76,9 @@ def record_cell(results: Path, protocol_sha: str, grid_order: list[str], record:
         atomic_write(results, lambda p: p.write_text(lines))
 
 
-def run_cell(base: Path | str, name: str, setting: str, output_dir: Path) -> tuple[dict, float]:
-    """One ``pyflyte run`` of the comparison on one cell (``base``: a config file or the config as inline JSON);
-    returns its record and its wall time in seconds."""
+def run_cell(base: Path | str, name: str, setting: str, output_dir: Path, seed: int) -> tuple[dict, float]:
+    """One ``pyflyte run`` of the comparison on one cell (``base``: a config file or the config as inline JSON,
+    under ``seed``); returns its record and its wall time in seconds."""
     env = {**os.environ, "TMPDIR": str(output_dir / ".flyte-tmp"), "HOME": str(output_dir / ".flyte-home")}
     Path(env["TMPDIR"]).mkdir(parents=True, exist_ok=True)
     pyflyte = str(Path(sys.executable).parent / "pyflyte")
@@ -90,7 +91,14 @@ def run_cell(base: Path | str, name: str, setting: str, output_dir: Path) -> tup
         tail = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         raise RuntimeError(f"cell {setting!r} failed (exit {proc.returncode}):\n{tail}")
     records = [json.loads(line) for line in (output_dir / "compare" / CELLS).read_text().splitlines()]
-    return next(r for r in records if r["cell"] == name), wall
+    record = next(r for r in records if r["cell"] == name)
+    if record["config"]["seed"] != seed:  # the comparison keeps one record per cell name and output folder
+        raise RegimeError(
+            f"cell {name}: {output_dir / 'compare' / CELLS} holds its record under seed {record['config']['seed']}, "
+            f"not {seed}: another driver compared this cell under another seed in the same output folder meanwhile. "
+            "Run one seed after another on one output_dir (workers at once only on disjoint --only lists)"
+        )
+    return record, wall
 
 
 def main() -> None:
@@ -119,7 +127,7 @@ def main() -> None:
           f"{sha[:12]}; seed {cfg.seed}")  # fmt: skip
     machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()}
     for name in todo:
-        record, wall = run_cell(base, name, named[name], REPO / cfg.output_dir)  # a relative output_dir: from the repo
+        record, wall = run_cell(base, name, named[name], REPO / cfg.output_dir, cfg.seed)  # output_dir: from the repo
         record |= {"wall_s": round(wall, 1), "protocol_sha256": sha, "machine": machine,
                    "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}  # fmt: skip
         record_cell(results, sha, list(named), record)

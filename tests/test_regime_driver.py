@@ -36,3 +36,22 @@ def test_workers_record_in_grid_order_without_losing_each_others_cells(tmp_path)
     assert [(r["cell"], r["wall_s"]) for r in lines] == [("xs", 9), ("m", 1)]
     with pytest.raises(RegimeError, match="was run under protocol"):
         record_cell(results, "b" * 64, order, {"cell": "base", "protocol_sha256": "b" * 64})
+
+
+def test_a_record_written_under_another_seed_is_refused_not_taken(tmp_path, monkeypatch):
+    """Two drivers comparing one cell under two seeds in one output folder: the comparison keeps the latest record
+    per cell name, so the one that finished first may read the other's; it must say so instead of recording it."""
+    import subprocess
+
+    from benchmarks.regime import run_cell
+
+    def comparison(command, **kwargs):  # what the other seed's run left: its record under the same cell name
+        (tmp_path / "compare").mkdir(exist_ok=True)
+        record = {"cell": "base", "config": {"seed": 2}, "heldout_loss": {}}
+        (tmp_path / "compare" / "cells.jsonl").write_text(json.dumps(record) + "\n")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr("benchmarks.regime.subprocess.run", comparison)
+    assert run_cell("base.yaml", "base", "", tmp_path, seed=2)[0]["config"]["seed"] == 2
+    with pytest.raises(RegimeError, match=r"cell base: .*cells.jsonl holds its record under seed 2, not 1"):
+        run_cell("base.yaml", "base", "", tmp_path, seed=1)
