@@ -3,8 +3,10 @@ predictions, the winning cells (or the budget where the two sides would cross), 
 
     python benchmarks/regime_map.py [--results benchmarks/results/regime] [--reruns benchmarks/results/regime/seed1]
 
-Writes ``map.json`` and ``map.png`` into ``--results`` and prints the reading. Every cell must carry the sha256 of
-the same protocol file (``benchmarks/regime_protocol.md``), reruns included.
+Writes ``map.json``, ``map.png`` and ``summary.json`` (the predictions, their verdicts, the winners or crossings)
+into ``--results`` and prints the reading. Every cell must carry the sha256 of the same protocol file
+(``benchmarks/regime_protocol.md``), reruns included. Where ``<results>/seeds/`` holds the follow-up's runs
+(``benchmarks/regime_seeds_protocol.md``), its reading goes into ``summary.json`` too.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from benchmarks.regime import recorded
 from lib.evaluate.cells import CELLS
-from lib.evaluate.regime_map import budget, loss_ratio, mean_loss, plot_map, read_map, size_name
+from lib.evaluate.regime_map import budget, loss_ratio, mean_loss, plot_map, read_map, read_seeds, size_name
 from lib.experiment.tables import json_safe
 from lib.io import atomic_write
 
@@ -29,6 +31,8 @@ def main() -> None:
     parser.add_argument("--protocol", type=Path, default=REPO / "benchmarks" / "regime_protocol.md")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "regime")
     parser.add_argument("--reruns", type=Path, default=None, help="default: <results>/seed1")
+    parser.add_argument("--seeds-protocol", type=Path, default=REPO / "benchmarks" / "regime_seeds_protocol.md",
+                        help="the follow-up's protocol; its runs are read from <results>/seeds/seed<S>")  # fmt: skip
     args = parser.parse_args()
     sha = hashlib.sha256(args.protocol.read_bytes()).hexdigest()
     cells = recorded(args.results / CELLS, sha)
@@ -57,7 +61,33 @@ def main() -> None:
         above = "the DDM" if cross["ddm_better_above"] else "the monolith"
         print(f"  size {size}: the loss fits cross at {cross['budget_x']:.3g}x [95 % {cross['interval_95'][0]:.3g}, "
               f"{cross['interval_95'][1]:.3g}], {above} better above it; slopes {cross['slopes']}")  # fmt: skip
-    print(f"-> {args.results / 'map.json'}, {args.results / 'map.png'}")
+    summary = {"protocol_sha256": sha, "sigma": reading.sigma, "winners": reading.winners,
+               "predictions": reading.predictions, "crossings": reading.crossings}  # fmt: skip
+    if (args.results / "seeds").is_dir():
+        summary["seeds_followup"] = read_followup(args, cells, sha)
+    text = json.dumps(json_safe(summary), indent=1, allow_nan=False) + "\n"
+    atomic_write(args.results / "summary.json", lambda p: p.write_text(text))
+    print(f"-> {args.results / 'map.json'}, {args.results / 'map.png'}, {args.results / 'summary.json'}")
+
+
+def read_followup(args: argparse.Namespace, cells: dict[str, dict], sha: str) -> dict:
+    """The follow-up's reading (``regime_seeds_protocol.md``): every cell with records under seeds 0, 1 and 2 (v1's
+    reruns and the follow-up's runs), the pooled seed noise, the winners, and prediction (a) at size xs."""
+    follow_sha = hashlib.sha256(args.seeds_protocol.read_bytes()).hexdigest()
+    by_seed = {0: cells}
+    for seed in (1, 2):
+        by_seed[seed] = {**recorded(args.results / f"seed{seed}" / CELLS, sha),
+                         **recorded(args.results / "seeds" / f"seed{seed}" / CELLS, follow_sha)}  # fmt: skip
+    seeds = read_seeds(by_seed, low="size-xs_expert.steps-150", high="size-xs_expert.steps-5000")
+    print(f"\nfollow-up (protocol {follow_sha[:12]}): pooled seed SD {seeds.pooled_sd:.4f} ({seeds.dof} dof); a cell "
+          f"wins above a three-seed mean of {seeds.win_bar:.4f} with every seed above 1")  # fmt: skip
+    for name in sorted(seeds.means, key=lambda n: -seeds.means[n]):
+        per_seed = " ".join(f"{v:.4f}" for v in seeds.ratios[name].values())
+        print(f"  {name:44s} mean {seeds.means[name]:.4f} ± {seeds.standard_errors[name]:.4f} (seeds {per_seed})")
+    rise = seeds.budget_rise
+    print(f"  winners: {seeds.winners or 'none'}; (a) at xs: 10x mean - 0.3x = {rise['rise']:+.4f}, counts beyond "
+          f"{rise['needed']:.4f}: {rise['verdict']}")  # fmt: skip
+    return {"protocol_sha256": follow_sha, **asdict(seeds)}
 
 
 if __name__ == "__main__":

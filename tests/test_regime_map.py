@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lib.evaluate.cells import SIZES
-from lib.evaluate.regime_map import budget, loss_ratio, plot_map, read_map, size_name
+from lib.evaluate.regime_map import budget, loss_ratio, plot_map, read_map, read_seeds, size_name
 
 
 def _cell(size="s", steps=500, k=4, overlap=0.5, fraction=0.0, ddm=1.0, monolith=1.0):
@@ -72,3 +72,33 @@ def test_without_a_winner_the_loss_fits_cross_where_the_lines_meet(tmp_path):
 def test_the_noise_scale_needs_a_rerun_of_a_grid_cell():
     with pytest.raises(ValueError, match="no rerun matches a cell"):
         read_map({"base": _cell()}, {"other": _cell()})
+
+
+def _seeds(ratios: dict[str, list[float]], low: float = 0.99) -> dict[int, dict[str, dict]]:
+    """Seed -> cells, each cell's loss ratio under seeds 0, 1, 2 as given; the low-budget xs cell under seed 0 only."""
+    by_seed = {s: {n: _cell("xs", 5000, ddm=1.0 / r[s]) for n, r in ratios.items()} for s in range(3)}
+    by_seed[0]["low"] = _cell("xs", 150, ddm=1.0 / low)
+    return by_seed
+
+
+def test_three_seed_means_win_only_beyond_the_pooled_noise_and_above_one_under_every_seed():
+    reading = read_seeds(_seeds({"high": [1.10, 1.12, 1.11], "flat": [1.0, 1.02, 0.98], "mixed": [1.2, 1.2, 0.99]}),
+                         low="low", high="high")  # fmt: skip
+    assert sorted(reading.ratios) == ["flat", "high", "mixed"]  # "low" lacks seeds 1 and 2: not pooled
+    assert reading.means["high"] == pytest.approx(1.11) and reading.dof == 6
+    # squared deviations from each cell's mean: 0.0002 + 0.0008 + 0.0294 over 3 x (3 - 1) degrees of freedom
+    assert reading.pooled_sd == pytest.approx(np.sqrt(0.0304 / 6))
+    assert reading.win_bar == pytest.approx(1 + 2 * np.sqrt(0.0304 / 6) / np.sqrt(3))  # 1.082
+    assert reading.winners == ["high"]  # "mixed" has the higher mean but one seed below 1
+    assert reading.standard_errors["flat"] == pytest.approx(0.02 / np.sqrt(3))
+    rise = reading.budget_rise
+    assert rise["rise"] == pytest.approx(1.11 - 0.99) and rise["low_seeds"] == 1
+    assert rise["needed"] == pytest.approx(2 * reading.pooled_sd * np.sqrt(1 / 3 + 1))
+    assert rise["needed"] == pytest.approx(0.1644, abs=1e-4) and rise["verdict"] == "not shown"  # 0.12 < 0.164
+
+
+def test_a_budget_rise_inside_the_noise_is_not_shown_and_missing_cells_are_named():
+    reading = read_seeds(_seeds({"high": [1.05, 0.95, 1.0], "other": [0.9, 1.1, 1.0]}, low=0.99), "low", "high")
+    assert reading.winners == [] and reading.budget_rise["verdict"] == "not shown"
+    with pytest.raises(ValueError, match="prediction \\(a\\) needs 'nope' under every seed"):
+        read_seeds(_seeds({"high": [1.0, 1.0, 1.0]}), "low", "nope")

@@ -109,6 +109,54 @@ def read_map(cells: dict[str, dict], reruns: dict[str, dict], seed: int = 0) -> 
     return Reading(sigma, pairs, ratios, winners, predictions, crossings)
 
 
+@dataclass
+class SeedReading:
+    """The cells rerun under several seeds, read by the follow-up protocol (``benchmarks/regime_seeds_protocol.md``)."""
+
+    ratios: dict[str, dict[int, float]]  # cell -> seed -> loss ratio (cells with a record under every seed)
+    means: dict[str, float]
+    standard_errors: dict[str, float]  # sample SD / sqrt(seeds)
+    pooled_sd: float  # the seed noise of one cell's loss ratio, pooled over every cell with all seeds
+    dof: int  # its degrees of freedom
+    win_bar: float  # a cell wins above this mean (1 + 2 pooled_sd / sqrt(seeds)), if every seed's ratio is above 1
+    winners: list[str]
+    budget_rise: dict  # prediction (a) at one size: the high-budget cell's mean against the low-budget cell
+
+
+def read_seeds(by_seed: dict[int, dict[str, dict]], low: str, high: str) -> SeedReading:
+    """Per cell: the mean loss ratio over the seeds and its standard error; the pooled seed SD over the cells that
+    have every seed; the winners (mean above 1 + 2 SD / sqrt(n) and every seed above 1); and the rise from the cell
+    ``low`` (what seeds it has) to ``high``, which counts beyond 2 SD sqrt(1/n_high + 1/n_low).
+
+    Args:
+        by_seed: seed -> cell name -> record.
+        low, high: the low- and high-budget cells of one size (prediction (a)).
+    """
+    seeds = sorted(by_seed)
+    names = sorted(set.intersection(*(set(cells) for cells in by_seed.values())))
+    if not names:
+        raise ValueError(f"no cell has a record under every seed {seeds}")
+    ratios = {n: {s: loss_ratio(by_seed[s][n]) for s in seeds} for n in names}
+    values = {n: np.array(list(r.values())) for n, r in ratios.items()}
+    dof = sum(len(v) - 1 for v in values.values())
+    if dof < 1:
+        raise ValueError("the seed noise needs at least two seeds")
+    pooled = float(np.sqrt(sum(((v - v.mean()) ** 2).sum() for v in values.values()) / dof))
+    means = {n: float(v.mean()) for n, v in values.items()}
+    errors = {n: float(v.std(ddof=1) / np.sqrt(len(v))) for n, v in values.items()}
+    bar = 1 + 2 * pooled / np.sqrt(len(seeds))
+    winners = sorted((n for n in names if means[n] > bar and (values[n] > 1).all()), key=lambda n: -means[n])
+    low_values = [loss_ratio(cells[low]) for cells in by_seed.values() if low in cells]
+    if high not in values or not low_values:
+        raise ValueError(f"prediction (a) needs {high!r} under every seed and {low!r} under at least one")
+    rise = means[high] - float(np.mean(low_values))
+    needed = 2 * pooled * float(np.sqrt(1 / len(values[high]) + 1 / len(low_values)))
+    verdict = "supported" if rise > needed else "refuted" if rise < -needed else "not shown"
+    budget_rise = {"low": low, "high": high, "low_seeds": len(low_values), "rise": rise, "needed": needed,
+                   "verdict": verdict}  # fmt: skip
+    return SeedReading(ratios, means, errors, pooled, dof, float(bar), winners, budget_rise)
+
+
 def _only_size_or_steps(name: str) -> bool:
     """A cell of the capacity x budget block: its setting names only the size and the steps (or nothing)."""
     return name == "base" or all(part.startswith(("size-", "expert.steps-")) for part in name.split("_"))
