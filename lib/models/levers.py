@@ -15,9 +15,9 @@ tokens, batch 8, one thread, on a 2-core Sapphire Rapids with AMX; ``benchmarks/
   Without AMX (AVX-512 bf16 alone, about 2x fp32) the casts eat the gain, so ``auto`` stays in fp32 there.
 - Sampling (``DDMPipeline.generate``) compiles the experts' blocks with dynamic shapes (top-k routing gives each
   expert a sub-batch of a different size at every step) for jobs of at least ``COMPILE_MIN_CPU_VIDEOS`` videos, and
-  runs them in bf16 where the CPU has AMX: 4.1 -> 6.75 videos/s on a trained benchmark DDM (one thread, 32
-  prompts), where the samples moved 1.1/255 per pixel from fp32's on the same noise against 14/255 between two
-  noise seeds. Compiled fp32 alone is bit-identical to eager and 1.15x faster; eager bf16 does not pay.
+  runs them in bf16 where the CPU has AMX: 5.43 -> 10.39 videos/s (1.91x); on the tiny run's 168 held-out prompts
+  it moved attribute accuracy by 0.0015 where the noise seed moves it by 0.013 (``benchmarks/sampling_parity.py``).
+  Compiled fp32 alone is bit-identical to eager and 1.26x faster; eager bf16 does not pay.
 - Threads: one process per core. Two processes of two OpenMP threads each on two cores ran 1.7x slower than two
   single-thread processes (threads spin-wait on a busy core; under a third process it reached 70x), and a pod that
   is limited to 2 CPUs on a 64-core node would otherwise start 64 threads. ``limit_threads`` caps torch at the
@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 # A cold compile of the blocks (~25 s on two cores) is won back after about 1000 steps at the measured saving
 # (~29 ms per step at batch 8, one thread); shorter CPU runs train eagerly under ``auto``.
 COMPILE_MIN_CPU_STEPS = 1000
-# Sampling: a cold compile of the three benchmark experts' blocks cost 32 s (one thread) and saved 0.096 s a video
-# (4.1 -> 6.75 videos/s), won back after about 330 videos; the evaluation samples 1024 per method.
+# Sampling: a cold compile of the three benchmark experts' blocks costs 20-30 s (one thread) and saves 0.09 s a
+# video (5.4 -> 10.4 videos/s), won back after 240-330 videos; the evaluation samples 1024 per method.
 COMPILE_MIN_CPU_VIDEOS = 384
 
 
