@@ -111,7 +111,7 @@ def sampling_compiles(device: torch.device, videos: int) -> bool:
 
 def inference_bf16(device: torch.device, compiled: bool) -> bool:
     """Whether sampling runs its networks in bf16: on CUDA, as they trained there; on the CPU only in compiled blocks
-    on a CPU with AMX (eager bf16 sampling was 1.04x fp32, not worth its rounding; see the module docstring)."""
+    on a CPU with AMX (eager bf16 sampling ran as fast as fp32, so not worth its rounding; see the module docstring)."""
     return device.type == "cuda" or (compiled and cpu_has_amx())
 
 
