@@ -16,29 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from lib.config import load_config
-from lib.data.ingest import ingest
-from lib.data.split import PROMPT
 from lib.evaluate.attrnet import HEADLINE_ATTRIBUTES, AttrNet
 from lib.evaluate.attrnet_scoring import attribute_hits
 from lib.io import atomic_write
 from lib.sample.pipeline import DDMPipeline
+from lib.sample.prompts import run_prompt_clips
 
 
 def candidates(run: Path, limit: int) -> pd.DataFrame:
-    """One-object held-out prompt clips of the run's data (re-ingested from its resolved config): caption and
-    generating attributes, shortest captions first."""
-    cfg = load_config(run / "results" / "config.yaml")
-    with tempfile.TemporaryDirectory() as tmp:
-        data = ingest(cfg.data, cfg.seed, Path(tmp))
-    held_out = data.index.loc[data.index["role"] == PROMPT, ["clip_id", "caption"]]
-    table = held_out.merge(data.attributes, on="clip_id")
+    """One-object held-out prompt clips of the run's data: caption and generating attributes, shortest captions
+    first."""
+    table = run_prompt_clips(run)
     table = table[table["num_objects"] == 1].drop_duplicates("caption")
     return table.assign(length=table["caption"].str.len()).sort_values(["length", "clip_id"]).head(limit)
 

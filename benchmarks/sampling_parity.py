@@ -16,32 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from lib.config import load_config
-from lib.data.ingest import ingest
-from lib.data.split import PROMPT
 from lib.evaluate.attrnet import HEADLINE_ATTRIBUTES, AttrNet
 from lib.evaluate.attrnet_scoring import attribute_hits
 from lib.io import atomic_write
 from lib.models.levers import COMPILE_MIN_CPU_VIDEOS, cpu_has_amx
 from lib.sample.pipeline import DDMPipeline
+from lib.sample.prompts import run_prompt_clips
 
 LEVERS = ("eager fp32", "compiled bf16")
-
-
-def held_out_prompts(run: Path) -> pd.DataFrame:
-    """Every prompt-role clip of the run's data (re-ingested from its resolved config) with its attributes."""
-    cfg = load_config(run / "results" / "config.yaml")
-    with tempfile.TemporaryDirectory() as tmp:
-        data = ingest(cfg.data, cfg.seed, Path(tmp))
-    prompts = data.index.loc[data.index["role"] == PROMPT, ["clip_id", "caption"]]
-    return prompts.merge(data.attributes, on="clip_id").reset_index(drop=True)
 
 
 def main() -> None:
@@ -54,7 +42,7 @@ def main() -> None:
     if not cpu_has_amx():
         raise SystemExit("this CPU has no AMX: compiled sampling stays in fp32 here, which is bit-identical to eager")
     cfg = load_config(args.run / "results" / "config.yaml").sample
-    table = held_out_prompts(args.run)
+    table = run_prompt_clips(args.run)
     table = table.head(args.limit) if args.limit else table
     (featnet,) = sorted(args.run.glob("stages/featnet/*/attrnet"))
     net = AttrNet.from_pretrained(featnet)

@@ -88,3 +88,21 @@ def test_four_roles_are_disjoint_and_reference_prompt_sets_come_from_their_roles
     assert set(reference_clip_ids(index, 10, seed=0)) <= sets["reference"]
     with pytest.raises(SplitError, match="no clip has role 'reference'"):
         reference_clip_ids(index[index["role"] != "reference"], 10, seed=0)
+
+
+def test_a_finished_runs_prompt_clips_come_back_from_its_config_with_their_attributes(tmp_path):
+    import yaml
+
+    from lib.config import config_to_dict
+    from lib.sample.prompts import run_prompt_clips
+
+    cfg = replace_in(RunConfig(), seed=3, data={"num_clips": 120})
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
+    table = run_prompt_clips(tmp_path)
+    data = ingest(cfg.data, seed=3, out_dir=tmp_path / "data")
+    expected = data.index.loc[data.index["role"] == "prompt", "clip_id"].tolist()
+    assert table["clip_id"].tolist() == expected and len(expected) > 0
+    assert {"caption", "color", "shape", "background", "motion", "num_objects"} <= set(table.columns)
+    by_id = data.index.set_index("clip_id")["caption"]
+    assert (table["caption"].to_numpy() == by_id.loc[expected].to_numpy()).all()

@@ -15,10 +15,14 @@ a seeded permutation of their clip ids in sorted order, so the set does not depe
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from lib.config import load_config
+from lib.data.ingest import ingest
 from lib.data.split import PROMPT, ROLES, rows_with_role
 from lib.seeding import numpy_rng
 
@@ -92,3 +96,14 @@ def stratified_prompts(
     chosen["caption"] = chosen["caption"].astype(str)
     log.info("prompts: %d from role %s, per cluster %s", len(chosen), role, counts.tolist())
     return chosen.astype({"prompt_id": "int64"})[PROMPT_COLUMNS]
+
+
+def run_prompt_clips(run: str | Path) -> pd.DataFrame:
+    """Every prompt-role clip of a finished run (its ``output_dir``) with its caption and generating attributes, for
+    scripts that score the run's models on its held-out prompts: the run's data re-ingested from its resolved
+    ``results/config.yaml`` (built-in data are a function of their config and seed)."""
+    cfg = load_config(Path(run) / "results" / "config.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = ingest(cfg.data, cfg.seed, Path(tmp))
+    prompts = data.index.loc[data.index["role"] == PROMPT, ["clip_id", "caption"]]
+    return prompts.merge(data.attributes, on="clip_id").reset_index(drop=True)
