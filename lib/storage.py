@@ -96,10 +96,12 @@ def upload_file(local: str | Path, uri: str) -> None:
 
 
 def read_text(uri: str) -> str | None:
-    """The text of the file at ``uri`` (local or remote); None when there is none."""
+    """The text of the file at ``uri`` (local or remote); None when there is none. Read as one whole-object GET: a
+    file handle (``fs.open``) pins the object's ETag when opened and fails its read with PreconditionFailed if another
+    run rewrote the object in between (a republished pointer)."""
     fs, path = _fs(uri)
     try:
-        return fs.cat_file(path).decode()  # one whole-object GET (see _pointer)
+        return fs.cat_file(path).decode()
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -192,15 +194,9 @@ def publish_folder(local: str | Path, dest: str) -> str:
 
 
 def _pointer(dest: str) -> dict[str, Any] | None:
-    """The publication pointer of ``dest``, read as one whole-object GET: a file handle (``fs.open``) pins the
-    object's ETag when opened and fails its read with PreconditionFailed if another run republished in between."""
-    fs, root = _fs(dest)
-    try:
-        return json.loads(fs.cat_file(f"{root.rstrip('/')}/{POINTER}"))
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise _explain(dest, exc, "reading the publication pointer") from exc
+    """The publication pointer of ``dest`` (``read_text``: whole, never a half-replaced one); None if unpublished."""
+    text = read_text(f"{dest.rstrip('/')}/{POINTER}")
+    return None if text is None else json.loads(text)
 
 
 def resolve(uri: str) -> str | None:
