@@ -94,9 +94,10 @@ def shape_peak(dtype_name: str, batch: int, text_len: int) -> dict[str, Any]:
 
 
 def expert_step(
-    batch: int, compile_mode: str, precision: str, steps: int, warmup: int, text_len: int
+    batch: int, compile_mode: str, precision: str, steps: int, warmup: int, text_len: int, callbacks: list | None = None
 ) -> dict[str, Any]:
-    """One lever's step time through the trainer of whichever checkout is first on sys.path."""
+    """One lever's step time through the trainer of whichever checkout is first on sys.path (``callbacks``: the
+    trainer's ``TrainCallback`` hooks, e.g. a profiler over the steps after warm-up)."""
     from dataclasses import fields, replace
 
     import torch
@@ -117,7 +118,7 @@ def expert_step(
     latents, tokens = torch.randn(n, *LATENT, generator=gen), torch.randn(n, text_len, 384, generator=gen)
     data = TrainData([f"c{i}" for i in range(n)], latents, tokens, torch.ones(n, text_len, dtype=torch.bool))
     with tempfile.TemporaryDirectory() as out:
-        result = train(data, cfg, out, seed=0, name="bench", callbacks=[])
+        result = train(data, cfg, out, seed=0, name="bench", callbacks=callbacks or [])
     seconds = result.log["seconds"].tolist()
     flops = flops_per_step(cfg, LATENT[0], LATENT[1:], text_len, 384)
     median = statistics.median(seconds[warmup:])

@@ -24,6 +24,7 @@ from lib.train.trainer import (
     NonFiniteLossError,
     TrainCallback,
     TrainData,
+    clip_gradients,
     flow_matching_batch,
     sample_timesteps,
     train,
@@ -75,6 +76,26 @@ def test_ema_math_on_a_toy_tensor():
     assert ema.weight.item() == 1.0
     assert ema_decay_at(0, 0.99) == pytest.approx(0.1)  # warm-up: (1 + 0) / (10 + 0)
     assert ema_decay_at(10_000, 0.99) == 0.99
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0 - 5e-7, 1.0, 1.0 + 5e-7, 1.0 + 1e-6, 3.0])
+def test_clip_gradients_is_clip_grad_norm_bit_for_bit(scale: float):
+    """Below, at and just around max_norm (inside clip_grad_norm_'s own + 1e-6), as well as far above it."""
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(shape, generator=gen) for shape in ((7, 5), (13,), (3, 4, 2))]
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    grads = [g * (scale / total) for g in grads]  # total norm = scale, max_norm 1
+    ours, theirs = ([torch.nn.Parameter(torch.zeros_like(g)) for g in grads] for _ in range(2))
+    for a, b, g in zip(ours, theirs, grads, strict=True):
+        a.grad, b.grad = g.clone(), g.clone()
+    expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0, foreach=True)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in ours], foreach=True)
+    clip_gradients(ours, 1.0, norm, norm.item())
+    assert norm.item() == expected.item()
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a.grad, b.grad)
+    if scale > 1.01:
+        assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in ours])).item() == pytest.approx(1.0)
 
 
 def test_flow_matching_batch_and_timesteps():

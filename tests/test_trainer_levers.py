@@ -97,14 +97,19 @@ def test_sampling_compiles_long_cpu_jobs_and_runs_them_in_bf16_only_on_amx(monke
     assert sampling_compiles(cpu, 10**6) is False
 
 
-def test_only_cpu_bf16_graphs_take_the_decomposed_tanh():
+def test_cpu_graphs_take_the_cpp_wrapper_and_only_bf16_ones_the_decomposed_tanh():
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert compile_options(cpu, bf16=True) == {"cpp.use_decompose_tanh": True}
-    assert compile_options(cpu, bf16=False) == compile_options(cuda, bf16=True) == {}
+    assert compile_options(cpu, bf16=True) == {"cpp_wrapper": True, "cpp.use_decompose_tanh": True}
+    assert compile_options(cpu, bf16=False) == {"cpp_wrapper": True}
+    assert compile_options(cuda, bf16=True) == compile_options(cuda, bf16=False) == {}
     x = torch.linspace(-6, 6, 4097)
     gelu = torch.compile(lambda v: torch.nn.functional.gelu(v, approximate="tanh"), options=compile_options(cpu, True))
     # the decomposition's error is far under bf16's rounding (2^-8 relative), the precision its graphs run at
     torch.testing.assert_close(gelu(x), torch.nn.functional.gelu(x, approximate="tanh"), rtol=1e-5, atol=1e-6)
+    # the C++ wrapper only calls the kernels: the same kernels' numbers to the last bit
+    wrapped = torch.compile(lambda v: torch.nn.functional.gelu(v) * 2 + 1, options=compile_options(cpu, False))
+    python = torch.compile(lambda v: torch.nn.functional.gelu(v) * 2 + 1)
+    assert torch.equal(wrapped(x), python(x))
 
 
 def test_cpu_bf16_forward_runs_autocast_with_the_math_attention_kernel():
@@ -221,7 +226,7 @@ def test_compiled_blocks_train_like_plain_save_plain_keys_and_resume(data: Train
     assert groups["model"].keys() == groups["ema"].keys() == _weights(plain.model_dir).keys()  # no _orig_mod.
     resumed = train(data, compiled, tmp_path / "compiled", seed=0, name="c", callbacks=[])
     assert partial.steps == 2 and resumed.resumed_from == 2 and resumed.steps == cfg.steps
-    assert calls == [{"dynamic": False, "options": {}}] * 2  # fp32: no CPU bf16 options
+    assert calls == [{"dynamic": False, "options": {"cpp_wrapper": True}}] * 2  # fp32: no CPU bf16 options
     # inductor fuses and reorders float32 arithmetic: equal up to rounding (seen: <= 1 ulp in the gradient norm)
     for col in (TrainingLog.loss, TrainingLog.grad_norm):
         torch.testing.assert_close(_column(resumed, col), _column(plain, col), rtol=1e-5, atol=1e-6)

@@ -116,11 +116,18 @@ def inference_bf16(device: torch.device, compiled: bool) -> bool:
 
 
 def compile_options(device: torch.device, bf16: bool) -> dict[str, bool]:
-    """Inductor options for compiling the blocks: on the CPU in bf16, tanh (in the GELU of every feed-forward layer)
-    as 2 / (1 + exp(-2x)) - 1 instead of Sleef's: a compiled bf16 step at batch 8 took 6-8 % less (46.3 against 50.4
-    ms, 44.0 against 47.0, side by side), and its error (about 1e-7 near 0) is far under bf16's rounding (4e-3).
-    fp32 graphs keep Sleef's tanh, which matches eager to the last bit."""
-    return {"cpp.use_decompose_tanh": True} if device.type == "cpu" and bf16 else {}
+    """Inductor options for compiling the blocks on the CPU (CUDA keeps inductor's defaults):
+
+    - the C++ wrapper: each compiled graph calls its kernels from C++ instead of generated Python, which takes 3-7 %
+      off a compiled step at batch 8 (bf16 and fp32 alike, identical losses; 5 alternated pairs,
+      ``docs/results.md``), where a quarter of the step is framework time around the kernels;
+    - in bf16, tanh (in the GELU of every feed-forward layer) as 2 / (1 + exp(-2x)) - 1 instead of Sleef's: a compiled
+      bf16 step took 6-8 % less (46.3 against 50.4 ms, 44.0 against 47.0, side by side), and its error (about 1e-7
+      near 0) is far under bf16's rounding (4e-3). fp32 graphs keep Sleef's tanh, which matches eager to the last bit.
+    """
+    if device.type != "cpu":
+        return {}
+    return {"cpp_wrapper": True, "cpp.use_decompose_tanh": True} if bf16 else {"cpp_wrapper": True}
 
 
 def forward_context(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:

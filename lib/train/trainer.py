@@ -228,6 +228,15 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
+def clip_gradients(params: Sequence[torch.Tensor], max_norm: float, norm: torch.Tensor, norm_value: float) -> None:
+    """``clip_grad_norm_`` given the total gradient norm (``norm``, and ``norm_value``, the same on the host), bit for
+    bit, but scaling the gradients only where clipping can bite: a multiply by the clamped factor 1.0 is exact yet
+    reads and writes every gradient (0.6 ms of a 40 ms CPU step), and about 99 % of steps stay under the norm. The
+    margin covers the float32 rounding of clip_grad_norm_'s factor max_norm / (norm + 1e-6)."""
+    if norm_value + 1e-6 >= max_norm * (1 - 1e-5):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+
+
 def sample_timesteps(n: int, mode: str, generator: torch.Generator) -> torch.Tensor:
     """Training times t in [0, 1], float [n]: ``uniform`` or ``logit_normal`` (sigmoid of a standard normal,
     SD3's choice: most samples at mid noise levels, where the velocity is hardest to predict)."""
@@ -611,13 +620,15 @@ def _step(run: _Run, data: TrainData, cfg: ExpertConfig, step: int, teacher: Tea
             (loss_i.sum() * workers.world / len(idx)).backward()
         per_sample.append(loss_i.detach())
     per_sample = workers.gather_rows(torch.cat(per_sample), run.rows_here, len(idx))
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip, foreach=True)
+    params = [p for p in run.model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
     # One device-to-host sync per step: the losses and the norm travel together (each sync stalls the GPU).
-    host = torch.cat([per_sample.float(), grad_norm.reshape(1).float()]).cpu()
+    host = torch.cat([per_sample.float(), norm.reshape(1).float()]).cpu()
     per_sample, grad_norm = host[:-1], host[-1].item()
     loss = per_sample.mean().item()
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         raise _non_finite(step + 1, loss, grad_norm, per_sample, [data.clip_ids[i] for i in idx], lr)
+    clip_gradients(params, cfg.grad_clip, norm, grad_norm)
     run.opt.step()
     run.opt.zero_grad(set_to_none=True)
     update_ema(run.ema, run.model, ema_decay_at(step, cfg.ema_decay))
