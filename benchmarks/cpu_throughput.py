@@ -16,12 +16,18 @@ run, what each lever of ``lib.models.levers`` buys and how far each workload is 
   dynamic shapes, as ``DDMPipeline.compile_for`` does for a long job), with the relative L2 distance of each lever's
   samples from eager fp32's on the same noise (untrained experts: an upper bound; trained ones move less).
 
+- ``paired``: the CPU default (compiled bf16) against ``before`` (the expert step, with ``--baseline-tree``) and
+  against eager fp32 (sampling), side by side, two single-thread processes at once, ``--pairs`` times: each pair's
+  speed-up and their median, the figures to quote, as this host's speed drifts within minutes by more than some
+  levers move (the rows above run one after another).
+
 Every row runs in its own process with one thread (the benchmarks run two single-thread processes side by side),
 its own empty inductor cache, and reports the median step time after warm-up steps (which hold the compile).
 GFLOP/s count only the analytic matmul FLOPs of ``lib.train.compute`` (expert rows) or none (router, codec).
 
 Usage: ``git worktree add /tmp/base <commit>`` then
-``python benchmarks/cpu_throughput.py [--baseline-tree /tmp/base] [--json benchmarks/results/cpu_throughput.json]``.
+``python benchmarks/cpu_throughput.py [--baseline-tree /tmp/base] [--pairs 5]
+[--json benchmarks/results/cpu_throughput.json]``.
 """
 
 from __future__ import annotations
@@ -232,15 +238,39 @@ def child(args: argparse.Namespace) -> None:
     print("ROW " + json.dumps(row), flush=True)
 
 
-def run_child(extra: list[str], tree: Path = ROOT) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
-    with tempfile.TemporaryDirectory() as cache:
-        env["TORCHINDUCTOR_CACHE_DIR"] = cache  # a cold compile, as a fresh run pays it
-        done = subprocess.run([sys.executable, __file__, *extra], env=env, capture_output=True, text=True, cwd=tree)
-    rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
-    if done.returncode or not rows:
-        raise RuntimeError(f"{extra} failed:\n{done.stderr[-3000:]}")
+def start_child(extra: list[str], tree: Path, cache: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": cache}
+    return subprocess.Popen([sys.executable, __file__, *extra], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tree)  # fmt: skip
+
+
+def child_row(process: subprocess.Popen, extra: list[str]) -> dict[str, Any]:
+    stdout, stderr = process.communicate()
+    rows = [line[4:] for line in stdout.splitlines() if line.startswith("ROW ")]
+    if process.returncode or not rows:
+        raise RuntimeError(f"{extra} failed:\n{stderr[-3000:]}")
     return json.loads(rows[-1])
+
+
+def run_child(extra: list[str], tree: Path = ROOT) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as cache:  # a cold compile, as a fresh run pays it
+        return child_row(start_child(extra, tree, cache), extra)
+
+
+def paired(workload: str, before: tuple[list[str], Path], now: tuple[list[str], Path], pairs: int) -> dict[str, Any]:
+    """``before`` and ``now`` (each: a child's arguments and its checkout) side by side, two single-thread processes at
+    once, ``pairs`` times: this host's speed drifts by a quarter within minutes, which one row after another cannot
+    tell from a lever, while the two processes of a pair share it. A first pair fills inductor's cache and is left
+    out. The speed-up is before's ms per step over now's, or now's videos/s over before's."""
+    times: dict[str, list[float]] = {"before": [], "now": []}
+    with tempfile.TemporaryDirectory() as cache:
+        for _ in range(pairs + 1):
+            processes = {side: start_child(*pair, cache) for side, pair in (("before", before), ("now", now))}
+            for side, process in processes.items():
+                row = child_row(process, (before if side == "before" else now)[0])
+                times[side].append(row["ms_per_step"] if "ms_per_step" in row else 1 / row["videos_per_s"])
+    speedups = [b / n for b, n in zip(times["before"][1:], times["now"][1:], strict=True)]
+    return {"workload": workload, "pairs": pairs, "speedups": speedups, "median_speedup": statistics.median(speedups)}
 
 
 def main() -> None:
@@ -254,6 +284,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per row (after --warmup)")
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the median (they hold the compile)")
     parser.add_argument("--baseline-tree", type=Path, help="another checkout whose trainer gives the `before` rows")
+    parser.add_argument("--pairs", type=int, default=5, help="side-by-side pairs of `before` and compiled bf16")
     parser.add_argument("--json", type=Path, default=JSON_OUT)
     args = parser.parse_args()
     if args.one:
@@ -288,11 +319,21 @@ def main() -> None:
         for lever in LEVERS:
             row = run_child(["--one", "expert", "--batch", str(batch), "--lever", lever, *common])
             add(f"expert_b{batch}", lever, row, bf16="bf16" in lever)
+    pairs = []
+    if args.baseline_tree:
+        for batch in (8, 24):
+            expert = ["--one", "expert", "--batch", str(batch), *common]
+            pairs.append(paired(f"expert_b{batch}", (expert, args.baseline_tree),
+                                ([*expert, "--lever", "compiled bf16"], ROOT), args.pairs))  # fmt: skip
     add("router", "eager fp32", run_child(["--one", "router", *common]))
     add("codec", "eager fp32", run_child(["--one", "codec", *common]))
     for lever in LEVERS:
         add("sampling", lever, run_child(["--one", "sampling", "--lever", lever]))
 
+    if args.pairs:
+        sampling_args = ["--one", "sampling", "--lever"]
+        pairs.append(paired("sampling", ([*sampling_args, "eager fp32"], ROOT),
+                            ([*sampling_args, "compiled bf16"], ROOT), args.pairs))  # fmt: skip
     for workload in sorted({r["workload"] for r in rows}):
         group = [r for r in rows if r["workload"] == workload]
         base = next((r for r in group if r["lever"] == "before"), group[0])
@@ -310,9 +351,13 @@ def main() -> None:
         shape = f"{r['fraction_of_shape_peak']:.2f}" if "fraction_of_shape_peak" in r else "-"
         print(f"{r['workload']:10s} {r['lever']:14s} {ms:>8s} {gf:>8s} {frac:>8s} {shape:>8s} "
               f"{r['speedup_vs_eager']:>7.2f}x")  # fmt: skip
+    for pair in pairs:
+        each = ", ".join(f"{x:.2f}" for x in pair["speedups"])
+        print(f"{pair['workload']}: compiled bf16 against before (sampling: eager fp32), {pair['pairs']} pairs side "
+              f"by side: median {pair['median_speedup']:.2f}x ({each})")
     report = {"machine": platform.processor() or platform.machine(), "cpu": _cpu_name(), "threads": 1,
               "peak_gflops": peaks, "shape_peak_gflops": shape_peaks, "steps": args.steps, "warmup": args.warmup,
-              "rows": rows,
+              "rows": rows, "paired": pairs,
               "baseline_tree": str(args.baseline_tree) if args.baseline_tree else None}  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=1) + "\n"))

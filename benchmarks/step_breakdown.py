@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 JSON_OUT = ROOT / "benchmarks" / "results" / "step_breakdown.json"
 OPTIMIZER_OPS = {"aten::_fused_adamw_", "Optimizer.step#AdamW.step", "aten::lerp_", "aten::_foreach_lerp_",
@@ -38,6 +37,8 @@ OPTIMIZER_OPS = {"aten::_fused_adamw_", "Optimizer.step#AdamW.step", "aten::lerp
 
 def bucket(name: str) -> str:
     """The part of the step an op (a profiler event's name) belongs to."""
+    if name.startswith("aoti_torch_cpu_"):  # inductor's C++ wrapper calling an ATen kernel
+        name = "aten::" + name.removeprefix("aoti_torch_cpu_").removesuffix("_out")
     if name in ("aten::mm", "aten::addmm"):
         return "linear-layer matmuls"
     if name in ("aten::bmm", "aten::baddbmm"):
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=JSON_OUT)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.path.insert(0, str(ROOT))
     import torch
 
     from lib.config import EncodeConfig

@@ -15,9 +15,10 @@ tokens, batch 8, one thread, on a 2-core Sapphire Rapids with AMX; ``benchmarks/
   Without AMX (AVX-512 bf16 alone, about 2x fp32) the casts eat the gain, so ``auto`` stays in fp32 there.
 - Sampling (``DDMPipeline.generate``) compiles the experts' blocks with dynamic shapes (top-k routing gives each
   expert a sub-batch of a different size at every step) for jobs of at least ``COMPILE_MIN_CPU_VIDEOS`` videos, and
-  runs them in bf16 where the CPU has AMX: 5.43 -> 10.39 videos/s (1.91x); on the tiny run's 168 held-out prompts
-  it moved attribute accuracy by 0.0015 where the noise seed moves it by 0.013 (``benchmarks/sampling_parity.py``).
-  Compiled fp32 alone is bit-identical to eager and 1.26x faster; eager bf16 does not pay.
+  runs them in bf16 where the CPU has AMX: 2.01x the videos/s of eager fp32 (median of 5 pairs side by side); on the
+  tiny run's 168 held-out prompts it moved attribute accuracy by 0.0015 where the noise seed moves it by 0.013
+  (``benchmarks/sampling_parity.py``). Compiled fp32 alone is bit-identical to eager and 1.3x faster; eager bf16
+  does not pay.
 - Threads: one process per core. Two processes of two OpenMP threads each on two cores ran 1.7x slower than two
   single-thread processes (threads spin-wait on a busy core; under a third process it reached 70x), and a pod that
   is limited to 2 CPUs on a 64-core node would otherwise start 64 threads. ``limit_threads`` caps torch at the
