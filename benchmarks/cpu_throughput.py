@@ -262,12 +262,13 @@ def paired(workload: str, before: tuple[list[str], Path], now: tuple[list[str], 
     once, ``pairs`` times: this host's speed drifts by a quarter within minutes, which one row after another cannot
     tell from a lever, while the two processes of a pair share it. A first pair fills inductor's cache and is left
     out. The speed-up is before's ms per step over now's, or now's videos/s over before's."""
-    times: dict[str, list[float]] = {"before": [], "now": []}
+    sides = {"before": before, "now": now}
+    times: dict[str, list[float]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as cache:
         for _ in range(pairs + 1):
-            processes = {side: start_child(*pair, cache) for side, pair in (("before", before), ("now", now))}
+            processes = {side: start_child(*args_and_tree, cache) for side, args_and_tree in sides.items()}
             for side, process in processes.items():
-                row = child_row(process, (before if side == "before" else now)[0])
+                row = child_row(process, sides[side][0])
                 times[side].append(row["ms_per_step"] if "ms_per_step" in row else 1 / row["videos_per_s"])
     speedups = [b / n for b, n in zip(times["before"][1:], times["now"][1:], strict=True)]
     return {"workload": workload, "pairs": pairs, "speedups": speedups, "median_speedup": statistics.median(speedups)}

@@ -1,4 +1,4 @@
-"""Where one compiled bf16 expert training step spends its time on the CPU, and what the attention costs per kernel.
+"""Where one compiled bf16 expert training step spends its time on the CPU, and what SDPA's softmax costs in it.
 
 Why: ``cpu_throughput.py`` says how fast a step is; this says why it is not faster. A step of the benchmark network
 (configs/bench.yaml: 1.3M parameters, 64 latent tokens, batch 8, one thread) runs the trainer as it trains
