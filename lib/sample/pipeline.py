@@ -287,13 +287,12 @@ class DDMPipeline:
         pipeline. Handles made after it run the compiled blocks, in bf16 where that pays."""
         if self.compiled or not sampling_compiles(self.device, videos):
             return
-        options = compile_options(self.device, inference_bf16(self.device, True))
+        bf16 = inference_bf16(self.device, True)
         for model in self.experts.values():
             if model is not None:
-                model.compile_repeated_blocks(dynamic=True, options=options)
+                model.compile_repeated_blocks(dynamic=True, options=compile_options(self.device, bf16))
         self.compiled = True
-        log.info("%s: experts' blocks compiled for %d videos (%s)", self.name, videos,
-                 "bf16" if inference_bf16(self.device, True) else "fp32")  # fmt: skip
+        log.info("%s: experts' blocks compiled for %d videos (%s)", self.name, videos, "bf16" if bf16 else "fp32")
 
     @torch.no_grad()
     def generate(
